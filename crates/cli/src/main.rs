@@ -1,0 +1,77 @@
+//! The `quicshard` command. Each subcommand lives in its own module; this file parses arguments
+//! and turns every failure into one line on stderr and a non-zero exit.
+
+mod cid;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// quicshard: a multi-core QUIC engine and QUIC-LB toolkit.
+#[derive(Parser)]
+#[command(name = "quicshard", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Encode, decode and generate QUIC-LB connection IDs (draft-ietf-quic-load-balancers-21).
+    Cid(cid::Args),
+}
+
+/// How a subcommand failed: the message is printed as one line.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Bad arguments or input: exit 2.
+    Usage(String),
+    /// The operation ran and said no (e.g. an unroutable CID): exit 1.
+    Refused(String),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_failure(e),
+    };
+    let result = match cli.command {
+        Command::Cid(args) => cid::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Refused(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--help` and `--version` print as usual; any other parse error is one line, exit 2.
+fn clap_failure(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        eprintln!("error: missing subcommand; see `quicshard --help`");
+        return ExitCode::from(2);
+    }
+    // clap's first paragraph says what is wrong (a missing argument's name is on the next line):
+    // fold it into one line and leave out the usage text.
+    let rendered = e.render().to_string();
+    let line = rendered
+        .split("\n\n")
+        .next()
+        .unwrap_or("error: invalid arguments")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    eprintln!("{line}");
+    ExitCode::from(2)
+}

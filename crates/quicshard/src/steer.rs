@@ -1,0 +1,463 @@
+//! Kernel steering of datagrams to shards: the `SO_REUSEPORT` group and its classic BPF program.
+//!
+//! This module owns three things: binding the group of per-shard UDP sockets on one port
+//! ([`bind_group`]), the classic BPF program that picks a socket of that group for each datagram
+//! ([`steering_program`], attached with [`attach`]), and the userspace twin of the same rule
+//! ([`owner_shard`]), which a shard uses to hand off datagrams the kernel could not steer.
+//!
+//! # The rule
+//!
+//! Server connection IDs have a fixed length `cid_len` (at most 20) and their last byte is the
+//! *shard byte*; the owning shard is `shard_byte % n_shards`. Offsets are into the UDP payload.
+//!
+//! - Short header (`byte[0] & 0x80 == 0`): the DCID is `byte[1..1 + cid_len]`, so the shard is
+//!   `byte[cid_len] % n`.
+//! - Long header (`byte[0] & 0x80 != 0`): `byte[5]` is the DCID length and the DCID starts at
+//!   offset 6. If the length is `cid_len` it is one of our CIDs and the shard is
+//!   `byte[5 + cid_len] % n`. Any other length in `1..=20` is a client-chosen Initial DCID, which
+//!   the client reuses for its whole first flight, so `byte[6] % n` is deterministic for it.
+//!
+//! # Fallback
+//!
+//! The rule falls back when it cannot pick a shard: an empty datagram, a datagram too short to
+//! hold the DCID it announces, a long-header DCID length of 0 or above 20 (not QUIC v1; version
+//! negotiation is stateless), or `cid_len == 0` for a short header. The BPF program then returns
+//! `0xffff_ffff`; any value `>= n` makes the kernel use its 4-tuple hash, which is deterministic
+//! per client address. [`owner_shard`] returns `None` for exactly these datagrams.
+//!
+//! # Portability
+//!
+//! Linux only (`SO_ATTACH_REUSEPORT_CBPF`, Linux >= 4.5; `BPF_MOD`, Linux >= 3.7).
+//!
+//! # Implementation notes
+//!
+//! For `SO_ATTACH_REUSEPORT_CBPF` the kernel pulls the UDP header before running the filter, so
+//! packet offset 0 and `BPF_LEN` are the UDP payload. A classic BPF load past the end of the
+//! packet silently returns 0 (socket 0), so every load is guarded by a length comparison.
+//! The socket at group index `i` is the `i`-th one bound. Closing one socket moves the last
+//! socket into its slot, so the group must be kept whole for the program's indices to hold.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+
+use libc::sock_filter;
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Longest connection ID QUIC v1 allows (RFC 9000 §17.2).
+pub const MAX_CID_LEN: usize = 20;
+
+/// What the BPF program returns to fall back to the kernel's 4-tuple hash (any value `>= n`).
+pub const BPF_FALLBACK: u32 = 0xffff_ffff;
+
+/// Requested socket buffer size: room for a burst of datagrams while a shard is busy.
+/// The kernel caps it at `net.core.{r,w}mem_max`; failure is ignored.
+const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+/// Long-header form bit of the first byte (RFC 9000 §17.2).
+const LONG_HEADER_BIT: u8 = 0x80;
+/// Offset of the long-header DCID length byte.
+const LONG_DCID_LEN_OFFSET: usize = 5;
+/// Offset of the long-header DCID.
+const LONG_DCID_OFFSET: usize = 6;
+
+/// Which shard owns this datagram by the steering rule, or `None` if the rule falls back.
+///
+/// `datagram` is a UDP payload. Never panics; `n_shards == 0` always gives `None`.
+pub fn owner_shard(datagram: &[u8], cid_len: usize, n_shards: usize) -> Option<usize> {
+    let first = *datagram.first()?;
+    let shard_byte = if first & LONG_HEADER_BIT == 0 {
+        if cid_len == 0 {
+            return None;
+        }
+        // DCID is datagram[1..1 + cid_len]; its last byte is at cid_len.
+        *datagram.get(cid_len)?
+    } else {
+        let dcid_len = usize::from(*datagram.get(LONG_DCID_LEN_OFFSET)?);
+        if dcid_len == 0 || dcid_len > MAX_CID_LEN || datagram.len() < LONG_DCID_OFFSET + dcid_len {
+            return None;
+        }
+        if dcid_len == cid_len {
+            datagram[LONG_DCID_OFFSET + cid_len - 1]
+        } else {
+            datagram[LONG_DCID_OFFSET]
+        }
+    };
+    usize::from(shard_byte).checked_rem(n_shards)
+}
+
+/// The classic BPF program implementing the same rule as [`owner_shard`].
+///
+/// It returns a socket index `< n_shards`, or [`BPF_FALLBACK`].
+///
+/// # Panics
+///
+/// If `cid_len > MAX_CID_LEN`, `n_shards == 0` or `n_shards > u32::MAX` (configuration errors).
+pub fn steering_program(cid_len: usize, n_shards: usize) -> Vec<sock_filter> {
+    use libc::{
+        BPF_A, BPF_ABS, BPF_ADD, BPF_ALU, BPF_B, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP, BPF_JSET,
+        BPF_K, BPF_LD, BPF_LEN, BPF_MISC, BPF_MOD, BPF_RET, BPF_TAX, BPF_W, BPF_X,
+    };
+    use Label::{Fallback, Long, Next, Other};
+    assert!(cid_len <= MAX_CID_LEN, "cid_len {cid_len} > {MAX_CID_LEN}");
+    assert!(n_shards > 0, "n_shards must be at least 1");
+    let n = u32::try_from(n_shards).expect("n_shards fits in u32");
+    // Invariant: cid_len <= 20, so these small offsets fit in u32.
+    let c = cid_len as u32;
+    let (dcid_len_at, dcid_at) = (LONG_DCID_LEN_OFFSET as u32, LONG_DCID_OFFSET as u32);
+
+    let ld_len = Op::Stmt(BPF_LD | BPF_W | BPF_LEN, 0);
+    let ldb = |offset: u32| Op::Stmt(BPF_LD | BPF_B | BPF_ABS, offset);
+    let mod_n = Op::Stmt(BPF_ALU | BPF_MOD | BPF_K, n);
+    let ret_a = Op::Stmt(BPF_RET | BPF_A, 0);
+    let jump = |code: u32, k: u32, jt: Label, jf: Label| Op::Jump(BPF_JMP | code, k, jt, jf);
+
+    let mut ops = vec![
+        ld_len,
+        jump(BPF_JEQ | BPF_K, 0, Fallback, Next),
+        ldb(0),
+        jump(BPF_JSET | BPF_K, u32::from(LONG_HEADER_BIT), Long, Next),
+    ];
+    // Short header: the shard byte is byte[cid_len].
+    if cid_len == 0 {
+        ops.push(Op::Stmt(BPF_RET | BPF_K, BPF_FALLBACK));
+    } else {
+        ops.extend([
+            ld_len,
+            jump(BPF_JGE | BPF_K, c + 1, Next, Fallback),
+            ldb(c),
+            mod_n,
+            ret_a,
+        ]);
+    }
+    // Long header: check the DCID length byte, then that the whole DCID is present.
+    ops.extend([
+        Op::Mark(Long),
+        ld_len,
+        jump(BPF_JGE | BPF_K, dcid_len_at + 1, Next, Fallback),
+        ldb(dcid_len_at),
+        jump(BPF_JEQ | BPF_K, 0, Fallback, Next),
+        jump(BPF_JGT | BPF_K, MAX_CID_LEN as u32, Fallback, Next),
+        Op::Stmt(BPF_ALU | BPF_ADD | BPF_K, dcid_at),
+        Op::Stmt(BPF_MISC | BPF_TAX, 0),
+        ld_len,
+        jump(BPF_JGE | BPF_X, 0, Next, Fallback),
+        ldb(dcid_len_at),
+        jump(BPF_JEQ | BPF_K, c, Next, Other),
+        // One of our CIDs (cid_len >= 1 here: length 0 already fell back).
+        ldb((dcid_at + c).saturating_sub(1)),
+        mod_n,
+        ret_a,
+        // A client-chosen DCID: its first byte.
+        Op::Mark(Other),
+        ldb(dcid_at),
+        mod_n,
+        ret_a,
+        Op::Mark(Fallback),
+        Op::Stmt(BPF_RET | BPF_K, BPF_FALLBACK),
+    ]);
+    assemble(&ops)
+}
+
+/// Jump targets of the steering program; `Next` is the following instruction.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Label {
+    Next,
+    Long,
+    Other,
+    Fallback,
+}
+
+/// One instruction of the steering program before jump offsets are resolved.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    /// A non-jump instruction: code and `k`.
+    Stmt(u32, u32),
+    /// A conditional jump: code, `k`, target if true, target if false.
+    Jump(u32, u32, Label, Label),
+    /// Marks where a label points; emits nothing.
+    Mark(Label),
+}
+
+/// Resolves labels into classic BPF's forward relative jump offsets.
+fn assemble(ops: &[Op]) -> Vec<sock_filter> {
+    let mut marks = Vec::new();
+    let mut pc = 0usize;
+    for op in ops {
+        match op {
+            Op::Mark(label) => marks.push((*label, pc)),
+            _ => pc += 1,
+        }
+    }
+    let offset = |from: usize, label: Label| -> u8 {
+        if label == Label::Next {
+            return 0;
+        }
+        let (_, to) = *marks
+            .iter()
+            .find(|(l, _)| *l == label)
+            .expect("label is marked");
+        u8::try_from(to - from - 1).expect("jump is forward and short")
+    };
+    let code = |code: u32| u16::try_from(code).expect("BPF opcodes fit in u16");
+    let mut program = Vec::with_capacity(pc);
+    for op in ops {
+        let pc = program.len();
+        match *op {
+            Op::Stmt(c, k) => program.push(sock_filter {
+                code: code(c),
+                jt: 0,
+                jf: 0,
+                k,
+            }),
+            Op::Jump(c, k, jt, jf) => program.push(sock_filter {
+                code: code(c),
+                jt: offset(pc, jt),
+                jf: offset(pc, jf),
+                k,
+            }),
+            Op::Mark(_) => {}
+        }
+    }
+    program
+}
+
+/// Binds `n_shards` UDP sockets with `SO_REUSEPORT` to `addr`, in shard order, non-blocking.
+///
+/// The socket at index `i` of the result is index `i` of the kernel's reuseport group. With port
+/// 0 the first bind picks the port and the rest bind to it. IPv6 sockets are `IPV6_V6ONLY`. Each
+/// socket asks for 4 MiB receive and send buffers (failure is ignored; the kernel caps them).
+///
+/// # Errors
+///
+/// `InvalidInput` if `n_shards == 0`; otherwise the first socket, option or bind error.
+pub fn bind_group(addr: SocketAddr, n_shards: usize) -> io::Result<Vec<UdpSocket>> {
+    if n_shards == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "n_shards must be at least 1",
+        ));
+    }
+    let mut addr = addr;
+    let mut sockets = Vec::with_capacity(n_shards);
+    for _ in 0..n_shards {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        socket.set_reuse_port(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        // Ignored: a smaller buffer only costs drops under bursts.
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        if addr.port() == 0 {
+            addr.set_port(socket.local_addr()?.as_socket().map_or(0, |a| a.port()));
+        }
+        sockets.push(UdpSocket::from(socket));
+    }
+    Ok(sockets)
+}
+
+/// Attaches `program` with `SO_ATTACH_REUSEPORT_CBPF` to one socket of a reuseport group.
+///
+/// The program applies to the whole group; attach it after the last bind.
+///
+/// # Errors
+///
+/// `InvalidInput` if the program is longer than `u16::MAX` instructions; otherwise the
+/// `setsockopt` error: `EINVAL` for a program the kernel checker rejects, `EPERM`/`ENOPROTOOPT`
+/// where the option is not allowed or not supported.
+pub fn attach(socket: &UdpSocket, program: &[sock_filter]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = u16::try_from(program.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` points at `len` valid instructions that outlive the call; the kernel only
+    // reads (copies) them. The option length is the size of `fprog`.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            std::ptr::from_ref(&fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libc::{
+        BPF_A, BPF_ABS, BPF_ADD, BPF_ALU, BPF_B, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP, BPF_JSET,
+        BPF_K, BPF_LD, BPF_LEN, BPF_MISC, BPF_MOD, BPF_RET, BPF_TAX, BPF_W, BPF_X,
+    };
+    use proptest::prelude::*;
+
+    /// Runs a classic BPF program like the kernel, for the opcodes the steering program uses.
+    /// A load past the end is an error here (the kernel would silently return 0).
+    fn run_bpf(program: &[sock_filter], packet: &[u8]) -> Result<u32, String> {
+        let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+        loop {
+            let insn = program.get(pc).ok_or("fell off the end of the program")?;
+            pc += 1;
+            let (code, k) = (u32::from(insn.code), insn.k);
+            if code == BPF_LD | BPF_W | BPF_LEN {
+                a = u32::try_from(packet.len()).unwrap();
+            } else if code == BPF_LD | BPF_B | BPF_ABS {
+                let byte = packet
+                    .get(k as usize)
+                    .ok_or(format!("load of byte {k} past the end"))?;
+                a = u32::from(*byte);
+            } else if code == BPF_ALU | BPF_ADD | BPF_K {
+                a = a.wrapping_add(k);
+            } else if code == BPF_ALU | BPF_MOD | BPF_K {
+                a = a
+                    .checked_rem(k)
+                    .ok_or("mod by 0 (rejected by the kernel)")?;
+            } else if code == BPF_MISC | BPF_TAX {
+                x = a;
+            } else if code == BPF_RET | BPF_A {
+                return Ok(a);
+            } else if code == BPF_RET | BPF_K {
+                return Ok(k);
+            } else if code & 0x07 == BPF_JMP {
+                let src = if code & BPF_X != 0 { x } else { k };
+                let taken = match code & 0xf0 {
+                    BPF_JEQ => a == src,
+                    BPF_JGE => a >= src,
+                    BPF_JGT => a > src,
+                    BPF_JSET => a & src != 0,
+                    _ => return Err(format!("unsupported jump {code:#x}")),
+                };
+                pc += usize::from(if taken { insn.jt } else { insn.jf });
+            } else {
+                return Err(format!("unsupported opcode {code:#x}"));
+            }
+        }
+    }
+
+    /// The program's verdict in `owner_shard`'s terms: `>= n` means fall back.
+    fn bpf_owner(datagram: &[u8], cid_len: usize, n: usize) -> Option<usize> {
+        let index = run_bpf(&steering_program(cid_len, n), datagram).unwrap();
+        Some(index as usize).filter(|&i| i < n)
+    }
+
+    fn short(dcid: &[u8]) -> Vec<u8> {
+        [&[0x41][..], dcid, b"payload"].concat()
+    }
+
+    fn long(dcid: &[u8]) -> Vec<u8> {
+        let len = u8::try_from(dcid.len()).unwrap();
+        [
+            &[0xc3, 0, 0, 0, 1, len][..],
+            dcid,
+            &[4, 9, 9, 9, 9],
+            b"token+payload",
+        ]
+        .concat()
+    }
+
+    /// Both the twin and the program give `want`.
+    fn check(datagram: &[u8], cid_len: usize, n: usize, want: Option<usize>) {
+        assert_eq!(
+            owner_shard(datagram, cid_len, n),
+            want,
+            "owner_shard {datagram:02x?}"
+        );
+        assert_eq!(bpf_owner(datagram, cid_len, n), want, "bpf {datagram:02x?}");
+    }
+
+    #[test]
+    fn steers_by_shard_byte() {
+        for n in 1..=8 {
+            for cid_len in [1, 4, 8, 16, 20] {
+                for b in [0u8, 1, 5, 7, 200, 255] {
+                    let mut cid = vec![0xaa; cid_len];
+                    cid[cid_len - 1] = b;
+                    let want = Some(usize::from(b) % n);
+                    check(&short(&cid), cid_len, n, want);
+                    check(&short(&cid)[..1 + cid_len], cid_len, n, want);
+                    check(&long(&cid), cid_len, n, want);
+                    check(&long(&cid)[..6 + cid_len], cid_len, n, want);
+                    // A client-chosen DCID of another length: its first byte.
+                    let client_len = if cid_len == 8 { 5 } else { 8 };
+                    let mut client = vec![0x55; client_len];
+                    client[0] = b;
+                    check(&long(&client), cid_len, n, want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn falls_back_when_it_cannot_steer() {
+        for n in 1..=8 {
+            for cid_len in [1, 4, 8, 20] {
+                let cid = vec![0x07; cid_len];
+                check(&[], cid_len, n, None);
+                check(&[0x41], cid_len, n, None);
+                check(&short(&cid)[..cid_len], cid_len, n, None);
+                check(&long(&cid)[..5 + cid_len], cid_len, n, None);
+                check(&long(&cid)[..5], cid_len, n, None);
+                check(&long(&[]), cid_len, n, None);
+                check(&long(&[0x07; 21]), cid_len, n, None);
+                check(&long(&[0x07; 3])[..8], cid_len, n, None);
+            }
+            // No CID to steer by for short headers; long ones still steer by the client's DCID.
+            check(&short(&[9; 8]), 0, n, None);
+            check(&long(&[9; 8]), 0, n, Some(9 % n));
+        }
+        assert_eq!(owner_shard(&short(&[9; 8]), 8, 0), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "n_shards")]
+    fn program_rejects_zero_shards() {
+        let _ = steering_program(8, 0);
+    }
+
+    fn datagram() -> impl Strategy<Value = (Vec<u8>, usize, usize)> {
+        (0..=MAX_CID_LEN, 1usize..=8, any::<u8>(), 0usize..60).prop_flat_map(
+            |(cid_len, n, first, len)| {
+                let dcid_len = prop_oneof![Just(cid_len as u8), 0u8..=22, any::<u8>()];
+                (proptest::collection::vec(any::<u8>(), len), dcid_len).prop_map(
+                    move |(mut bytes, dcid_len)| {
+                        if let Some(b) = bytes.first_mut() {
+                            *b = first;
+                        }
+                        if let Some(b) = bytes.get_mut(LONG_DCID_LEN_OFFSET) {
+                            *b = dcid_len;
+                        }
+                        (bytes, cid_len, n)
+                    },
+                )
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(bytes in any::<Vec<u8>>(), cid_len in 0usize..40, n in 0usize..12) {
+            if let Some(shard) = owner_shard(&bytes, cid_len, n) {
+                prop_assert!(shard < n);
+            }
+        }
+
+        #[test]
+        fn program_matches_twin((bytes, cid_len, n) in datagram()) {
+            let program = steering_program(cid_len, n);
+            let index = run_bpf(&program, &bytes).map_err(TestCaseError::fail)?;
+            let bpf = Some(index as usize).filter(|&i| i < n);
+            prop_assert_eq!(bpf, owner_shard(&bytes, cid_len, n));
+        }
+    }
+}

@@ -1,7 +1,15 @@
 //! The `quicshard` command. Each subcommand lives in its own module; this file parses arguments
 //! and turns every failure into one line on stderr and a non-zero exit.
 
+mod apps;
+mod bench;
 mod cid;
+mod demo;
+mod get;
+mod loadgen;
+mod serve;
+mod signals;
+mod tlsfiles;
 
 use std::process::ExitCode;
 
@@ -17,6 +25,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a server and a load generator on loopback and report (no arguments needed).
+    Demo(demo::Args),
+    /// Serve files (hq-interop), perf and echo on N shards.
+    Serve(serve::Args),
+    /// Download URLs over one connection (hq-interop).
+    Get(get::Args),
+    /// Generate load against a server (perf protocol).
+    Bench(bench::Args),
     /// Encode, decode and generate QUIC-LB connection IDs (draft-ietf-quic-load-balancers-21).
     Cid(cid::Args),
 }
@@ -35,7 +51,17 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return clap_failure(e),
     };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Get(args) => get::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Cid(args) => cid::run(args),
     };
     match result {

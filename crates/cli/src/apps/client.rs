@@ -1,0 +1,263 @@
+//! The client side of hq-interop and perf, as one engine [`Handler`] per shard, driven by plans
+//! submitted with `Remote::run_on` and reporting to the submitting thread over a bounded channel.
+//!
+//! [`Handler`]: quicshard::Handler
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use quicshard::{ConnId, Handler, ShardCtx};
+use quinn_proto::{ConnectionError, Dir, StreamId};
+
+use super::stream::{pattern_byte, read_stream, Body, Outgoing, Pumped};
+
+/// One request on its own stream.
+#[derive(Clone, Debug)]
+pub(crate) enum Request {
+    /// hq-interop: `GET /path`, the body written to `dest`.
+    Get { path: String, dest: PathBuf },
+    /// perf: upload `upload` bytes, download `download` bytes (verified against the pattern).
+    Perf { upload: u64, download: u64 },
+}
+
+/// What one connection should do.
+pub(crate) struct Plan {
+    pub(crate) addr: SocketAddr,
+    pub(crate) server_name: String,
+    pub(crate) requests: VecDeque<Request>,
+    /// Keep repeating `repeat` until this instant (duration-bounded runs).
+    pub(crate) repeat: Option<(Request, Instant)>,
+    /// Streams open at once.
+    pub(crate) concurrency: usize,
+    pub(crate) events: Sender<Event>,
+}
+
+/// Progress reports to the thread that submitted the plan.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// The handshake completed after this long.
+    Connected { handshake: Duration },
+    /// A request completed: bytes received, time from stream open to FIN.
+    Done { bytes: u64, latency: Duration },
+    /// A request failed.
+    Failed { reason: String },
+    /// The connection finished its plan (`error` is `None` if everything succeeded).
+    Closed { error: Option<String> },
+}
+
+struct Active {
+    request: Request,
+    started: Instant,
+    out: Outgoing,
+    received: u64,
+    file: Option<File>,
+    bad: Option<String>,
+}
+
+struct Conn {
+    plan: Plan,
+    started: Instant,
+    active: HashMap<StreamId, Active>,
+    failed: bool,
+}
+
+/// Per-shard client state.
+#[derive(Default)]
+pub(crate) struct Client {
+    conns: HashMap<ConnId, Conn>,
+}
+
+impl Client {
+    /// Starts `plan` on this shard. Called through `Remote::run_on`.
+    pub(crate) fn start(&mut self, ctx: &mut ShardCtx<'_>, plan: Plan) {
+        match ctx.connect(plan.addr, &plan.server_name) {
+            Ok(id) => {
+                let started = ctx.now();
+                self.conns.insert(
+                    id,
+                    Conn {
+                        plan,
+                        started,
+                        active: HashMap::new(),
+                        failed: false,
+                    },
+                );
+            }
+            Err(e) => {
+                let _ = plan.events.send(Event::Closed {
+                    error: Some(format!("connect: {e}")),
+                });
+            }
+        }
+    }
+
+    /// Opens streams for queued requests up to the plan's concurrency; closes the connection
+    /// when nothing is left.
+    fn open_more(&mut self, ctx: &mut ShardCtx<'_>, id: ConnId) {
+        let now = ctx.now();
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(conn) = ctx.connection(id) else {
+            return;
+        };
+        while c.active.len() < c.plan.concurrency {
+            let next = c
+                .plan
+                .requests
+                .pop_front()
+                .or_else(|| match &c.plan.repeat {
+                    Some((r, until)) if now < *until => Some(r.clone()),
+                    _ => None,
+                });
+            let Some(request) = next else { break };
+            let Some(sid) = conn.streams().open(Dir::Bi) else {
+                c.plan.requests.push_front(request);
+                break;
+            };
+            let (payload, file) = match &request {
+                Request::Get { path, dest } => match File::create(dest) {
+                    Ok(f) => (format!("GET /{path}\r\n").into_bytes(), Some(f)),
+                    Err(e) => {
+                        let _ = c.plan.events.send(Event::Failed {
+                            reason: format!("{}: {e}", dest.display()),
+                        });
+                        c.failed = true;
+                        continue;
+                    }
+                },
+                Request::Perf { upload, download } => {
+                    let mut p = download.to_be_bytes().to_vec();
+                    p.resize(8 + *upload as usize, 0);
+                    (p, None)
+                }
+            };
+            let mut out = Outgoing::new(Body::Queue { done: true });
+            out.pending = payload;
+            let mut a = Active {
+                request,
+                started: now,
+                out,
+                received: 0,
+                file,
+                bad: None,
+            };
+            a.out.pump(conn, sid);
+            c.active.insert(sid, a);
+        }
+        if c.active.is_empty() && c.plan.requests.is_empty() {
+            let repeating = matches!(&c.plan.repeat, Some((_, until)) if now < *until);
+            if !repeating {
+                ctx.close(id, 0, b"done");
+            }
+        }
+    }
+
+    fn on_stream(&mut self, ctx: &mut ShardCtx<'_>, id: ConnId, sid: StreamId) {
+        let now = ctx.now();
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(conn) = ctx.connection(id) else {
+            return;
+        };
+        let Some(a) = c.active.get_mut(&sid) else {
+            return;
+        };
+        if a.out.pump(conn, sid) == Pumped::Gone && a.bad.is_none() {
+            a.bad = Some("request stream stopped by the server".into());
+        }
+        let (received, file, bad) = (&mut a.received, &mut a.file, &mut a.bad);
+        let outcome = read_stream(conn, sid, usize::MAX, |bytes| {
+            if let Some(f) = file.as_mut() {
+                if let Err(e) = f.write_all(bytes) {
+                    *bad = Some(format!("write: {e}"));
+                }
+            } else if bad.is_none() {
+                let start = *received;
+                if let Some(i) = bytes
+                    .iter()
+                    .enumerate()
+                    .position(|(i, b)| *b != pattern_byte(start + i as u64))
+                {
+                    *bad = Some(format!("wrong byte at offset {}", start + i as u64));
+                }
+            }
+            *received += bytes.len() as u64;
+        });
+        if let Some(code) = outcome.reset {
+            a.bad = Some(format!("stream reset by the server (code {code})"));
+        }
+        if !(outcome.fin || outcome.reset.is_some()) {
+            return;
+        }
+        let a = c.active.remove(&sid).expect("looked up above");
+        let expected = match a.request {
+            Request::Perf { download, .. } => Some(download),
+            Request::Get { .. } => None,
+        };
+        let event = match (a.bad, expected) {
+            (Some(reason), _) => Some(reason),
+            (None, Some(n)) if n != a.received => Some(format!("got {} of {n} bytes", a.received)),
+            _ => None,
+        };
+        let event = match event {
+            Some(reason) => {
+                c.failed = true;
+                Event::Failed { reason }
+            }
+            None => Event::Done {
+                bytes: a.received,
+                latency: now - a.started,
+            },
+        };
+        let _ = c.plan.events.send(event);
+        self.open_more(ctx, id);
+    }
+}
+
+impl Handler for Client {
+    fn on_connection(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId) {
+        let now = ctx.now();
+        if let Some(c) = self.conns.get(&conn) {
+            let _ = c.plan.events.send(Event::Connected {
+                handshake: now - c.started,
+            });
+        }
+        self.open_more(ctx, conn);
+    }
+
+    fn on_stream_readable(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
+        self.on_stream(ctx, conn, stream);
+    }
+
+    fn on_stream_writable(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
+        self.on_stream(ctx, conn, stream);
+    }
+
+    fn on_stream_finished(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, _stream: StreamId) {
+        // MAX_STREAMS may have arrived meanwhile: try queued requests again
+        self.open_more(ctx, conn);
+    }
+
+    fn on_closed(&mut self, _ctx: &mut ShardCtx<'_>, conn: ConnId, reason: &ConnectionError) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        let clean = matches!(reason, ConnectionError::LocallyClosed)
+            && c.active.is_empty()
+            && c.plan.requests.is_empty()
+            && !c.failed;
+        let error = (!clean).then(|| match reason {
+            ConnectionError::LocallyClosed if c.failed => "a request failed".to_string(),
+            ConnectionError::LocallyClosed => "closed with requests outstanding".to_string(),
+            other => other.to_string(),
+        });
+        let _ = c.plan.events.send(Event::Closed { error });
+    }
+}

@@ -1,0 +1,283 @@
+//! The server side of hq-interop, perf and echo, as one engine [`Handler`] per shard.
+//!
+//! [`Handler`]: quicshard::Handler
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use quicshard::{ConnId, Handler, ShardCtx};
+use quinn_proto::{Connection, StreamId, VarInt};
+
+use super::stream::{read_stream, Body, Outgoing, Pumped, CHUNK};
+use super::{alpn, ALPN_ECHO, ALPN_HQ, ALPN_PERF, BAD_REQUEST, HQ_NOT_FOUND};
+
+/// Longest hq-interop request line we accept.
+const MAX_REQUEST: usize = 4096;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Hq,
+    Perf,
+    Echo,
+}
+
+/// One request/response stream.
+struct Exchange {
+    request: Vec<u8>,
+    /// perf: upload bytes still to drain before responding.
+    response: Option<Outgoing>,
+    request_done: bool,
+}
+
+/// Per-shard server state: each connection's protocol and open exchanges.
+pub(crate) struct Server {
+    root: Option<Arc<PathBuf>>,
+    conns: HashMap<ConnId, (Proto, HashMap<StreamId, Exchange>)>,
+}
+
+impl Server {
+    /// A server serving files under `root` (canonical), if any.
+    pub(crate) fn new(root: Option<Arc<PathBuf>>) -> Self {
+        Self {
+            root,
+            conns: HashMap::new(),
+        }
+    }
+
+    fn proto(conn: &Connection) -> Option<Proto> {
+        match alpn(conn)?.as_slice() {
+            ALPN_HQ => Some(Proto::Hq),
+            ALPN_PERF => Some(Proto::Perf),
+            ALPN_ECHO => Some(Proto::Echo),
+            _ => None,
+        }
+    }
+
+    /// The connection's protocol and exchanges, set up on first use; a connection without a
+    /// known ALPN is closed.
+    fn state(
+        &mut self,
+        ctx: &mut ShardCtx<'_>,
+        id: ConnId,
+    ) -> Option<&mut (Proto, HashMap<StreamId, Exchange>)> {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.conns.entry(id) {
+            match Self::proto(ctx.connection(id)?) {
+                Some(p) => {
+                    slot.insert((p, HashMap::new()));
+                }
+                None => {
+                    ctx.close(id, 0x178, b"no application protocol");
+                    return None;
+                }
+            }
+        }
+        self.conns.get_mut(&id)
+    }
+
+    fn drive(&mut self, ctx: &mut ShardCtx<'_>, id: ConnId, sid: StreamId) {
+        let root = self.root.clone();
+        let Some((proto, streams)) = self.state(ctx, id) else {
+            return;
+        };
+        let proto = *proto;
+        let Some(conn) = ctx.connection(id) else {
+            return;
+        };
+        let ex = streams.entry(sid).or_insert_with(|| Exchange {
+            request: Vec::new(),
+            response: None,
+            request_done: false,
+        });
+        if !ex.request_done {
+            read_request(proto, conn, sid, ex, root.as_deref().map(|p| p.as_path()));
+        }
+        let done = match ex.response.as_mut() {
+            Some(out) => {
+                let p = out.pump(conn, sid);
+                if p == Pumped::Starved && proto == Proto::Echo && !ex.request_done {
+                    // the queue drained: read more of the request
+                    read_request(proto, conn, sid, ex, None);
+                    ex.response.as_mut().map(|o| o.pump(conn, sid))
+                } else {
+                    Some(p)
+                }
+            }
+            None => None,
+        };
+        if matches!(done, Some(Pumped::Finished | Pumped::Gone)) || ex_is_dead(ex) {
+            streams.remove(&sid);
+        }
+    }
+}
+
+impl Server {
+    /// Whether `stream` has an exchange in progress (events for finished ones are ignored).
+    fn is_open(&self, conn: ConnId, stream: StreamId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|(_, s)| s.contains_key(&stream))
+    }
+}
+
+fn ex_is_dead(ex: &Exchange) -> bool {
+    ex.request_done && ex.response.is_none()
+}
+
+/// Reads request bytes and, once the request is complete, starts the response.
+fn read_request(
+    proto: Proto,
+    conn: &mut Connection,
+    sid: StreamId,
+    ex: &mut Exchange,
+    root: Option<&Path>,
+) {
+    let limit = match (proto, &ex.response) {
+        (Proto::Echo, Some(out)) => out.queue_room(),
+        (Proto::Echo, None) => CHUNK,
+        _ => usize::MAX,
+    };
+    let mut too_long = false;
+    let outcome = {
+        let request = &mut ex.request;
+        let response = &mut ex.response;
+        read_stream(conn, sid, limit, |bytes| match proto {
+            Proto::Hq => {
+                if request.len() + bytes.len() > MAX_REQUEST {
+                    too_long = true;
+                } else {
+                    request.extend_from_slice(bytes);
+                }
+            }
+            Proto::Perf => {
+                // keep only the 8-byte length; the rest of the upload is drained
+                let want = 8usize.saturating_sub(request.len());
+                request.extend_from_slice(&bytes[..want.min(bytes.len())]);
+            }
+            Proto::Echo => {
+                let out =
+                    response.get_or_insert_with(|| Outgoing::new(Body::Queue { done: false }));
+                out.pending.extend_from_slice(bytes);
+            }
+        })
+    };
+    if outcome.reset.is_some() || too_long {
+        if too_long {
+            let _ = conn.recv_stream(sid).stop(VarInt::from_u32(BAD_REQUEST));
+        }
+        let _ = conn.send_stream(sid).reset(VarInt::from_u32(BAD_REQUEST));
+        ex.request_done = true;
+        ex.response = None;
+        return;
+    }
+    let line_complete = proto == Proto::Hq && ex.request.windows(2).any(|w| w == b"\r\n");
+    if !(outcome.fin || line_complete) {
+        return;
+    }
+    ex.request_done = true;
+    if line_complete && !outcome.fin {
+        // the request is complete; the rest of the stream is not needed
+        let _ = conn.recv_stream(sid).stop(VarInt::from_u32(0));
+    }
+    ex.response = match proto {
+        Proto::Echo => {
+            let mut out = ex
+                .response
+                .take()
+                .unwrap_or_else(|| Outgoing::new(Body::Queue { done: true }));
+            out.body = Body::Queue { done: true };
+            Some(out)
+        }
+        Proto::Perf => match <[u8; 8]>::try_from(&ex.request[..]) {
+            Ok(len) => Some(Outgoing::new(Body::Pattern(u64::from_be_bytes(len)))),
+            Err(_) => reset(conn, sid, BAD_REQUEST),
+        },
+        Proto::Hq => match parse_get(&ex.request).and_then(|p| open_under(root?, p)) {
+            Some(file) => Some(Outgoing::new(Body::File(file))),
+            None => reset(conn, sid, HQ_NOT_FOUND),
+        },
+    };
+}
+
+fn reset(conn: &mut Connection, sid: StreamId, code: u32) -> Option<Outgoing> {
+    let _ = conn.send_stream(sid).reset(VarInt::from_u32(code));
+    None
+}
+
+/// The path of `GET /path\r\n` (or without the line end, when the stream finished).
+fn parse_get(request: &[u8]) -> Option<&str> {
+    let line = std::str::from_utf8(request).ok()?;
+    let line = line.split("\r\n").next()?.trim_end();
+    let path = line.strip_prefix("GET ")?;
+    path.strip_prefix('/')
+        .map(|p| p.split(' ').next().unwrap_or(p))
+}
+
+/// Opens `rel` under `root`, refusing anything that resolves outside it or is not a file.
+pub(crate) fn open_under(root: &Path, rel: &str) -> Option<File> {
+    let path = root.join(rel).canonicalize().ok()?;
+    if !path.starts_with(root) || !path.is_file() {
+        return None;
+    }
+    File::open(path).ok()
+}
+
+impl Handler for Server {
+    fn on_connection(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId) {
+        self.state(ctx, conn);
+    }
+
+    fn on_stream_opened(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
+        self.drive(ctx, conn, stream);
+    }
+
+    fn on_stream_readable(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
+        if self.is_open(conn, stream) {
+            self.drive(ctx, conn, stream);
+        }
+    }
+
+    fn on_stream_writable(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
+        if self.is_open(conn, stream) {
+            self.drive(ctx, conn, stream);
+        }
+    }
+
+    fn on_closed(
+        &mut self,
+        _ctx: &mut ShardCtx<'_>,
+        conn: ConnId,
+        _reason: &quinn_proto::ConnectionError,
+    ) {
+        self.conns.remove(&conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_get_lines() {
+        assert_eq!(parse_get(b"GET /a.txt\r\n"), Some("a.txt"));
+        assert_eq!(parse_get(b"GET /dir/b"), Some("dir/b"));
+        assert_eq!(parse_get(b"POST /a\r\n"), None);
+        assert_eq!(parse_get(b"GET a\r\n"), None);
+        assert_eq!(parse_get(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn refuses_paths_outside_root() {
+        let dir = std::env::temp_dir().join(format!("qs-root-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/f"), b"x").unwrap();
+        let root = dir.join("sub").canonicalize().unwrap();
+        std::fs::write(dir.join("secret"), b"s").unwrap();
+        assert!(open_under(&root, "f").is_some());
+        assert!(open_under(&root, "../secret").is_none());
+        assert!(open_under(&root, "missing").is_none());
+        assert!(open_under(&root, "").is_none(), "a directory is not a file");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

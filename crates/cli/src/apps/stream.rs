@@ -1,0 +1,171 @@
+//! Moving bytes between quinn-proto streams and response bodies, bounded and without blocking.
+
+use std::fs::File;
+use std::io::Read;
+
+use quinn_proto::{Connection, ReadError, StreamId, VarInt, WriteError};
+
+/// How much a stream buffers between reading a body and the stream accepting it.
+pub(crate) const CHUNK: usize = 64 * 1024;
+
+/// What a response stream still has to send.
+pub(crate) enum Body {
+    /// A file's remaining bytes.
+    File(File),
+    /// `n` more pattern bytes (perf downloads).
+    Pattern(u64),
+    /// Bytes queued by the protocol itself (echo); `done` once the peer finished.
+    Queue { done: bool },
+}
+
+/// A response in progress: the body and the bytes read from it but not yet accepted by QUIC.
+pub(crate) struct Outgoing {
+    pub(crate) body: Body,
+    pub(crate) pending: Vec<u8>,
+    pub(crate) pos: usize,
+    pub(crate) sent: u64,
+    /// FIN was sent: pumping again is a no-op.
+    finished: bool,
+}
+
+/// What [`Outgoing::pump`] left behind.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Pumped {
+    /// Flow control stopped us; wait for writable.
+    Blocked,
+    /// An echo queue is empty but the request is still open.
+    Starved,
+    /// Everything was written and the stream finished.
+    Finished,
+    /// The peer stopped the stream or it is gone.
+    Gone,
+}
+
+/// The byte at `offset` of a perf download: cheap to make, and checkable by the client.
+pub(crate) fn pattern_byte(offset: u64) -> u8 {
+    (offset % 251) as u8
+}
+
+impl Outgoing {
+    pub(crate) fn new(body: Body) -> Self {
+        Self {
+            body,
+            pending: Vec::with_capacity(CHUNK),
+            pos: 0,
+            sent: 0,
+            finished: false,
+        }
+    }
+
+    /// Room left in the echo queue before the reader must stop (backpressure).
+    pub(crate) fn queue_room(&self) -> usize {
+        CHUNK.saturating_sub(self.pending.len() - self.pos)
+    }
+
+    /// Writes as much as the stream takes, refilling from the body; finishes at the end.
+    pub(crate) fn pump(&mut self, conn: &mut Connection, id: StreamId) -> Pumped {
+        if self.finished {
+            return Pumped::Finished;
+        }
+        loop {
+            if self.pos == self.pending.len() {
+                self.pending.clear();
+                self.pos = 0;
+                match self.refill() {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        if matches!(self.body, Body::Queue { done: false }) {
+                            return Pumped::Starved;
+                        }
+                        return match conn.send_stream(id).finish() {
+                            Ok(()) => {
+                                self.finished = true;
+                                Pumped::Finished
+                            }
+                            Err(_) => Pumped::Gone,
+                        };
+                    }
+                    Err(_) => {
+                        let _ = conn
+                            .send_stream(id)
+                            .reset(VarInt::from_u32(super::BAD_REQUEST));
+                        return Pumped::Gone;
+                    }
+                }
+            }
+            match conn.send_stream(id).write(&self.pending[self.pos..]) {
+                Ok(n) => {
+                    self.pos += n;
+                    self.sent += n as u64;
+                }
+                Err(WriteError::Blocked) => return Pumped::Blocked,
+                Err(_) => return Pumped::Gone,
+            }
+        }
+    }
+
+    /// Fills `pending` from the body; `Ok(false)` when the body has nothing more now.
+    fn refill(&mut self) -> std::io::Result<bool> {
+        match &mut self.body {
+            Body::File(f) => {
+                self.pending.resize(CHUNK, 0);
+                let n = f.read(&mut self.pending)?;
+                self.pending.truncate(n);
+                Ok(n > 0)
+            }
+            Body::Pattern(left) => {
+                let n = (*left).min(CHUNK as u64);
+                let start = self.sent;
+                self.pending.extend((0..n).map(|i| pattern_byte(start + i)));
+                *left -= n;
+                Ok(n > 0)
+            }
+            Body::Queue { .. } => Ok(false),
+        }
+    }
+}
+
+/// What reading a stream produced.
+pub(crate) struct ReadOutcome {
+    pub(crate) fin: bool,
+    pub(crate) reset: Option<VarInt>,
+}
+
+/// Reads what is available (at most `limit` bytes), handing each chunk to `sink`.
+pub(crate) fn read_stream(
+    conn: &mut Connection,
+    id: StreamId,
+    limit: usize,
+    mut sink: impl FnMut(&[u8]),
+) -> ReadOutcome {
+    let mut out = ReadOutcome {
+        fin: false,
+        reset: None,
+    };
+    let mut recv = conn.recv_stream(id);
+    let Ok(mut chunks) = recv.read(true) else {
+        // already finished or reset and consumed: nothing more will come
+        out.fin = true;
+        return out;
+    };
+    let mut left = limit;
+    while left > 0 {
+        match chunks.next(left) {
+            Ok(Some(chunk)) => {
+                left -= chunk.bytes.len();
+                sink(&chunk.bytes);
+            }
+            Ok(None) => {
+                out.fin = true;
+                break;
+            }
+            Err(ReadError::Blocked) => break,
+            Err(ReadError::Reset(code)) => {
+                out.reset = Some(code);
+                break;
+            }
+        }
+    }
+    let _ = chunks.finalize();
+    out
+}

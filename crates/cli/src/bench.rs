@@ -1,0 +1,127 @@
+//! `quicshard bench`: a load generator on the engine (client connections spread over shards).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use indicatif::ProgressBar;
+use quicshard::Engine;
+
+use crate::apps::client::Client;
+use crate::apps::ALPN_PERF;
+use crate::loadgen::{self, Limit, Mode, Params};
+use crate::{tlsfiles, Failure};
+
+/// Arguments of `quicshard bench`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Server address (HOST:PORT); it must speak the perf protocol (`quicshard serve` does).
+    #[arg(long)]
+    connect: String,
+    /// TLS server name (default: the host of --connect).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Accept any server certificate (required unless the server's certificate is trusted via --ca).
+    #[arg(long)]
+    insecure: bool,
+    /// Trust the CA certificates in this PEM file.
+    #[arg(long, conflicts_with = "insecure")]
+    ca: Option<std::path::PathBuf>,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Concurrent streams per connection.
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// Bytes per request (bulk: downloaded; rr: each way).
+    #[arg(long, default_value_t = 1024)]
+    size: u64,
+    /// Run this many seconds.
+    #[arg(long, conflicts_with = "requests")]
+    duration: Option<f64>,
+    /// Run this many requests (default 1000 if --duration is absent).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Mode::Rr)]
+    mode: Mode,
+    /// Client shard threads (default: one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(args: Args) -> Result<(), Failure> {
+    let addr: SocketAddr = args
+        .connect
+        .to_socket_addrs()
+        .map_err(|e| Failure::Usage(format!("--connect {}: {e}", args.connect)))?
+        .next()
+        .ok_or_else(|| Failure::Usage(format!("--connect {}: no address", args.connect)))?;
+    let host = args
+        .connect
+        .rsplit_once(':')
+        .map_or(args.connect.as_str(), |(h, _)| h);
+    let server_name = args
+        .server_name
+        .clone()
+        .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+    if args.connections == 0 || args.streams == 0 {
+        return Err(Failure::Usage(
+            "--connections and --streams must be at least 1".into(),
+        ));
+    }
+    let limit = match (args.duration, args.requests) {
+        (Some(d), _) if d > 0.0 && d.is_finite() => Limit::Duration(Duration::from_secs_f64(d)),
+        (Some(d), _) => return Err(Failure::Usage(format!("--duration {d}: must be positive"))),
+        (None, Some(n)) => Limit::Requests(n),
+        (None, None) => Limit::Requests(1000),
+    };
+    let client_cfg = tlsfiles::client(args.insecure, args.ca.as_deref(), &[ALPN_PERF], false)?;
+    let local: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("valid");
+    let mut builder = Engine::builder(|_| Client::default())
+        .listen(local)
+        .client_config(client_cfg);
+    if let Some(n) = args.shards {
+        builder = builder.shards(n.clamp(1, 256));
+    }
+    let engine = builder
+        .start()
+        .map_err(|e| Failure::Refused(e.to_string()))?;
+    let params = Params {
+        addr,
+        server_name,
+        mode: args.mode,
+        connections: args.connections,
+        streams: args.streams,
+        size: args.size,
+        limit,
+    };
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    let report = loadgen::run(&engine.remote(), &params, &bar);
+    bar.finish_and_clear();
+    engine.shutdown(Duration::from_secs(1));
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        report.print();
+    }
+    if report.requests == 0 {
+        return Err(Failure::Refused(format!(
+            "no request completed: {}",
+            report.first_error.as_deref().unwrap_or("unknown error")
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! The load generator behind `bench` and `demo`: plans connections on a client engine's shards,
+//! collects their events, and summarizes them with HDR histograms.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::RecvTimeoutError;
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use quicshard::{Remote, ShardId};
+
+use crate::apps::client::{Client, Event, Plan, Request};
+
+/// What kind of load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Mode {
+    /// Each stream downloads `size` bytes.
+    Bulk,
+    /// A new connection per request (one small download each).
+    Handshake,
+    /// Request/response: `size` bytes up, `size` bytes down.
+    Rr,
+}
+
+/// When a run ends.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Limit {
+    /// After this many requests (over all connections).
+    Requests(u64),
+    /// After this long.
+    Duration(Duration),
+}
+
+/// A load to generate.
+#[derive(Clone, Debug)]
+pub(crate) struct Params {
+    pub(crate) addr: SocketAddr,
+    pub(crate) server_name: String,
+    pub(crate) mode: Mode,
+    pub(crate) connections: usize,
+    pub(crate) streams: usize,
+    pub(crate) size: u64,
+    pub(crate) limit: Limit,
+}
+
+/// What a run measured.
+pub(crate) struct Report {
+    pub(crate) mode: Mode,
+    pub(crate) elapsed: Duration,
+    pub(crate) requests: u64,
+    pub(crate) failed: u64,
+    pub(crate) bytes: u64,
+    pub(crate) handshakes: u64,
+    pub(crate) connection_errors: u64,
+    pub(crate) first_error: Option<String>,
+    /// Request latency in microseconds.
+    pub(crate) latency: Histogram<u64>,
+    /// Handshake time in microseconds (connect to handshake complete).
+    pub(crate) handshake: Histogram<u64>,
+}
+
+/// How long a run may go past its limit waiting for stragglers before it gives up.
+const GRACE: Duration = Duration::from_secs(10);
+
+impl Report {
+    pub(crate) fn throughput_mbit(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.elapsed.as_secs_f64().max(1e-9) / 1e6
+    }
+    pub(crate) fn per_second(&self, n: u64) -> f64 {
+        n as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+    pub(crate) fn percentile_ms(&self, q: f64) -> f64 {
+        self.latency.value_at_quantile(q) as f64 / 1000.0
+    }
+    pub(crate) fn max_ms(&self) -> f64 {
+        self.latency.max() as f64 / 1000.0
+    }
+
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "mode": self.mode,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "requests": self.requests,
+            "failed": self.failed,
+            "bytes": self.bytes,
+            "handshakes": self.handshakes,
+            "handshakes_per_s": self.per_second(self.handshakes),
+            "requests_per_s": self.per_second(self.requests),
+            "throughput_mbit_s": self.throughput_mbit(),
+            "connection_errors": self.connection_errors,
+            "first_error": self.first_error,
+            "handshake_ms": {
+                "p50": self.handshake.value_at_quantile(0.5) as f64 / 1000.0,
+                "p99": self.handshake.value_at_quantile(0.99) as f64 / 1000.0,
+            },
+            "latency_ms": {
+                "p50": self.percentile_ms(0.5),
+                "p90": self.percentile_ms(0.9),
+                "p99": self.percentile_ms(0.99),
+                "max": self.max_ms(),
+            },
+        })
+    }
+
+    pub(crate) fn print(&self) {
+        println!(
+            "{:?}: {} requests ({} failed) in {:.2} s; {:.0} req/s, {:.0} handshakes/s, {:.1} Mbit/s",
+            self.mode,
+            self.requests,
+            self.failed,
+            self.elapsed.as_secs_f64(),
+            self.per_second(self.requests),
+            self.per_second(self.handshakes),
+            self.throughput_mbit()
+        );
+        println!(
+            "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}; connection errors {}",
+            self.percentile_ms(0.5),
+            self.percentile_ms(0.9),
+            self.percentile_ms(0.99),
+            self.max_ms(),
+            self.connection_errors
+        );
+        if self.handshakes > 0 {
+            println!(
+                "  handshake ms: p50 {:.2}  p99 {:.2}",
+                self.handshake.value_at_quantile(0.5) as f64 / 1000.0,
+                self.handshake.value_at_quantile(0.99) as f64 / 1000.0
+            );
+        }
+        if let Some(e) = &self.first_error {
+            println!("  first error: {e}");
+        }
+    }
+}
+
+/// Runs `p` on the client engine behind `remote`, spreading connections over its shards.
+pub(crate) fn run(remote: &Remote<Client>, p: &Params, bar: &ProgressBar) -> Report {
+    let (tx, rx) = crossbeam_channel::bounded(1 << 16);
+    let start = Instant::now();
+    let deadline = match p.limit {
+        Limit::Duration(d) => Some(start + d),
+        Limit::Requests(_) => None,
+    };
+    let total = match p.limit {
+        Limit::Requests(n) => n,
+        Limit::Duration(_) => u64::MAX,
+    };
+    let request = match p.mode {
+        Mode::Bulk => Request::Perf {
+            upload: 0,
+            download: p.size,
+        },
+        Mode::Handshake => Request::Perf {
+            upload: 0,
+            download: p.size.min(1024),
+        },
+        Mode::Rr => Request::Perf {
+            upload: p.size,
+            download: p.size,
+        },
+    };
+    let mut r = Report {
+        mode: p.mode,
+        elapsed: Duration::ZERO,
+        requests: 0,
+        failed: 0,
+        bytes: 0,
+        handshakes: 0,
+        connection_errors: 0,
+        first_error: None,
+        latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+        handshake: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+    };
+    let shards = remote.shards().max(1);
+    let mut next_shard = 0usize;
+    let mut launched_requests = 0u64;
+    let mut open_conns = 0usize;
+    let mut launch = |requests: std::collections::VecDeque<Request>,
+                      repeat: Option<(Request, Instant)>,
+                      streams: usize|
+     -> bool {
+        let plan = Plan {
+            addr: p.addr,
+            server_name: p.server_name.clone(),
+            requests,
+            repeat,
+            concurrency: streams,
+            events: tx.clone(),
+        };
+        let shard = ShardId(next_shard % shards);
+        next_shard += 1;
+        remote
+            .run_on(shard, move |ctx, client| client.start(ctx, plan))
+            .is_ok()
+    };
+    // Initial connections.
+    let per_conn_streams = if p.mode == Mode::Handshake {
+        1
+    } else {
+        p.streams.max(1)
+    };
+    for i in 0..p.connections.max(1) {
+        let (requests, repeat) = match (p.mode, deadline) {
+            (Mode::Handshake, _) => {
+                if launched_requests >= total {
+                    break;
+                }
+                launched_requests += 1;
+                (std::iter::once(request.clone()).collect(), None)
+            }
+            (_, Some(d)) => (Default::default(), Some((request.clone(), d))),
+            (_, None) => {
+                let share = total / p.connections as u64
+                    + u64::from((i as u64) < total % p.connections as u64);
+                launched_requests += share;
+                (
+                    std::iter::repeat_n(request.clone(), share as usize).collect(),
+                    None,
+                )
+            }
+        };
+        if launch(requests, repeat, per_conn_streams) {
+            open_conns += 1;
+        }
+    }
+    let hard_stop = deadline.unwrap_or(start + Duration::from_secs(3600)) + GRACE;
+    while open_conns > 0 {
+        let timeout = hard_stop.saturating_duration_since(Instant::now());
+        let ev = match rx.recv_timeout(timeout.min(Duration::from_millis(200))) {
+            Ok(ev) => ev,
+            Err(RecvTimeoutError::Timeout) if Instant::now() < hard_stop => {
+                bar.tick();
+                continue;
+            }
+            Err(_) => {
+                r.first_error.get_or_insert_with(|| {
+                    format!("{open_conns} connections did not finish in time")
+                });
+                r.connection_errors += open_conns as u64;
+                break;
+            }
+        };
+        let finished_request = matches!(ev, Event::Done { .. } | Event::Failed { .. });
+        match ev {
+            Event::Connected { handshake } => {
+                r.handshakes += 1;
+                let _ = r.handshake.record((handshake.as_micros() as u64).max(1));
+            }
+            Event::Done { bytes, latency } => {
+                r.requests += 1;
+                r.bytes += bytes;
+                let _ = r.latency.record((latency.as_micros() as u64).max(1));
+                bar.inc(1);
+            }
+            Event::Failed { reason } => {
+                r.failed += 1;
+                r.first_error.get_or_insert(reason);
+            }
+            Event::Closed { error } => {
+                open_conns -= 1;
+                if let Some(e) = error {
+                    r.connection_errors += 1;
+                    r.first_error.get_or_insert(e);
+                }
+            }
+        }
+        // Handshake mode: a connection's slot frees when its request completes, not when it has
+        // drained (that takes three PTOs and is not what is being measured).
+        if p.mode == Mode::Handshake
+            && finished_request
+            && launched_requests < total
+            && deadline.is_none_or(|d| Instant::now() < d)
+        {
+            launched_requests += 1;
+            if launch(std::iter::once(request.clone()).collect(), None, 1) {
+                open_conns += 1;
+            }
+        }
+    }
+    r.elapsed = start.elapsed();
+    r
+}

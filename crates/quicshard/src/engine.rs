@@ -1,0 +1,329 @@
+//! The [`Engine`] and its [`Builder`]: configuration, start-up (bind, BPF, wiring the mailbox
+//! mesh, spawning shard threads), counters and graceful shutdown.
+//!
+//! # Examples
+//! ```no_run
+//! use quicshard::{Engine, Handler, ShardId};
+//! struct Nop;
+//! impl Handler for Nop {}
+//! let engine = Engine::builder(|_shard: ShardId| Nop)
+//!     .shards(2)
+//!     .listen("127.0.0.1:0".parse().unwrap())
+//!     .start()
+//!     .unwrap();
+//! println!("listening on {}", engine.local_addr());
+//! let stats = engine.shutdown(std::time::Duration::from_secs(1));
+//! assert_eq!(stats.len(), 2);
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use quinn_proto::{ClientConfig, EndpointConfig, TransportConfig};
+use rustls::pki_types::CertificateDer;
+
+use crate::cid::{CidConfig, CidConfigError};
+use crate::handler::{Handler, Remote, ShardId};
+use crate::shard::mailbox::{mailbox, Msg};
+use crate::shard::{self, ShardParts, WAKER_TOKEN};
+use crate::shared::{build_server_config, Shared};
+use crate::stats::{Counters, ShardStats};
+use crate::steer;
+use crate::tls::{self, TlsError};
+
+/// Default per-shard connection limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+
+/// Why [`Builder::start`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound (in use, not local, no permission). Pick another
+    /// address or port, or stop the process holding it.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The CID configuration (QUIC-LB config, server ID or shard count) is invalid.
+    #[error(transparent)]
+    Cid(#[from] CidConfigError),
+    /// The TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Creating a poller, waker, socket state or thread failed (resource limits).
+    #[error("shard setup: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+type Factory<H> = Arc<dyn Fn(ShardId) -> H + Send + Sync>;
+
+/// Configures and starts an [`Engine`].
+pub struct Builder<H> {
+    factory: Factory<H>,
+    shards: usize,
+    listen: SocketAddr,
+    server_tls: Option<rustls::ServerConfig>,
+    client_config: Option<ClientConfig>,
+    transport: Option<Arc<TransportConfig>>,
+    quic_lb: Option<(quic_lb::Config, Vec<u8>)>,
+    bpf: bool,
+    retry: bool,
+    max_connections: usize,
+    alpn: Vec<Vec<u8>>,
+}
+
+impl<H: Handler> Builder<H> {
+    /// Number of shards (threads). Default: `std::thread::available_parallelism()`. 1..=256.
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = n;
+        self
+    }
+    /// The shared UDP address. Default `127.0.0.1:0` (an ephemeral loopback port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+    /// The server TLS config. The engine replaces its ticketer with a stateless one shared by all
+    /// shards and disables the stateful session cache. Default: a self-signed certificate for
+    /// `localhost` (see [`Engine::certificate`]) with the [`Builder::alpn`] protocols.
+    pub fn server_tls(mut self, tls: rustls::ServerConfig) -> Self {
+        self.server_tls = Some(tls);
+        self
+    }
+    /// The client config for `connect`. Default: trust only this engine's self-signed
+    /// certificate (useful for loopback tests; see [`crate::tls`] for others).
+    pub fn client_config(mut self, cfg: ClientConfig) -> Self {
+        self.client_config = Some(cfg);
+        self
+    }
+    /// Transport parameters for incoming connections and for `connect` (replacing the client
+    /// config's). Default: quinn-proto's defaults (the client config's own for `connect`).
+    pub fn transport(mut self, t: TransportConfig) -> Self {
+        self.transport = Some(Arc::new(t));
+        self
+    }
+    /// QUIC-LB config and this server's ID. Default: a random 2-octet server ID and a random
+    /// single-pass key (18-octet CIDs). The config must leave one octet for the shard byte.
+    pub fn quic_lb(mut self, config: quic_lb::Config, server_id: &[u8]) -> Self {
+        self.quic_lb = Some((config, server_id.to_vec()));
+        self
+    }
+    /// Attach the BPF steering program. Default on. Off, the kernel's 4-tuple hash picks the
+    /// socket and the shards hand off what lands on the wrong one.
+    pub fn bpf(mut self, on: bool) -> Self {
+        self.bpf = on;
+        self
+    }
+    /// Answer every Initial without a valid token with a Retry. Default off.
+    pub fn retry(mut self, on: bool) -> Self {
+        self.retry = on;
+        self
+    }
+    /// Connections per shard beyond which new ones are refused. Default 100 000.
+    pub fn max_connections_per_shard(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+    /// ALPN protocols for the default TLS configs. Default none.
+    pub fn alpn(mut self, protocols: &[&[u8]]) -> Self {
+        self.alpn = protocols.iter().map(|p| p.to_vec()).collect();
+        self
+    }
+
+    /// Binds, attaches BPF, spawns the shard threads.
+    pub fn start(self) -> Result<Engine<H>, StartError> {
+        let n = self.shards;
+        let cid = match &self.quic_lb {
+            Some((cfg, sid)) => CidConfig::new(*cfg, sid, n)?,
+            None => CidConfig::standalone(n)?,
+        };
+        let alpn: Vec<&[u8]> = self.alpn.iter().map(|p| p.as_slice()).collect();
+        let mut certificate = None;
+        let server_tls = match self.server_tls {
+            Some(t) => t,
+            None => {
+                let (chain, key) = tls::self_signed(&["localhost"])?;
+                certificate = Some(chain.clone());
+                tls::server_config(chain, key, &alpn)?
+            }
+        };
+        let server_config =
+            build_server_config(server_tls, self.transport.clone().unwrap_or_default())?;
+        let mut client_config = match self.client_config {
+            Some(c) => c,
+            None => tls::client_config_trusting(certificate.as_deref().unwrap_or(&[]), &alpn)?,
+        };
+        if let Some(t) = self.transport {
+            client_config.transport_config(t);
+        }
+        let shared = Arc::new(Shared {
+            server_config: Some(server_config),
+            endpoint_config: EndpointConfig::default(),
+            client_config,
+            cid,
+            retry: self.retry,
+            max_connections: self.max_connections,
+        });
+
+        let listen = steer::bind_group(self.listen, n).map_err(|source| StartError::Bind {
+            addr: self.listen,
+            source,
+        })?;
+        let local_addr = listen[0].local_addr()?;
+        let client_ip = match local_addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        let clients = (0..n)
+            .map(|_| UdpSocket::bind(SocketAddr::new(client_ip, 0)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bpf_attached = self.bpf
+            && n > 1
+            && {
+                let program = steer::steering_program(shared.cid.cid_len(), n);
+                match steer::attach(&listen[0], &program) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "BPF steering not attached; shards will hand off datagrams");
+                        false
+                    }
+                }
+            };
+
+        let mut polls = Vec::with_capacity(n);
+        let mut txs = Vec::with_capacity(n);
+        let mut rxs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let poll = mio::Poll::new()?;
+            let (tx, rx) = mailbox::<H>(poll.registry(), WAKER_TOKEN)?;
+            polls.push(poll);
+            txs.push(tx);
+            rxs.push(rx);
+        }
+        let peers: Arc<[_]> = txs.into();
+        let stats: Vec<Arc<Counters>> = (0..n).map(|_| Arc::default()).collect();
+        let mut threads = Vec::with_capacity(n);
+        let parts = polls
+            .into_iter()
+            .zip(rxs)
+            .zip(listen)
+            .zip(clients)
+            .enumerate();
+        for (id, (((poll, mailbox), listen), client)) in parts {
+            let p = ShardParts {
+                id,
+                poll,
+                listen,
+                client,
+                mailbox,
+                peers: peers.clone(),
+                shared: shared.clone(),
+                stats: stats[id].clone(),
+            };
+            threads.push(shard::spawn(p, self.factory.clone())?);
+        }
+        Ok(Engine {
+            remote: Remote { mailboxes: peers },
+            threads,
+            stats,
+            local_addr,
+            certificate,
+            bpf_attached,
+            cid_len: shared.cid.cid_len(),
+        })
+    }
+}
+
+/// A running engine: N shard threads serving one UDP port.
+pub struct Engine<H: Handler> {
+    remote: Remote<H>,
+    threads: Vec<JoinHandle<()>>,
+    stats: Vec<Arc<Counters>>,
+    local_addr: SocketAddr,
+    certificate: Option<Vec<CertificateDer<'static>>>,
+    bpf_attached: bool,
+    cid_len: usize,
+}
+
+impl<H: Handler> Engine<H> {
+    /// A builder; `factory` creates each shard's handler on that shard's thread.
+    pub fn builder<F>(factory: F) -> Builder<H>
+    where
+        F: Fn(ShardId) -> H + Send + Sync + 'static,
+    {
+        Builder {
+            factory: Arc::new(factory),
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            server_tls: None,
+            client_config: None,
+            transport: None,
+            quic_lb: None,
+            bpf: true,
+            retry: false,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            alpn: Vec::new(),
+        }
+    }
+
+    /// The shared UDP address (with the actual port if 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+    /// A handle to reach the shards from any thread.
+    pub fn remote(&self) -> Remote<H> {
+        self.remote.clone()
+    }
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.stats.len()
+    }
+    /// The self-signed certificate chain, if the engine generated its TLS config.
+    pub fn certificate(&self) -> Option<&[CertificateDer<'static>]> {
+        self.certificate.as_deref()
+    }
+    /// Whether the BPF steering program is attached.
+    pub fn bpf_attached(&self) -> bool {
+        self.bpf_attached
+    }
+    /// Length of the CIDs this engine issues (QUIC-LB part + shard byte).
+    pub fn cid_len(&self) -> usize {
+        self.cid_len
+    }
+    /// A snapshot of every shard's counters, in shard order.
+    pub fn stats(&self) -> Vec<ShardStats> {
+        self.stats.iter().map(|c| c.snapshot()).collect()
+    }
+
+    /// Stops accepting, closes every connection with CONNECTION_CLOSE, drains until all are
+    /// drained or `timeout` passed, joins the threads; returns the final counters.
+    pub fn shutdown(mut self, timeout: Duration) -> Vec<ShardStats> {
+        self.stop(timeout);
+        self.stats()
+    }
+
+    fn stop(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for mb in self.remote.mailboxes.iter() {
+            // a closed mailbox means the shard already exited
+            let _ = mb.send_blocking(Msg::Shutdown { deadline });
+        }
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a shard thread panicked");
+            }
+        }
+    }
+}
+
+impl<H: Handler> Drop for Engine<H> {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.stop(Duration::ZERO);
+        }
+    }
+}

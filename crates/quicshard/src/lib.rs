@@ -1,0 +1,22 @@
+//! quicshard: a multi-core QUIC endpoint engine.
+//!
+//! One UDP port is served by N shard threads; each shard owns a `quinn_proto::Endpoint` and its
+//! connections for their whole life. The kernel steers datagrams to the owning shard by the shard
+//! byte of the connection ID (classic BPF on an `SO_REUSEPORT` group); whatever it cannot steer is
+//! handed off between shards in userspace. Start with [`Engine::builder`] and a [`Handler`].
+
+pub mod cid;
+mod engine;
+pub mod handler;
+mod shard;
+mod shared;
+pub mod stats;
+pub mod steer;
+pub mod tls;
+
+pub use engine::{Builder, Engine, StartError, DEFAULT_MAX_CONNECTIONS};
+pub use handler::{ConnId, Handler, Remote, RemoteError, ShardCtx, ShardId, HANDLER_PANIC_CODE};
+pub use stats::ShardStats;
+
+pub use quinn_proto;
+pub use rustls;

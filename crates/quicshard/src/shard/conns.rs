@@ -1,0 +1,153 @@
+//! The shard's connection table: a slab of `quinn_proto::Connection`s indexed by the endpoint's
+//! `ConnectionHandle`, with a generation per slot and the queue of connections needing service.
+//!
+//! quinn-proto's `Endpoint` allocates handles from its own slab, so a live handle is unique and is
+//! used directly as our slot index. The generation makes a [`ConnId`] for a dead connection
+//! resolve to `None` after its slot is reused. The dirty queue holds slots to drive (flush events,
+//! transmit, re-arm the timer) in FIFO order, each at most once.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use quinn_proto::Connection;
+
+use crate::handler::ConnId;
+
+/// One live connection and its loop bookkeeping.
+pub(crate) struct Entry {
+    pub(crate) conn: Connection,
+    /// Which of the shard's sockets the connection sends on (`io::LISTEN` or `io::CLIENT`).
+    pub(crate) sock: usize,
+    /// The deadline currently armed in the timer heap.
+    pub(crate) timer: Option<Instant>,
+    /// Whether the slot is in the dirty queue.
+    queued: bool,
+    /// `Handler::on_closed` was called.
+    pub(crate) closed_reported: bool,
+    /// The endpoint has forgotten the connection; remove it after this drive.
+    pub(crate) drained: bool,
+}
+
+struct Slot {
+    gen: u32,
+    entry: Option<Entry>,
+}
+
+/// The slab plus the dirty queue.
+#[derive(Default)]
+pub(crate) struct ConnTable {
+    slots: Vec<Slot>,
+    live: usize,
+    dirty: VecDeque<u32>,
+}
+
+impl ConnTable {
+    /// Stores a new connection at `slot` (its `ConnectionHandle`) and queues it.
+    pub(crate) fn insert(&mut self, slot: usize, conn: Connection, sock: usize) -> u32 {
+        if self.slots.len() <= slot {
+            self.slots.resize_with(slot + 1, || Slot {
+                gen: 0,
+                entry: None,
+            });
+        }
+        let s = &mut self.slots[slot];
+        debug_assert!(
+            s.entry.is_none(),
+            "endpoint reused a live connection handle"
+        );
+        s.gen = s.gen.wrapping_add(1);
+        s.entry = Some(Entry {
+            conn,
+            sock,
+            timer: None,
+            queued: false,
+            closed_reported: false,
+            drained: false,
+        });
+        self.live += 1;
+        // slot < endpoint slab size, which is far below u32::MAX connections
+        self.mark_dirty(slot as u32);
+        s_gen(&self.slots[slot])
+    }
+
+    /// Removes a drained connection.
+    pub(crate) fn remove(&mut self, slot: u32) -> Option<Entry> {
+        let e = self.slots.get_mut(slot as usize)?.entry.take();
+        if e.is_some() {
+            self.live -= 1;
+        }
+        e
+    }
+
+    /// The entry at `slot`, whatever its generation.
+    pub(crate) fn get_mut(&mut self, slot: u32) -> Option<&mut Entry> {
+        self.slots.get_mut(slot as usize)?.entry.as_mut()
+    }
+
+    /// The entry at `slot` if its generation is `gen`.
+    pub(crate) fn get_gen_mut(&mut self, slot: u32, gen: u32) -> Option<&mut Entry> {
+        let s = self.slots.get_mut(slot as usize)?;
+        if s.gen != gen {
+            return None;
+        }
+        s.entry.as_mut()
+    }
+
+    /// The generation of `slot`.
+    pub(crate) fn gen(&self, slot: u32) -> u32 {
+        self.slots.get(slot as usize).map_or(0, s_gen)
+    }
+
+    /// Queues `slot` for a drive unless it is queued already or empty.
+    pub(crate) fn mark_dirty(&mut self, slot: u32) {
+        if let Some(e) = self.get_mut(slot) {
+            if !e.queued {
+                e.queued = true;
+                self.dirty.push_back(slot);
+            }
+        }
+    }
+
+    /// The next slot to drive.
+    pub(crate) fn pop_dirty(&mut self) -> Option<u32> {
+        while let Some(slot) = self.dirty.pop_front() {
+            if let Some(e) = self.get_mut(slot) {
+                e.queued = false;
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    /// Whether any slot waits for a drive.
+    pub(crate) fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Live connections.
+    pub(crate) fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Slots of live connections.
+    pub(crate) fn slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.entry.is_some())
+            .map(|(i, _)| i as u32)
+    }
+
+    /// The `ConnId` of a live slot.
+    pub(crate) fn id(&self, shard: usize, slot: u32) -> ConnId {
+        ConnId {
+            shard: shard as u32,
+            slot,
+            gen: self.gen(slot),
+        }
+    }
+}
+
+fn s_gen(s: &Slot) -> u32 {
+    s.gen
+}

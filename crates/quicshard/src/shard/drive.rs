@@ -1,0 +1,213 @@
+//! Driving one connection: endpoint events, application events (handler callbacks, each under
+//! `catch_unwind`), transmits (GSO batches under a budget), the next timer, and removal once
+//! drained. The order follows quinn-proto's `Connection` docs: after any input, poll endpoint
+//! events, then app events, then transmits, then `poll_timeout`.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+use quinn_proto::{ConnectionError, ConnectionHandle, Event, StreamEvent, VarInt};
+
+use super::io::Sent;
+use super::timers::Timer;
+use super::{Shard, EVENT_PASSES_PER_DRIVE, TRANSMITS_PER_DRIVE};
+use crate::handler::{ConnId, Handler, ShardCtx, HANDLER_PANIC_CODE};
+
+impl<H: Handler> Shard<H> {
+    /// Flushes everything pending on `slot`.
+    pub(super) fn drive(&mut self, slot: u32) {
+        if self.core.conns.get_mut(slot).is_none() {
+            return;
+        }
+        self.core.driving = Some(slot);
+        self.endpoint_events(slot);
+        let mut events = std::mem::take(&mut self.events_buf);
+        for _ in 0..EVENT_PASSES_PER_DRIVE {
+            events.clear();
+            let Some(e) = self.core.conns.get_mut(slot) else {
+                break;
+            };
+            while let Some(ev) = e.conn.poll() {
+                events.push(ev);
+            }
+            if events.is_empty() {
+                break;
+            }
+            for ev in events.drain(..) {
+                self.dispatch(slot, ev);
+            }
+        }
+        self.events_buf = events;
+        let again = self.transmit(slot);
+        self.endpoint_events(slot);
+        self.core.driving = None;
+
+        let core = &mut self.core;
+        let gen = core.conns.gen(slot);
+        let Some(e) = core.conns.get_mut(slot) else {
+            return;
+        };
+        // quinn-proto emits `Drained` exactly when the connection becomes drained; the endpoint
+        // already forgot it in `endpoint_events`
+        if e.drained {
+            if !e.closed_reported {
+                e.closed_reported = true;
+                let id = core.conns.id(core.id, slot);
+                self.call(id, |h, ctx| {
+                    h.on_closed(ctx, id, &ConnectionError::LocallyClosed)
+                });
+            }
+            let core = &mut self.core;
+            core.conns.remove(slot);
+            core.stats.connections_closed.fetch_add(1, Relaxed);
+            core.stats
+                .connections_open
+                .store(core.conns.len() as u64, Relaxed);
+            return;
+        }
+        let t = e.conn.poll_timeout();
+        if t != e.timer {
+            e.timer = t;
+            if let Some(at) = t {
+                core.timers.push(Timer { at, slot, gen });
+            }
+        }
+        if again {
+            core.conns.mark_dirty(slot);
+        }
+    }
+
+    /// Hands the connection's endpoint events to the endpoint, and the answers back.
+    fn endpoint_events(&mut self, slot: u32) {
+        let core = &mut self.core;
+        let Some(e) = core.conns.get_mut(slot) else {
+            return;
+        };
+        while let Some(ev) = e.conn.poll_endpoint_events() {
+            let drained = ev.is_drained();
+            if let Some(cev) = core
+                .endpoint
+                .handle_event(ConnectionHandle(slot as usize), ev)
+            {
+                e.conn.handle_event(cev);
+            }
+            if drained {
+                e.drained = true;
+            }
+        }
+    }
+
+    /// One application event → handler callbacks.
+    fn dispatch(&mut self, slot: u32, ev: Event) {
+        let id = self.core.conns.id(self.core.id, slot);
+        match ev {
+            Event::Connected => {
+                self.core.stats.handshakes.fetch_add(1, Relaxed);
+                self.call(id, |h, ctx| h.on_connection(ctx, id));
+            }
+            Event::ConnectionLost { reason } => {
+                if let Some(e) = self.core.conns.get_mut(slot) {
+                    if e.closed_reported {
+                        return;
+                    }
+                    e.closed_reported = true;
+                }
+                self.call(id, |h, ctx| h.on_closed(ctx, id, &reason));
+            }
+            Event::Stream(StreamEvent::Opened { dir }) => loop {
+                let Some(e) = self.core.conns.get_mut(slot) else {
+                    return;
+                };
+                let Some(stream) = e.conn.streams().accept(dir) else {
+                    break;
+                };
+                self.call(id, |h, ctx| h.on_stream_opened(ctx, id, stream));
+                self.call(id, |h, ctx| h.on_stream_readable(ctx, id, stream));
+            },
+            Event::Stream(StreamEvent::Readable { id: stream }) => {
+                self.call(id, |h, ctx| h.on_stream_readable(ctx, id, stream));
+            }
+            Event::Stream(StreamEvent::Writable { id: stream })
+            | Event::Stream(StreamEvent::Stopped { id: stream, .. }) => {
+                self.call(id, |h, ctx| h.on_stream_writable(ctx, id, stream));
+            }
+            Event::Stream(StreamEvent::Finished { id: stream }) => {
+                self.call(id, |h, ctx| h.on_stream_finished(ctx, id, stream));
+            }
+            Event::DatagramReceived => loop {
+                let Some(e) = self.core.conns.get_mut(slot) else {
+                    return;
+                };
+                let Some(d) = e.conn.datagrams().recv() else {
+                    break;
+                };
+                self.call(id, |h, ctx| h.on_datagram(ctx, id, d));
+            },
+            Event::Stream(StreamEvent::Available { .. })
+            | Event::HandshakeDataReady
+            | Event::DatagramsUnblocked => {}
+        }
+    }
+
+    /// Runs one callback for `id`; a panic closes that connection and is counted.
+    fn call(&mut self, id: ConnId, f: impl FnOnce(&mut H, &mut ShardCtx<'_>)) {
+        let Self { core, handler, .. } = self;
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let mut ctx = ShardCtx::new(core);
+            f(handler, &mut ctx)
+        }));
+        if r.is_err() {
+            let core = &mut self.core;
+            core.stats.handler_panics.fetch_add(1, Relaxed);
+            tracing::warn!(
+                shard = core.id,
+                slot = id.slot,
+                "handler panicked; closing the connection"
+            );
+            let now = core.now;
+            if let Some(e) = core.conns.get_gen_mut(id.slot, id.gen) {
+                e.conn.close(
+                    now,
+                    VarInt::from_u32(HANDLER_PANIC_CODE),
+                    Bytes::from_static(b"handler panic"),
+                );
+                core.conns.mark_dirty(id.slot);
+            }
+        }
+    }
+
+    /// Sends what the connection has to send; `true` if the budget stopped it early.
+    fn transmit(&mut self, slot: u32) -> bool {
+        let core = &mut self.core;
+        let Some(e) = core.conns.get_mut(slot) else {
+            return false;
+        };
+        let sock = &mut self.socks[e.sock];
+        if sock.is_blocked() {
+            sock.waiters.push(slot);
+            return false;
+        }
+        let max = sock.max_gso_segments();
+        for _ in 0..TRANSMITS_PER_DRIVE {
+            self.send_buf.clear();
+            let Some(t) = e.conn.poll_transmit(core.now, max, &mut self.send_buf) else {
+                return false;
+            };
+            match sock.send(&t, &self.send_buf[..t.size]) {
+                Sent::Ok(n) => {
+                    core.stats.datagrams_out.fetch_add(n as u64, Relaxed);
+                }
+                Sent::Parked(n) => {
+                    core.stats.datagrams_out.fetch_add(n as u64, Relaxed);
+                    sock.waiters.push(slot);
+                    return false;
+                }
+                Sent::Dropped => {
+                    core.stats.dropped_send_error.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,404 @@
+//! One shard: a thread with its own event loop, sockets, `quinn_proto::Endpoint`, connections,
+//! timer heap and mailbox. The shard owns all of it for its whole life; nothing here is shared
+//! except the mailbox senders and the counters.
+//!
+//! # The loop
+//! Each iteration reads the same way (STYLE §2): block in `mio::Poll` until the next deadline
+//! (or not at all if the previous iteration left work behind); then drain inputs — the two
+//! sockets ([`inbound`]), the mailbox, due timers — each under its budget; then poll outputs —
+//! drive every dirty connection ([`drive`]): endpoint events, application events (handler
+//! callbacks), transmits, the next timeout. A budget that stops before `WouldBlock` makes the
+//! next poll non-blocking, because edge-triggered readiness will not fire again.
+//!
+//! Sub-state lives in submodules: [`io`] sockets and buffers, [`mailbox`], [`timers`], [`conns`].
+
+pub(crate) mod conns;
+mod drive;
+mod inbound;
+pub(crate) mod io;
+pub(crate) mod mailbox;
+pub(crate) mod timers;
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn_proto::{Connection, Endpoint, VarInt};
+
+use crate::cid::ShardCidGenerator;
+use crate::handler::{ConnId, Handler, ShardCtx, ShardId};
+use crate::shared::Shared;
+use crate::stats::Counters;
+use conns::ConnTable;
+use io::{Arena, RxBufs, Sock, CLIENT, LISTEN};
+use mailbox::{MailboxRx, MailboxTx, Msg};
+use timers::Timers;
+
+/// mio token of the listen socket.
+pub(crate) const LISTEN_TOKEN: mio::Token = mio::Token(LISTEN);
+/// mio token of the client socket.
+pub(crate) const CLIENT_TOKEN: mio::Token = mio::Token(CLIENT);
+/// mio token of the mailbox waker.
+pub(crate) const WAKER_TOKEN: mio::Token = mio::Token(2);
+
+/// `recvmmsg` calls per socket per iteration. Why: each returns up to `BATCH_SIZE` messages of up
+/// to 64 GRO segments; 8 calls (≈256 messages) keep a flood on one socket from starving the
+/// mailbox, timers and transmits, while amortising the poll syscall over many datagrams.
+const RECV_CALLS_PER_ITER: usize = 8;
+/// Mailbox messages per iteration. Why: handoffs and `run_on` closures must not starve the
+/// shard's own sockets; 256 drains a full GRO batch of handoffs in a few iterations.
+const MAILBOX_PER_ITER: usize = 256;
+/// Due timers fired per iteration. Why: a burst of simultaneous deadlines (e.g. many idle
+/// timeouts) is spread over iterations instead of stalling I/O.
+const TIMERS_PER_ITER: usize = 1024;
+/// Connections driven per iteration. Why: one iteration's output work stays bounded, so input
+/// (acks!) is read regularly even with thousands of busy connections.
+const CONNS_PER_ITER: usize = 256;
+/// `poll_transmit` calls (each up to a GSO batch) per connection per drive. Why: one bulk sender
+/// cannot monopolise the socket; it is re-queued behind the others.
+const TRANSMITS_PER_DRIVE: usize = 16;
+/// An iteration's work longer than this is logged as a stall. Why: at 50 ms, timers and acks of
+/// every other connection on the shard are late by a noticeable fraction of an RTT.
+const STALL_WARNING: Duration = Duration::from_millis(50);
+/// Application-event passes per drive. Why: a callback can trigger more events on its own
+/// connection; a few passes pick those up without letting a handler loop forever.
+const EVENT_PASSES_PER_DRIVE: usize = 4;
+
+thread_local! {
+    static CURRENT_SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+    /// The counters of the shard running on this thread, for code called from deep inside
+    /// quinn-proto / rustls (the shared ticketer).
+    static SHARD_COUNTERS: std::cell::RefCell<Option<Arc<Counters>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Counts a decrypted session ticket on the calling shard (no-op off shard threads).
+pub(crate) fn count_resumption() {
+    SHARD_COUNTERS.with(|c| {
+        if let Some(c) = &*c.borrow() {
+            c.resumptions.fetch_add(1, Relaxed);
+        }
+    });
+}
+
+/// The shard index if the calling thread is a shard thread.
+pub(crate) fn current_shard() -> Option<usize> {
+    CURRENT_SHARD.with(|c| c.get())
+}
+
+/// Shard state reachable from handler callbacks through [`ShardCtx`].
+pub(crate) struct Core {
+    pub(crate) id: usize,
+    pub(crate) owner: ThreadId,
+    pub(crate) now: Instant,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) conns: ConnTable,
+    pub(crate) timers: Timers,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) stats: Arc<Counters>,
+    /// `Some(deadline)` once shutdown began.
+    pub(crate) stopping: Option<Instant>,
+    /// The slot being driven: touching it does not re-queue it (the drive flushes it anyway).
+    pub(crate) driving: Option<u32>,
+    /// Validates DCIDs of short-header packets before the endpoint sees them.
+    pub(crate) cid_check: ShardCidGenerator,
+    /// Scratch buffer for endpoint responses (Retry, version negotiation, resets, refusals).
+    pub(crate) resp_buf: Vec<u8>,
+}
+
+impl Core {
+    pub(crate) fn touch(&mut self, id: ConnId) -> Option<&mut Connection> {
+        if id.shard as usize != self.id {
+            return None;
+        }
+        self.conns.get_gen_mut(id.slot, id.gen)?;
+        if self.driving != Some(id.slot) {
+            self.conns.mark_dirty(id.slot);
+        }
+        self.conns.get_gen_mut(id.slot, id.gen).map(|e| &mut e.conn)
+    }
+
+    pub(crate) fn conn_ids(&self) -> Vec<ConnId> {
+        self.conns
+            .slots()
+            .map(|s| self.conns.id(self.id, s))
+            .collect()
+    }
+
+    pub(crate) fn connect(
+        &mut self,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<ConnId, quinn_proto::ConnectError> {
+        if self.stopping.is_some() {
+            return Err(quinn_proto::ConnectError::EndpointStopping);
+        }
+        let cfg = self.shared.client_config.clone();
+        let (ch, conn) = self.endpoint.connect(self.now, cfg, addr, server_name)?;
+        let slot = ch.0 as u32;
+        self.conns.insert(ch.0, conn, CLIENT);
+        self.stats.connections_initiated.fetch_add(1, Relaxed);
+        self.stats
+            .connections_open
+            .store(self.conns.len() as u64, Relaxed);
+        Ok(self.conns.id(self.id, slot))
+    }
+}
+
+/// Everything a shard thread owns.
+pub(crate) struct Shard<H> {
+    core: Core,
+    handler: H,
+    poll: mio::Poll,
+    socks: [Sock; 2],
+    rx: RxBufs,
+    arena: Arena,
+    send_buf: Vec<u8>,
+    events_buf: Vec<quinn_proto::Event>,
+    mailbox: MailboxRx<H>,
+    /// Mail may be waiting (the waker fired and we have not seen the mailbox empty since).
+    mail_pending: bool,
+    peers: Arc<[MailboxTx<H>]>,
+}
+
+/// What `start` prepares for one shard on the main thread before spawning it.
+pub(crate) struct ShardParts<H> {
+    pub(crate) id: usize,
+    pub(crate) poll: mio::Poll,
+    pub(crate) listen: std::net::UdpSocket,
+    pub(crate) client: std::net::UdpSocket,
+    pub(crate) mailbox: MailboxRx<H>,
+    pub(crate) peers: Arc<[MailboxTx<H>]>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) stats: Arc<Counters>,
+}
+
+/// Spawns the shard thread; the handler is created on it by `factory`.
+pub(crate) fn spawn<H, F>(
+    parts: ShardParts<H>,
+    factory: Arc<F>,
+) -> std::io::Result<std::thread::JoinHandle<()>>
+where
+    H: Handler,
+    F: Fn(ShardId) -> H + Send + Sync + ?Sized + 'static,
+{
+    let id = parts.id;
+    let mut socks = [Sock::new(parts.listen)?, Sock::new(parts.client)?];
+    let registry = parts.poll.registry();
+    let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
+    registry.register(&mut socks[LISTEN].socket, LISTEN_TOKEN, interest)?;
+    registry.register(&mut socks[CLIENT].socket, CLIENT_TOKEN, interest)?;
+    std::thread::Builder::new()
+        .name(format!("quicshard-{id}"))
+        .spawn(move || {
+            CURRENT_SHARD.with(|c| c.set(Some(id)));
+            SHARD_COUNTERS.with(|c| *c.borrow_mut() = Some(parts.stats.clone()));
+            let handler = factory(ShardId(id));
+            let shared = parts.shared;
+            let endpoint_config = shared.endpoint_config_for(id);
+            let endpoint = Endpoint::new(endpoint_config, shared.server_config.clone(), true, None);
+            let gro = socks[LISTEN]
+                .gro_segments()
+                .max(socks[CLIENT].gro_segments());
+            let core = Core {
+                id,
+                owner: std::thread::current().id(),
+                now: Instant::now(),
+                endpoint,
+                conns: ConnTable::default(),
+                timers: Timers::default(),
+                cid_check: shared.cid.generator(id),
+                shared,
+                stats: parts.stats,
+                stopping: None,
+                driving: None,
+                resp_buf: Vec::new(),
+            };
+            let shard = Shard {
+                core,
+                handler,
+                poll: parts.poll,
+                socks,
+                rx: RxBufs::new(gro),
+                arena: Arena::default(),
+                send_buf: Vec::new(),
+                events_buf: Vec::new(),
+                mailbox: parts.mailbox,
+                mail_pending: true,
+                peers: parts.peers,
+            };
+            shard.run();
+        })
+}
+
+impl<H: Handler> Shard<H> {
+    fn run(mut self) {
+        let mut events = mio::Events::with_capacity(16);
+        let mut more = true;
+        loop {
+            let timeout = if more {
+                Some(Duration::ZERO)
+            } else {
+                self.next_timeout()
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!(shard = self.core.id, error = %e, "poll failed; shard exits");
+                    break;
+                }
+            }
+            self.core.now = Instant::now();
+            let mut writable = [false; 2];
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER_TOKEN => self.mail_pending = true,
+                    t => {
+                        let s = t.0;
+                        if s < 2 {
+                            self.socks[s].readable |= ev.is_readable() || ev.is_error();
+                            writable[s] |= ev.is_writable();
+                        }
+                    }
+                }
+            }
+            more = false;
+            for (s, w) in writable.into_iter().enumerate() {
+                if (w || self.socks[s].is_blocked()) && self.socks[s].flush_pending() {
+                    for slot in std::mem::take(&mut self.socks[s].waiters) {
+                        self.core.conns.mark_dirty(slot);
+                    }
+                }
+            }
+            // inputs
+            for s in [LISTEN, CLIENT] {
+                if self.socks[s].readable && !self.recv_socket(s) {
+                    more = true;
+                }
+            }
+            if self.mail_pending && !self.drain_mailbox() {
+                more = true;
+            }
+            if !self.fire_timers() {
+                more = true;
+            }
+            // outputs
+            if !self.drive_dirty() {
+                more = true;
+            }
+            if let Some(deadline) = self.core.stopping {
+                if self.core.conns.len() == 0 || self.core.now >= deadline {
+                    break;
+                }
+            }
+            if more {
+                self.core.stats.budget_exhausted.fetch_add(1, Relaxed);
+            }
+            let busy = self.core.now.elapsed();
+            self.core
+                .stats
+                .busy_micros
+                .fetch_add(busy.as_micros() as u64, Relaxed);
+            if busy > STALL_WARNING {
+                tracing::warn!(shard = self.core.id, ?busy, "shard loop iteration stalled");
+            }
+        }
+        self.core
+            .stats
+            .connections_open
+            .store(self.core.conns.len() as u64, Relaxed);
+    }
+
+    /// How long `poll` may block: until the next timer or the shutdown deadline.
+    fn next_timeout(&self) -> Option<Duration> {
+        let next = match (self.core.timers.next_deadline(), self.core.stopping) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }?;
+        Some(next.saturating_duration_since(Instant::now()))
+    }
+
+    /// Drains the mailbox under its budget; `false` if mail is left.
+    fn drain_mailbox(&mut self) -> bool {
+        for _ in 0..MAILBOX_PER_ITER {
+            let Some(msg) = self.mailbox.recv() else {
+                self.mail_pending = false;
+                return true;
+            };
+            match msg {
+                Msg::Datagram(h) => self.on_handoff(h),
+                Msg::Run(f) => {
+                    let Self { core, handler, .. } = self;
+                    let r = catch_unwind(AssertUnwindSafe(|| {
+                        let mut ctx = ShardCtx::new(core);
+                        f(&mut ctx, handler)
+                    }));
+                    if r.is_err() {
+                        self.core.stats.handler_panics.fetch_add(1, Relaxed);
+                    }
+                }
+                Msg::Shutdown { deadline } => self.begin_shutdown(deadline),
+            }
+        }
+        false
+    }
+
+    /// Stops accepting and closes every connection with CONNECTION_CLOSE (code 0).
+    fn begin_shutdown(&mut self, deadline: Instant) {
+        let core = &mut self.core;
+        core.stopping = Some(core.stopping.map_or(deadline, |d| d.min(deadline)));
+        core.endpoint.set_server_config(None);
+        let slots: Vec<u32> = core.conns.slots().collect();
+        for slot in slots {
+            if let Some(e) = core.conns.get_mut(slot) {
+                e.conn.close(
+                    core.now,
+                    VarInt::from_u32(0),
+                    Bytes::from_static(b"shutdown"),
+                );
+            }
+            core.conns.mark_dirty(slot);
+        }
+    }
+
+    /// Fires due timers under the budget; `false` if due timers are left.
+    fn fire_timers(&mut self) -> bool {
+        let core = &mut self.core;
+        let now = core.now;
+        for _ in 0..TIMERS_PER_ITER {
+            let Some(t) = core.timers.pop_due(now) else {
+                let conns = &mut core.conns;
+                let live = conns.len();
+                core.timers.compact(live, |t| {
+                    conns
+                        .get_gen_mut(t.slot, t.gen)
+                        .is_some_and(|e| e.timer == Some(t.at))
+                });
+                return true;
+            };
+            if let Some(e) = core.conns.get_gen_mut(t.slot, t.gen) {
+                if e.timer == Some(t.at) {
+                    e.timer = None;
+                    e.conn.handle_timeout(now);
+                    core.conns.mark_dirty(t.slot);
+                }
+            }
+        }
+        false
+    }
+
+    /// Drives queued connections under the budget; `false` if some are left.
+    fn drive_dirty(&mut self) -> bool {
+        for _ in 0..CONNS_PER_ITER {
+            let Some(slot) = self.core.conns.pop_dirty() else {
+                return true;
+            };
+            self.drive(slot);
+        }
+        !self.core.conns.has_dirty()
+    }
+}

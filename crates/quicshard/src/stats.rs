@@ -1,0 +1,89 @@
+//! Per-shard counters: owned by one shard (the only writer), readable by any thread.
+//!
+//! Each shard writes its [`Counters`] with `Relaxed` atomic adds; [`crate::Engine::stats`] takes a
+//! [`ShardStats`] snapshot at any time. The fields of one snapshot are not read atomically together,
+//! so two counters may disagree by the events of one loop iteration.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! stats {
+    ($( $(#[$doc:meta])* $name:ident, )*) => {
+        /// A snapshot of one shard's counters.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct ShardStats {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        /// The live atomics behind [`ShardStats`]; the shard is the only writer.
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $( pub(crate) $name: AtomicU64, )*
+        }
+
+        impl Counters {
+            /// Reads every counter (`Relaxed`).
+            pub(crate) fn snapshot(&self) -> ShardStats {
+                ShardStats { $( $name: self.$name.load(Relaxed), )* }
+            }
+        }
+
+        impl ShardStats {
+            /// Field-wise sum, for totals over shards.
+            pub fn sum<'a>(all: impl IntoIterator<Item = &'a ShardStats>) -> ShardStats {
+                let mut t = ShardStats::default();
+                for s in all {
+                    $( t.$name += s.$name; )*
+                }
+                t
+            }
+        }
+    };
+}
+
+stats! {
+    /// Incoming connections accepted by this shard's endpoint (server side).
+    connections_accepted,
+    /// Connections currently owned by this shard (server and client side); a gauge.
+    connections_open,
+    /// Connections fully drained and removed from this shard.
+    connections_closed,
+    /// Handshakes completed (server and client side).
+    handshakes,
+    /// Client connections created on this shard by `connect`.
+    connections_initiated,
+    /// Incoming connections refused because the per-shard connection limit was reached.
+    connections_refused,
+    /// UDP datagrams received (after GRO splitting) on this shard's sockets.
+    datagrams_in,
+    /// UDP datagrams sent (counting each GSO segment).
+    datagrams_out,
+    /// Datagrams another shard forwarded here because this shard owns their DCID.
+    handoffs_in,
+    /// Datagrams this shard received but forwarded to the owning shard.
+    handoffs_out,
+    /// Of `handoffs_in`, those with a short header (should be 0 when BPF steering is attached).
+    handoffs_in_short,
+    /// Of `handoffs_out`, those with a short header (should be 0 when BPF steering is attached).
+    handoffs_out_short,
+    /// Datagrams too short or otherwise unparseable as QUIC.
+    dropped_malformed,
+    /// Short-header datagrams whose DCID is not one of ours (failed `validate`) or unknown.
+    dropped_unknown_cid,
+    /// Datagrams dropped because the owning shard's mailbox was full.
+    dropped_queue_full,
+    /// Datagrams dropped because a budget forced it (reserved: currently always 0, budgets defer).
+    dropped_budget,
+    /// Datagrams dropped because the socket refused them (not `WouldBlock`).
+    dropped_send_error,
+    /// Retry packets sent.
+    retry_sent,
+    /// Session tickets this shard decrypted: TLS resumptions, possibly of tickets another shard
+    /// issued (one ticket key for all shards).
+    resumptions,
+    /// Handler callbacks that panicked (each closed its connection).
+    handler_panics,
+    /// Loop iterations that ended with work left over (a budget stopped them).
+    budget_exhausted,
+    /// Microseconds spent working (not blocked in `poll`); compare with wall time for load.
+    busy_micros,
+}

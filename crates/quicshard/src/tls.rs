@@ -1,0 +1,150 @@
+//! TLS helpers: a self-signed certificate and client configurations for tests, demos and benches.
+//!
+//! The engine itself only needs a `rustls::ServerConfig` and a `quinn_proto::ClientConfig`; these
+//! helpers build them with the *ring* provider and TLS 1.3 only, as QUIC requires.
+
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// rcgen could not generate the self-signed certificate (should not happen for DNS names).
+    #[error("self-signed certificate: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    /// rustls refused the certificate, key or protocol versions.
+    #[error("rustls: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The rustls config has no TLS 1.3 AES-128-GCM suite, which QUIC Initial packets need.
+    #[error("no QUIC initial cipher suite: {0}")]
+    NoInitialSuite(#[from] quinn_proto::crypto::rustls::NoInitialCipherSuite),
+}
+
+/// A self-signed certificate chain (one certificate) and its private key.
+pub fn self_signed(
+    names: &[&str],
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let ck = rcgen::generate_simple_self_signed(
+        names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    )?;
+    let key = PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der());
+    Ok((vec![ck.cert.der().clone()], key.into()))
+}
+
+/// A TLS 1.3 server config for QUIC with the given certificate and ALPN protocols.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
+/// A client config that trusts exactly `roots` (e.g. a server's self-signed certificate).
+pub fn client_config_trusting(
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> Result<quinn_proto::ClientConfig, TlsError> {
+    client_from_rustls(rustls_client_trusting(roots, alpn)?)
+}
+
+/// The rustls part of [`client_config_trusting`], to adjust (e.g. `key_log`) before
+/// [`client_from_rustls`].
+pub fn rustls_client_trusting(
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone())?;
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
+/// A client config that accepts any server certificate. For tests, demos and benchmarks only:
+/// it provides no authentication at all.
+pub fn insecure_client_config(alpn: &[&[u8]]) -> Result<quinn_proto::ClientConfig, TlsError> {
+    client_from_rustls(insecure_rustls_client(alpn)?)
+}
+
+/// The rustls part of [`insecure_client_config`]. No authentication: tests and benchmarks only.
+pub fn insecure_rustls_client(alpn: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider())))
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
+/// Wraps a rustls client config (TLS 1.3 required) for quinn-proto.
+pub fn client_from_rustls(
+    cfg: rustls::ClientConfig,
+) -> Result<quinn_proto::ClientConfig, TlsError> {
+    let quic = quinn_proto::crypto::rustls::QuicClientConfig::try_from(cfg)?;
+    Ok(quinn_proto::ClientConfig::new(Arc::new(quic)))
+}
+
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

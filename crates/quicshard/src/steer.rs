@@ -237,7 +237,18 @@ pub fn bind_group(addr: SocketAddr, n_shards: usize) -> io::Result<Vec<UdpSocket
             "n_shards must be at least 1",
         ));
     }
+    // SO_REUSEPORT lets any socket of the same user join a group, so a second server on the same
+    // port would silently share it. A plain bind first fails if anyone holds the port (and picks
+    // a free one for port 0); the group then binds that port right after.
     let mut addr = addr;
+    {
+        let probe = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            probe.set_only_v6(true)?;
+        }
+        probe.bind(&addr.into())?;
+        addr.set_port(probe.local_addr()?.as_socket().map_or(0, |a| a.port()));
+    }
     let mut sockets = Vec::with_capacity(n_shards);
     for _ in 0..n_shards {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -250,9 +261,6 @@ pub fn bind_group(addr: SocketAddr, n_shards: usize) -> io::Result<Vec<UdpSocket
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
-        if addr.port() == 0 {
-            addr.set_port(socket.local_addr()?.as_socket().map_or(0, |a| a.port()));
-        }
         sockets.push(UdpSocket::from(socket));
     }
     Ok(sockets)

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Interop between quicshard and aioquic (hq-interop), both directions; prints one line per case
+and a final `N passed, N failed`. Usage: run_aioquic.py QUICSHARD_BINARY"""
+import datetime
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PEER = [sys.executable, os.path.join(HERE, "aioquic_hq.py")]
+TIMEOUT = 60
+
+
+def make_files(root):
+    sizes = {"small.txt": 1000, "medium.bin": 1 << 20, "large.bin": 10 << 20}
+    for name, size in sizes.items():
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(os.urandom(size))
+    return list(sizes)
+
+
+def make_cert(d):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def start_server(cmd):
+    """Starts a server that prints `listening on IP:PORT`; returns (process, port)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise RuntimeError(f"server did not start: {line!r} {proc.stderr.read()[-500:]}")
+    return proc, int(line.strip().rsplit(":", 1)[1])
+
+
+def stop(proc):
+    proc.terminate()
+    try:
+        return proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return None
+
+
+def compare(root, out, names):
+    for n in names:
+        a, b = os.path.join(root, n), os.path.join(out, n)
+        if not os.path.exists(b):
+            return f"{n} missing"
+        if open(a, "rb").read() != open(b, "rb").read():
+            return f"{n} differs ({os.path.getsize(b)} of {os.path.getsize(a)} bytes)"
+    return None
+
+
+def case_aioquic_client(qs, root, names, work, extra):
+    out = tempfile.mkdtemp(dir=work)
+    proc, port = start_server([qs, "serve", "--listen", "127.0.0.1:0", "--root", root] + extra)
+    try:
+        urls = [f"https://127.0.0.1:{port}/{n}" for n in names]
+        r = subprocess.run(PEER + ["client", "--output", out] + urls, capture_output=True, text=True, timeout=TIMEOUT)
+        if r.returncode != 0:
+            return f"aioquic client failed: {r.stderr.strip()[-300:]}"
+        return compare(root, out, names)
+    finally:
+        if stop(proc) != 0:
+            return "quicshard serve did not exit 0 on SIGTERM"
+
+
+def case_quicshard_client(qs, root, names, work, cert, key, extra):
+    out = tempfile.mkdtemp(dir=work)
+    proc, port = start_server(PEER + ["server", "--listen", "127.0.0.1:0", "--root", root, "--cert", cert, "--key", key] + extra)
+    try:
+        urls = [f"https://localhost:{port}/{n}" for n in names]
+        r = subprocess.run([qs, "get", "--ca", cert, "--output", out] + urls, capture_output=True, text=True, timeout=TIMEOUT)
+        if r.returncode != 0:
+            return f"quicshard get failed: {r.stderr.strip()[-300:]}"
+        return compare(root, out, names)
+    finally:
+        stop(proc)
+
+
+def main():
+    qs = os.path.abspath(sys.argv[1])
+    work = tempfile.mkdtemp(prefix="qs-interop-")
+    root = os.path.join(work, "www")
+    os.makedirs(root)
+    names = make_files(root)
+    cert, key = make_cert(work)
+    cases = [
+        ("aioquic client <- quicshard serve (2 shards)", lambda: case_aioquic_client(qs, root, names, work, ["--shards", "2"])),
+        ("aioquic client <- quicshard serve (4 shards, no BPF)", lambda: case_aioquic_client(qs, root, names, work, ["--shards", "4", "--no-bpf"])),
+        ("aioquic client <- quicshard serve (retry)", lambda: case_aioquic_client(qs, root, names, work, ["--shards", "2", "--retry"])),
+        ("quicshard get <- aioquic server", lambda: case_quicshard_client(qs, root, names, work, cert, key, [])),
+        ("quicshard get <- aioquic server (retry)", lambda: case_quicshard_client(qs, root, names, work, cert, key, ["--retry"])),
+    ]
+    passed = failed = 0
+    for title, run in cases:
+        t = time.monotonic()
+        try:
+            err = run()
+        except Exception as e:
+            err = f"{type(e).__name__}: {e}"
+        dt = time.monotonic() - t
+        if err:
+            failed += 1
+            print(f"FAIL {title} ({dt:.1f} s): {err}")
+        else:
+            passed += 1
+            print(f"PASS {title} ({dt:.1f} s)")
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -21,118 +21,131 @@ use aes::{Aes128, Block};
 /// Longest half of a four-pass plaintext: ceil(19 / 2).
 const MAX_HALF: usize = 10;
 
-/// An AES-128 key schedule ready for both algorithms.
+/// Size of the buffer the cipher works in: the plaintext at `[..len]`, and room for a 16-octet
+/// load or store at any half's offset (at most 9 + 16), so no copy has a variable length.
+pub(crate) const SCRATCH: usize = 32;
+
+/// An AES-128 key schedule plus the layout of one plaintext length, ready for both algorithms.
+///
+/// # Implementation notes
+/// Each four-pass half is kept as its own `expand()` block (half, zero padding, length) in a
+/// little-endian `u128`, so a round is "OR in the pass octet, encrypt, XOR under a mask": whole
+/// 16-octet values, no per-round copies, and no byte-wise stores that the AES load would have to
+/// wait for (a store-forwarding stall measured at a third of the time of a byte-wise version).
+/// The masks zero the octets past the half and, for odd lengths, the nibble the other half owns.
 #[derive(Clone)]
 pub(crate) struct Cipher {
     aes: Aes128,
-}
-
-/// Which half a round writes to: it decides how an odd-length half is masked.
-#[derive(Clone, Copy)]
-enum Side {
-    Left,
-    Right,
-}
-
-/// Halves of a four-pass plaintext or ciphertext, each `half` octets.
-struct Halves {
-    left: [u8; MAX_HALF],
-    right: [u8; MAX_HALF],
-    half: usize,
     len: usize,
+    half: usize,
+    left_mask: u128,
+    right_mask: u128,
 }
+
+/// The two halves of a four-pass plaintext or ciphertext, each as its `expand()` block.
+struct Halves {
+    left: u128,
+    right: u128,
+}
+
+/// Octet 15 of an `expand()` block holds the pass number.
+const PASS_SHIFT: u32 = 120;
+/// Octet 14 of an `expand()` block holds the plaintext length.
+const LEN_SHIFT: u32 = 112;
 
 impl Cipher {
-    pub(crate) fn new(key: &[u8; 16]) -> Self {
+    /// A cipher for plaintexts of `len` octets (5..=19) under `key`.
+    pub(crate) fn new(key: &[u8; 16], len: usize) -> Self {
+        let half = len.div_ceil(2).min(MAX_HALF);
+        let mut left = [0u8; 16];
+        let mut right = [0u8; 16];
+        left[..half].fill(0xff);
+        right[..half].fill(0xff);
+        if len % 2 == 1 {
+            left[half - 1] = 0xf0;
+            right[0] = 0x0f;
+        }
         Self {
             aes: Aes128::new(key.into()),
+            len,
+            half,
+            left_mask: u128::from_le_bytes(left),
+            right_mask: u128::from_le_bytes(right),
         }
     }
 
-    /// One AES-128-ECB block, in place.
-    pub(crate) fn encrypt_single(&self, block: &mut [u8; 16]) {
-        self.aes.encrypt_block(Block::from_mut_slice(block));
+    /// One AES-128-ECB block over `buf[..16]`, in place.
+    pub(crate) fn encrypt_single(&self, buf: &mut [u8; SCRATCH]) {
+        self.aes
+            .encrypt_block(Block::from_mut_slice(&mut buf[..16]));
     }
 
     /// The inverse of [`Cipher::encrypt_single`].
-    pub(crate) fn decrypt_single(&self, block: &mut [u8; 16]) {
-        self.aes.decrypt_block(Block::from_mut_slice(block));
+    pub(crate) fn decrypt_single(&self, buf: &mut [u8; SCRATCH]) {
+        self.aes
+            .decrypt_block(Block::from_mut_slice(&mut buf[..16]));
     }
 
-    /// Four-pass encryption of `data` (5..=19 octets), in place.
-    pub(crate) fn encrypt_four_pass(&self, data: &mut [u8]) {
-        let mut h = Halves::split(data);
-        self.round(&mut h, 1, Side::Right);
-        self.round(&mut h, 2, Side::Left);
-        self.round(&mut h, 3, Side::Right);
-        self.round(&mut h, 4, Side::Left);
-        h.join(data);
+    /// Four-pass encryption of `buf[..len]`, in place; octets past `len` are scratch.
+    pub(crate) fn encrypt_four_pass(&self, data: &mut [u8; SCRATCH]) {
+        let mut h = self.split(data);
+        h.right ^= self.round(h.left, 1) & self.right_mask;
+        h.left ^= self.round(h.right, 2) & self.left_mask;
+        h.right ^= self.round(h.left, 3) & self.right_mask;
+        h.left ^= self.round(h.right, 4) & self.left_mask;
+        self.join(&h, data);
     }
 
     /// Four-pass decryption of `data`, in place. With `left_only`, the last pass is skipped and
     /// only the left half (the first `floor(len / 2)` octets of `data`) is right: enough for a
     /// server ID no longer than the nonce.
-    pub(crate) fn decrypt_four_pass(&self, data: &mut [u8], left_only: bool) {
-        let mut h = Halves::split(data);
-        self.round(&mut h, 4, Side::Left);
-        self.round(&mut h, 3, Side::Right);
-        self.round(&mut h, 2, Side::Left);
+    pub(crate) fn decrypt_four_pass(&self, data: &mut [u8; SCRATCH], left_only: bool) {
+        let mut h = self.split(data);
+        h.left ^= self.round(h.right, 4) & self.left_mask;
+        h.right ^= self.round(h.left, 3) & self.right_mask;
+        h.left ^= self.round(h.right, 2) & self.left_mask;
         if !left_only {
-            self.round(&mut h, 1, Side::Right);
+            h.right ^= self.round(h.left, 1) & self.right_mask;
         }
-        h.join(data);
+        self.join(&h, data);
     }
 
-    /// `target ^= truncate(AES(expand(len, pass, other)))`, masked for odd lengths.
-    fn round(&self, h: &mut Halves, pass: u8, side: Side) {
-        let (input, target) = match side {
-            Side::Right => (&h.left, &mut h.right),
-            Side::Left => (&h.right, &mut h.left),
-        };
-        let mut block = Block::default();
-        block[..h.half].copy_from_slice(&input[..h.half]);
-        block[14] = h.len as u8;
-        block[15] = pass;
+    /// `AES(expand(len, pass, half))`, where `half` already carries its padding and length.
+    #[inline(always)]
+    fn round(&self, half: u128, pass: u8) -> u128 {
+        let mut block = Block::from((half | u128::from(pass) << PASS_SHIFT).to_le_bytes());
         self.aes.encrypt_block(&mut block);
-        for (t, b) in target[..h.half].iter_mut().zip(block.iter()) {
-            *t ^= b;
+        u128::from_le_bytes(block.into())
+    }
+
+    fn split(&self, data: &[u8; SCRATCH]) -> Halves {
+        let len_octet = (self.len as u128) << LEN_SHIFT;
+        Halves {
+            left: load(data, 0) & self.left_mask | len_octet,
+            right: load(data, self.len - self.half) & self.right_mask | len_octet,
         }
-        if h.len % 2 == 1 {
-            match side {
-                Side::Left => target[h.half - 1] &= 0xf0,
-                Side::Right => target[0] &= 0x0f,
-            }
+    }
+
+    fn join(&self, h: &Halves, data: &mut [u8; SCRATCH]) {
+        let (half, at) = (self.half, self.len - self.half);
+        let middle = (h.left.to_le_bytes()[half - 1]) | (h.right as u8);
+        store(data, 0, h.left);
+        store(data, at, h.right);
+        if self.len % 2 == 1 {
+            // the middle octet: the left half's high nibble and the right half's low nibble
+            data[half - 1] = middle;
         }
     }
 }
 
-impl Halves {
-    fn split(data: &[u8]) -> Self {
-        let len = data.len();
-        let half = len.div_ceil(2);
-        let mut h = Self {
-            left: [0; MAX_HALF],
-            right: [0; MAX_HALF],
-            half,
-            len,
-        };
-        h.left[..half].copy_from_slice(&data[..half]);
-        h.right[..half].copy_from_slice(&data[len - half..]);
-        if len % 2 == 1 {
-            h.left[half - 1] &= 0xf0;
-            h.right[0] &= 0x0f;
-        }
-        h
-    }
+/// 16 octets at `at` as a little-endian `u128`. Invariant: `at <= SCRATCH - 16` (at most 9).
+#[inline(always)]
+fn load(buf: &[u8; SCRATCH], at: usize) -> u128 {
+    u128::from_le_bytes(buf[at..at + 16].try_into().expect("16 octets"))
+}
 
-    fn join(&self, data: &mut [u8]) {
-        let half = self.half;
-        data[..half].copy_from_slice(&self.left[..half]);
-        if self.len % 2 == 1 {
-            data[half - 1] |= self.right[0];
-            data[half..].copy_from_slice(&self.right[1..half]);
-        } else {
-            data[half..].copy_from_slice(&self.right[..half]);
-        }
-    }
+/// Stores 16 octets at `at`. Invariant as for [`load`].
+#[inline(always)]
+fn store(buf: &mut [u8; SCRATCH], at: usize, v: u128) {
+    buf[at..at + 16].copy_from_slice(&v.to_le_bytes());
 }

@@ -8,7 +8,7 @@
 //! # Panics
 //! Nothing here panics on any input: lengths are checked before any slice is taken.
 
-use crate::cipher::Cipher;
+use crate::cipher::{Cipher, SCRATCH};
 use crate::config::{Config, Mode, MAX_BODY_LEN, UNROUTABLE_CONFIG_ID};
 
 /// Encodes and decodes the CIDs of one [`Config`], holding its expanded AES key.
@@ -35,13 +35,15 @@ pub struct Codec {
 #[derive(Clone, Copy)]
 pub struct Decoded {
     config_id: u8,
-    plaintext: [u8; MAX_BODY_LEN],
+    /// Server ID and nonce at `[..plaintext_len]`; the rest is the cipher's scratch space.
+    plaintext: [u8; SCRATCH],
     server_id_len: u8,
     nonce_len: u8,
 }
 
-/// A server ID, copied out of a CID: small, `Copy`, usable as a map key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+/// A server ID, copied out of a CID: small, `Copy`, usable as a map key. Equality, ordering and
+/// hashing look only at its octets.
+#[derive(Clone, Copy, Default)]
 pub struct ServerId {
     bytes: [u8; MAX_BODY_LEN],
     len: u8,
@@ -105,7 +107,7 @@ impl Codec {
     /// A codec for `config`, expanding its key once.
     pub fn new(config: Config) -> Self {
         Self {
-            cipher: config.key().map(Cipher::new),
+            cipher: config.key().map(|k| Cipher::new(k, config.plaintext_len())),
             config,
         }
     }
@@ -152,10 +154,11 @@ impl Codec {
             random
         };
         out[0] = (c.config_id() << 5) | (low & 0x1f);
-        let body = &mut out[1..];
-        body[..server_id.len()].copy_from_slice(server_id);
-        body[server_id.len()..].copy_from_slice(nonce);
-        self.encrypt(body);
+        let mut buf = [0u8; SCRATCH];
+        buf[..server_id.len()].copy_from_slice(server_id);
+        buf[server_id.len()..c.plaintext_len()].copy_from_slice(nonce);
+        self.encrypt(&mut buf);
+        out[1..].copy_from_slice(&buf[..c.plaintext_len()]);
         Ok(lb_len)
     }
 
@@ -189,13 +192,12 @@ impl Codec {
         })?;
         let mut d = Decoded {
             config_id: bits,
-            plaintext: [0; MAX_BODY_LEN],
+            plaintext: [0; SCRATCH],
             server_id_len: c.server_id_len() as u8,
             nonce_len: c.nonce_len() as u8,
         };
-        let pt = &mut d.plaintext[..body.len()];
-        pt.copy_from_slice(body);
-        self.decrypt(pt, server_id_only);
+        d.plaintext[..body.len()].copy_from_slice(body);
+        self.decrypt(&mut d.plaintext, server_id_only);
         if server_id_only {
             // Only the server ID is meaningful: don't hand out a half-decrypted nonce.
             d.nonce_len = 0;
@@ -203,18 +205,18 @@ impl Codec {
         Ok(d)
     }
 
-    fn encrypt(&self, body: &mut [u8]) {
+    fn encrypt(&self, body: &mut [u8; SCRATCH]) {
         let Some(cipher) = &self.cipher else { return };
         match self.config.mode() {
-            Mode::SinglePass => cipher.encrypt_single(as_block(body)),
+            Mode::SinglePass => cipher.encrypt_single(body),
             _ => cipher.encrypt_four_pass(body),
         }
     }
 
-    fn decrypt(&self, body: &mut [u8], server_id_only: bool) {
+    fn decrypt(&self, body: &mut [u8; SCRATCH], server_id_only: bool) {
         let Some(cipher) = &self.cipher else { return };
         match self.config.mode() {
-            Mode::SinglePass => cipher.decrypt_single(as_block(body)),
+            Mode::SinglePass => cipher.decrypt_single(body),
             _ => {
                 let c = &self.config;
                 let left_only = server_id_only && c.server_id_len() <= c.nonce_len();
@@ -222,12 +224,6 @@ impl Codec {
             }
         }
     }
-}
-
-/// The single-pass body as an AES block. Invariant: only called in [`Mode::SinglePass`], where
-/// the body is exactly 16 octets.
-fn as_block(body: &mut [u8]) -> &mut [u8; 16] {
-    body.try_into().expect("single-pass body is 16 octets")
 }
 
 impl Decoded {
@@ -246,7 +242,13 @@ impl Decoded {
     }
     /// The server ID as an owned, `Copy` value.
     pub fn server_id_owned(&self) -> ServerId {
-        ServerId::new(self.server_id()).expect("at most 19 octets by construction")
+        // A fixed-size copy: octets past the length are ignored by ServerId's Eq/Ord/Hash.
+        let mut bytes = [0; MAX_BODY_LEN];
+        bytes.copy_from_slice(&self.plaintext[..MAX_BODY_LEN]);
+        ServerId {
+            bytes,
+            len: self.server_id_len,
+        }
     }
 }
 
@@ -276,6 +278,32 @@ impl ServerId {
     /// The octets.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len as usize]
+    }
+}
+
+impl PartialEq for ServerId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for ServerId {}
+
+impl std::hash::Hash for ServerId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialOrd for ServerId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ServerId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 

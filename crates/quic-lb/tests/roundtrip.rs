@@ -133,3 +133,27 @@ fn random_first_octet_bits_when_not_self_encoding() {
         "self-encoded length counts the extra octet"
     );
 }
+
+#[test]
+fn server_ids_compare_by_their_octets_only() {
+    use std::collections::HashSet;
+    // the same server ID decoded from CIDs with different nonces is one map key
+    let codec = Codec::new(Config::new(0, 2, 6, Some([5; 16])).unwrap());
+    let mut keys = HashSet::new();
+    for n in 0..50u8 {
+        let mut cid = [0u8; 20];
+        let len = codec
+            .encode(&[0xab, 0xcd], &[n, 1, 2, 3, 4, 5], 0, &mut cid)
+            .unwrap();
+        keys.insert(codec.decode_server_id(&cid[..len]).unwrap());
+    }
+    assert_eq!(keys.len(), 1);
+    assert_eq!(
+        keys.iter().next().unwrap(),
+        &quic_lb::ServerId::new(&[0xab, 0xcd]).unwrap()
+    );
+    assert_ne!(
+        quic_lb::ServerId::new(&[0xab]).unwrap(),
+        quic_lb::ServerId::new(&[0xab, 0]).unwrap()
+    );
+}

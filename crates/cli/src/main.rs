@@ -6,6 +6,7 @@ mod bench;
 mod cid;
 mod demo;
 mod get;
+mod lb;
 mod loadgen;
 mod serve;
 mod signals;
@@ -33,6 +34,8 @@ enum Command {
     Get(get::Args),
     /// Generate load against a server (perf protocol).
     Bench(bench::Args),
+    /// Run the QUIC-LB load balancer (TOML config; SIGHUP reloads it).
+    Lb(lb::Args),
     /// Encode, decode and generate QUIC-LB connection IDs (draft-ietf-quic-load-balancers-21).
     Cid(cid::Args),
 }
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Get(args) => get::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Lb(args) => lb::run(args),
         Command::Cid(args) => cid::run(args),
     };
     match result {

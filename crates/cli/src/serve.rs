@@ -41,6 +41,47 @@ pub(crate) struct Args {
     /// Send a Retry to every new client (address validation).
     #[arg(long)]
     retry: bool,
+    /// This server's QUIC-LB server ID (hex); needs --quic-lb-config.
+    #[arg(long, requires = "quic_lb_config")]
+    server_id: Option<String>,
+    /// A load balancer's TOML file: its [[quic_lb]] tables are read, the rest ignored.
+    #[arg(long, requires = "server_id")]
+    quic_lb_config: Option<PathBuf>,
+    /// Which [[quic_lb]] codepoint to issue CIDs with (default: the last table in the file).
+    #[arg(long, requires = "quic_lb_config")]
+    quic_lb_id: Option<u8>,
+}
+
+/// The QUIC-LB config and server ID from `--quic-lb-config` / `--server-id` / `--quic-lb-id`.
+fn quic_lb(args: &Args) -> Result<Option<(quic_lb::Config, Vec<u8>)>, Failure> {
+    let (Some(path), Some(sid)) = (&args.quic_lb_config, &args.server_id) else {
+        return Ok(None);
+    };
+    let sid =
+        hex::decode(sid).map_err(|e| Failure::Usage(format!("--server-id {sid}: not hex: {e}")))?;
+    let entries = quicshard_lb::config::quic_lb_from_file(path)
+        .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+    let entry = match args.quic_lb_id {
+        Some(id) => entries.iter().find(|e| e.config.config_id() == id),
+        None => entries.last(),
+    }
+    .ok_or_else(|| {
+        Failure::Usage(format!(
+            "{}: no [[quic_lb]] table{}",
+            path.display(),
+            args.quic_lb_id
+                .map_or(String::new(), |id| format!(" with id {id}"))
+        ))
+    })?;
+    if sid.len() != entry.config.server_id_len() {
+        return Err(Failure::Usage(format!(
+            "--server-id is {} bytes but quic_lb id {} has server_id_len {}",
+            sid.len(),
+            entry.config.config_id(),
+            entry.config.server_id_len()
+        )));
+    }
+    Ok(Some((entry.config, sid)))
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
@@ -65,6 +106,9 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
             return Err(Failure::Usage(format!("--shards {n}: must be 1..=256")));
         }
         builder = builder.shards(n);
+    }
+    if let Some((config, sid)) = quic_lb(&args)? {
+        builder = builder.quic_lb(config, &sid);
     }
     if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
         builder = builder.server_tls(tlsfiles::server_from_files(cert, key, SERVER_ALPNS)?);

@@ -1,8 +1,8 @@
-//! Waiting for SIGINT / SIGTERM on the main thread.
+//! Waiting for SIGINT / SIGTERM (and SIGHUP, for reloads) on the main thread.
 //!
 //! [`block_termination`] must run before any thread is spawned, so every thread inherits a mask
-//! that blocks both signals; the main thread then takes them synchronously with `sigwait`, and no
-//! async-signal-safety concerns arise.
+//! that blocks these signals; the main thread then takes them synchronously with `sigwait`, and
+//! no async-signal-safety concerns arise.
 
 use std::io;
 
@@ -13,11 +13,12 @@ fn termination_set() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }
 
-/// Blocks SIGINT and SIGTERM in this thread and the threads it spawns afterwards.
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread and the threads it spawns afterwards.
 pub(crate) fn block_termination() -> io::Result<()> {
     let set = termination_set();
     // SAFETY: `set` is a valid, initialised signal set; the old mask is not needed.
@@ -28,8 +29,23 @@ pub(crate) fn block_termination() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits until SIGINT or SIGTERM arrives; returns its number.
+/// Waits until SIGINT or SIGTERM arrives (ignoring SIGHUP); returns its number.
 pub(crate) fn wait_termination() -> io::Result<i32> {
+    loop {
+        let sig = wait_any()?;
+        if sig != libc::SIGHUP {
+            return Ok(sig);
+        }
+    }
+}
+
+/// Whether `sig` asks for a reload.
+pub(crate) fn is_reload(sig: i32) -> bool {
+    sig == libc::SIGHUP
+}
+
+/// Waits until SIGINT, SIGTERM or SIGHUP arrives; returns its number.
+pub(crate) fn wait_any() -> io::Result<i32> {
     let set = termination_set();
     let mut sig = 0;
     // SAFETY: `set` is valid and `sig` is a valid out-pointer.

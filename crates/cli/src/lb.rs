@@ -1,0 +1,54 @@
+//! `quicshard lb`: the QUIC-LB load balancer, configured by TOML, reloaded on SIGHUP.
+
+use std::path::PathBuf;
+
+use quicshard_lb::{Lb, LbConfig};
+
+use crate::{signals, Failure};
+
+/// Arguments of `quicshard lb`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// The TOML configuration (listen, mode, workers, [[quic_lb]], [[backend]], [timers]).
+    #[arg(long)]
+    config: PathBuf,
+    /// Write the counters as JSON here on exit.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
+}
+
+pub(crate) fn run(args: Args) -> Result<(), Failure> {
+    let config = LbConfig::from_file(&args.config)
+        .map_err(|e| Failure::Usage(format!("{}: {e}", args.config.display())))?;
+    signals::block_termination().map_err(|e| Failure::Refused(format!("signals: {e}")))?;
+    let lb = Lb::start(config).map_err(|e| Failure::Refused(e.to_string()))?;
+    println!("listening on {}", lb.local_addr());
+    loop {
+        let sig = signals::wait_any().map_err(|e| Failure::Refused(format!("signals: {e}")))?;
+        if !signals::is_reload(sig) {
+            break;
+        }
+        // A bad new config leaves the running one in place.
+        match LbConfig::from_file(&args.config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| lb.reload(c).map_err(|e| e.to_string()))
+        {
+            Ok(()) => tracing::warn!(config = %args.config.display(), "reloaded"),
+            Err(e) => {
+                tracing::error!(config = %args.config.display(), "reload refused, keeping the running config: {e}")
+            }
+        }
+    }
+    let stats = lb.stats();
+    lb.shutdown();
+    let json = serde_json::to_value(stats).map_err(|e| Failure::Refused(format!("stats: {e}")))?;
+    if let Some(path) = &args.stats_file {
+        std::fs::write(path, json.to_string())
+            .map_err(|e| Failure::Refused(format!("--stats-file {}: {e}", path.display())))?;
+    }
+    eprintln!(
+        "{}",
+        serde_json::to_string_pretty(&json).unwrap_or_default()
+    );
+    Ok(())
+}

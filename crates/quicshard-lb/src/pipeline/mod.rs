@@ -1,0 +1,560 @@
+//! The threaded pipeline: receivers → processors → forwarders, plus slow-path workers.
+//!
+//! This module owns [`Lb`] (start, stats, reload, shutdown) and the receiver, processor and
+//! slow-path thread loops; [`forward`] owns the forwarders and the proxy sessions; [`stats`]
+//! the counters.
+//!
+//! - **Receivers** (`receivers` threads, one cloned listen socket each) read up to `read_batch`
+//!   datagrams per `recvmmsg` into pool buffers, parse the invariant header just enough to
+//!   find the DCID,
+//!   and hash `(DCID, client address)` with seeded FNV-1a onto a processor's bounded queue.
+//!   Malformed and unusual datagrams go to a slow-path queue. A full queue drops and counts.
+//! - **Processors** drain up to `read_batch` packets, take the router lock once per batch, route
+//!   each, and push it to the forwarder chosen by the client address (so a client's proxy
+//!   session lives in one forwarder), waking each forwarder touched once per batch.
+//! - **Slow path** workers route unknown versions by the 4-tuple fallback and drop the rest with
+//!   a counted reason.
+//!
+//! # Implementation notes
+//! The [`Router`] is shared behind one mutex: its fallback tables must be seen by every
+//! processor (a migrating client may hash to another processor), and a batch holds the lock for
+//! one CID decode per packet. Batched socket calls live in [`crate::sys`].
+
+mod forward;
+mod stats;
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use quic_lb::ServerId;
+
+pub use stats::{ForwarderStats, ProcessorStats, ReceiverStats, SlowPathStats, Stats};
+
+use crate::config::{ForwardMode, LbConfig};
+use crate::parse::{self, classify, Malformed, Path, SlowReason};
+use crate::pool::{Packet, Pool, Sizes, MAX_PAYLOAD};
+use crate::route::{fnv1a, FourTuple, Router};
+use crate::sys::BatchIo;
+use stats::{add, Counters};
+
+/// How long a blocked thread waits before checking for shutdown: bounds shutdown latency.
+const STOP_CHECK: Duration = Duration::from_millis(50);
+/// Socket buffer requested for the listen socket (capped by `net.core.rmem_max`).
+const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+/// Why the load balancer could not start or reload.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A socket or thread could not be created. Remedy: check the address and permissions.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A reload changed a setting that needs a restart (listen, mode, thread counts, batches).
+    #[error("reload: {0} cannot change without a restart")]
+    NotReloadable(&'static str),
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    move |source| Error::Io {
+        context: context.into(),
+        source,
+    }
+}
+
+/// DCID lengths by config rotation codepoint (index 7: unknown and 0b111), read by receivers
+/// without taking the router lock; written on reload.
+struct CidLens([AtomicU8; 8]);
+
+impl CidLens {
+    fn set(&self, config: &LbConfig) {
+        for (i, slot) in self.0.iter().enumerate() {
+            let len = config
+                .quic_lb
+                .iter()
+                .find(|q| usize::from(q.config.config_id()) == i)
+                .map_or(config.unroutable_cid_len, |q| q.config.cid_len());
+            slot.store(len as u8, Ordering::Relaxed);
+        }
+    }
+    fn get(&self, first: u8) -> usize {
+        usize::from(self.0[usize::from(quic_lb::config_bits(first))].load(Ordering::Relaxed))
+    }
+}
+
+/// State shared by every pipeline thread.
+struct Shared {
+    stop: AtomicBool,
+    router: Mutex<Router>,
+    config: Mutex<LbConfig>,
+    lens: CidLens,
+    pool: Pool,
+    counters: Counters,
+    seed: u64,
+    local: SocketAddr,
+}
+
+impl Shared {
+    fn router(&self) -> MutexGuard<'_, Router> {
+        // A panicking processor poisons the lock; routing state is still consistent (every
+        // mutation is a single map insert), so keep going.
+        self.router.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running load balancer. Dropping it stops the threads too.
+pub struct Lb {
+    shared: Arc<Shared>,
+    sizes: Sizes,
+    threads: Vec<JoinHandle<()>>,
+    wakers: Vec<Arc<mio::Waker>>,
+}
+
+impl Lb {
+    /// Binds `config.listen`, allocates the pool and starts every thread.
+    pub fn start(config: LbConfig) -> Result<Self, Error> {
+        let sizes = Sizes::for_config(&config);
+        tracing::info!(
+            receivers = config.receivers,
+            processors = config.processors,
+            forwarders = config.forwarders,
+            slow_path = config.slow_path,
+            read_batch = config.read_batch,
+            write_batch = config.write_batch,
+            processor_queue = sizes.processor_queue,
+            forward_queue = sizes.forward_queue,
+            slow_queue = sizes.slow_queue,
+            pool = sizes.pool,
+            "load balancer sizes"
+        );
+        let socket = bind_listen(config.listen)?;
+        let local = socket
+            .local_addr()
+            .map_err(io_err("listen socket address"))?;
+        let lens = CidLens(Default::default());
+        lens.set(&config);
+        let seed = rand::random::<u64>();
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            router: Mutex::new(Router::new(&config, seed)),
+            lens,
+            pool: Pool::new(sizes.pool),
+            counters: Counters::default(),
+            seed,
+            local,
+            config: Mutex::new(config.clone()),
+        });
+        let mut lb = Self {
+            shared: shared.clone(),
+            sizes,
+            threads: Vec::new(),
+            wakers: Vec::new(),
+        };
+        let (proc_tx, proc_rx): (Vec<_>, Vec<_>) = (0..config.processors)
+            .map(|_| bounded(sizes.processor_queue))
+            .unzip();
+        let (slow_tx, slow_rx) = bounded(sizes.slow_queue * config.slow_path);
+        let mut fwd_tx = Vec::new();
+        for i in 0..config.forwarders {
+            let (tx, rx) = bounded(sizes.forward_queue);
+            let f = forward::Forwarder::new(&config, shared.clone(), &socket, rx)?;
+            lb.wakers.push(f.waker());
+            fwd_tx.push(tx);
+            lb.spawn(format!("lb-fwd-{i}"), move || f.run())?;
+        }
+        let fwd = Forwarders {
+            tx: fwd_tx,
+            wakers: lb.wakers.clone(),
+        };
+        for (i, rx) in proc_rx.into_iter().enumerate() {
+            let (s, fwd, slow) = (shared.clone(), fwd.clone(), slow_tx.clone());
+            let batch = config.read_batch;
+            lb.spawn(format!("lb-proc-{i}"), move || {
+                processor(&s, &rx, &fwd, &slow, batch)
+            })?;
+        }
+        for i in 0..config.slow_path {
+            let (s, fwd, rx) = (shared.clone(), fwd.clone(), slow_rx.clone());
+            lb.spawn(format!("lb-slow-{i}"), move || slow_path(&s, &rx, &fwd))?;
+        }
+        for i in 0..config.receivers {
+            let sock = socket.try_clone().map_err(io_err("clone listen socket"))?;
+            let (s, txs, slow) = (shared.clone(), proc_tx.clone(), slow_tx.clone());
+            let batch = config.read_batch;
+            lb.spawn(format!("lb-recv-{i}"), move || {
+                receiver(&s, &sock, &txs, &slow, batch)
+            })?;
+        }
+        tracing::info!(%local, mode = ?config.mode, "load balancer started");
+        Ok(lb)
+    }
+
+    fn spawn(&mut self, name: String, f: impl FnOnce() + Send + 'static) -> Result<(), Error> {
+        let h = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(f)
+            .map_err(io_err(format!("spawn {name}")))?;
+        self.threads.push(h);
+        Ok(())
+    }
+
+    /// The address clients send to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local
+    }
+
+    /// The queue and pool sizes computed at start.
+    pub fn sizes(&self) -> Sizes {
+        self.sizes
+    }
+
+    /// A snapshot of every counter.
+    pub fn stats(&self) -> Stats {
+        let s = &self.shared;
+        let (routing, tables) = {
+            let r = s.router();
+            (r.stats(), r.table_sizes())
+        };
+        Stats {
+            sizes: self.sizes,
+            pool_free: s.pool.free(),
+            receivers: s.counters.receivers.snapshot(),
+            processors: s.counters.processors.snapshot(),
+            routing,
+            tables,
+            slow_path: s.counters.slow.snapshot(),
+            forwarders: s.counters.forwarders.snapshot(),
+            sessions: s.counters.sessions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Applies a new configuration: QUIC-LB configs, backends (health included), timers and the
+    /// unroutable CID length. Existing flows keep their routes while their backend exists.
+    /// Listen address, mode, thread counts and batch sizes need a restart.
+    pub fn reload(&self, config: LbConfig) -> Result<(), Error> {
+        let mut current = self.shared.config.lock().unwrap_or_else(|e| e.into_inner());
+        let fixed = [
+            ("listen", current.listen == config.listen),
+            ("mode", current.mode == config.mode),
+            (
+                "virtual_address",
+                current.virtual_address == config.virtual_address,
+            ),
+            ("receivers", current.receivers == config.receivers),
+            ("processors", current.processors == config.processors),
+            ("forwarders", current.forwarders == config.forwarders),
+            ("slow_path", current.slow_path == config.slow_path),
+            ("read_batch", current.read_batch == config.read_batch),
+            ("write_batch", current.write_batch == config.write_batch),
+            ("max_sessions", current.max_sessions == config.max_sessions),
+        ];
+        if let Some((key, _)) = fixed.iter().find(|(_, same)| !same) {
+            return Err(Error::NotReloadable(key));
+        }
+        self.shared.router().apply_config(&config);
+        self.shared.lens.set(&config);
+        tracing::info!(
+            quic_lb = config.quic_lb.len(),
+            backends = config.backends.len(),
+            "configuration reloaded"
+        );
+        *current = config;
+        Ok(())
+    }
+
+    /// Marks a backend down (no new flows) or up, e.g. from a health check. Returns false if no
+    /// backend has that server ID.
+    pub fn set_backend_down(&self, server_id: &ServerId, down: bool) -> bool {
+        self.shared.router().set_down(server_id, down)
+    }
+
+    /// Stops every thread and waits for them.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a load balancer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn bind_listen(addr: SocketAddr) -> Result<UdpSocket, Error> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let ctx = || format!("bind {addr}");
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(io_err(ctx()))?;
+    // Best effort: the kernel caps these at rmem_max / wmem_max.
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    s.bind(&addr.into()).map_err(io_err(ctx()))?;
+    let s: UdpSocket = s.into();
+    s.set_read_timeout(Some(STOP_CHECK))
+        .map_err(io_err(ctx()))?;
+    Ok(s)
+}
+
+/// The forwarders' queues and wakers, cloned into every processor and slow-path worker.
+#[derive(Clone)]
+struct Forwarders {
+    tx: Vec<Sender<Box<Packet>>>,
+    wakers: Vec<Arc<mio::Waker>>,
+}
+
+impl Forwarders {
+    /// The forwarder of a client: fixed per client so its proxy session lives in one place.
+    fn index(&self, seed: u64, client: &SocketAddr) -> usize {
+        let mut b = [0; 18];
+        let n = crate::route::addr_bytes(client, &mut b);
+        (fnv1a(seed, &[&b[..n]]) % self.tx.len() as u64) as usize
+    }
+
+    /// Queues a routed packet; on a full queue returns it.
+    fn push(&self, seed: u64, p: Box<Packet>) -> Result<usize, Box<Packet>> {
+        let i = self.index(seed, &p.client);
+        match self.tx[i].try_send(p) {
+            Ok(()) => Ok(i),
+            Err(TrySendError::Full(p) | TrySendError::Disconnected(p)) => Err(p),
+        }
+    }
+
+    fn wake(&self, touched: &mut [bool]) {
+        for (i, t) in touched.iter_mut().enumerate() {
+            if std::mem::take(t) {
+                let _ = self.wakers[i].wake();
+            }
+        }
+    }
+}
+
+fn receiver(
+    s: &Shared,
+    sock: &UdpSocket,
+    procs: &[Sender<Box<Packet>>],
+    slow: &Sender<Box<Packet>>,
+    batch: usize,
+) {
+    let c = &s.counters.receivers;
+    let mut io = BatchIo::new(batch);
+    // Buffers this receiver holds for its next read: `read_batch` of them, as the pool's
+    // sizing formula assumes.
+    let mut held: Vec<Box<Packet>> = Vec::with_capacity(batch);
+    let mut got = Vec::with_capacity(batch);
+    let mut scratch = [0u8; 64];
+    while !s.stop.load(Ordering::Relaxed) {
+        while held.len() < batch {
+            match s.pool.get() {
+                Some(p) => held.push(p),
+                None => break,
+            }
+        }
+        if held.is_empty() {
+            // No buffer at all: read a datagram into a scratch buffer and drop it, so the
+            // socket keeps draining and the drop is counted.
+            if sock.recv_from(&mut scratch).is_ok() {
+                add(&c.received, 1);
+                add(&c.dropped_pool_empty, 1);
+            }
+            continue;
+        }
+        got.clear();
+        if let Err(e) = io.recv(sock, held.iter_mut().map(|p| p.recv_area()), &mut got) {
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) {
+                add(&c.recv_errors, 1);
+            }
+            continue;
+        }
+        add(&c.received, got.len() as u64);
+        for (mut p, r) in held.drain(..got.len()).zip(&got) {
+            let Some(from) = r.from else {
+                add(&c.recv_errors, 1);
+                s.pool.put(p);
+                continue;
+            };
+            if r.truncated || r.len > MAX_PAYLOAD {
+                add(&c.dropped_oversize, 1);
+                s.pool.put(p);
+                continue;
+            }
+            p.set_len(r.len);
+            p.client = from;
+            dispatch(s, p, procs, slow);
+        }
+    }
+    for p in held {
+        s.pool.put(p);
+    }
+}
+
+/// Hashes a received packet onto a processor queue, or the slow path if its header is
+/// malformed or unusual. A full queue drops it (counted).
+fn dispatch(s: &Shared, p: Box<Packet>, procs: &[Sender<Box<Packet>>], slow: &Sender<Box<Packet>>) {
+    let c = &s.counters.receivers;
+    let hdr = parse::parse(p.payload(), |first| s.lens.get(first));
+    let proc_index = match hdr.map(|h| (classify(&h), h.dcid())) {
+        Ok((Path::Fast, dcid)) => {
+            let mut b = [0; 18];
+            let k = crate::route::addr_bytes(&p.client, &mut b);
+            Some((fnv1a(s.seed, &[dcid, &b[..k]]) % procs.len() as u64) as usize)
+        }
+        _ => None,
+    };
+    let (q, ok, full) = match proc_index {
+        Some(i) => (&procs[i], &c.to_processors, &c.dropped_processor_queue_full),
+        None => (slow, &c.to_slow_path, &c.dropped_slow_queue_full),
+    };
+    match q.try_send(p) {
+        Ok(()) => add(ok, 1),
+        Err(TrySendError::Full(p) | TrySendError::Disconnected(p)) => {
+            add(full, 1);
+            s.pool.put(p);
+        }
+    }
+}
+
+fn processor(
+    s: &Shared,
+    rx: &Receiver<Box<Packet>>,
+    fwd: &Forwarders,
+    slow: &Sender<Box<Packet>>,
+    batch: usize,
+) {
+    let c = &s.counters.processors;
+    let mut packets = Vec::with_capacity(batch);
+    let mut touched = vec![false; fwd.tx.len()];
+    let tuple = |client| FourTuple {
+        client,
+        local: s.local,
+    };
+    while !s.stop.load(Ordering::Relaxed) {
+        match rx.recv_timeout(STOP_CHECK) {
+            Ok(p) => packets.push(p),
+            Err(_) => continue,
+        }
+        packets.extend(rx.try_iter().take(batch - 1));
+        let now = Instant::now();
+        let mut router = s.router();
+        for mut p in packets.drain(..) {
+            let decision = match router.parse(p.payload()) {
+                Ok(h) if classify(&h) == Path::Fast => router.route(now, tuple(p.client), &h),
+                _ => {
+                    add(&c.to_slow_path, 1);
+                    if let Err(e) = slow.try_send(p) {
+                        s.pool.put(e.into_inner());
+                    }
+                    continue;
+                }
+            };
+            let Ok(d) = decision else {
+                add(&c.dropped_no_backend, 1);
+                s.pool.put(p);
+                continue;
+            };
+            p.target = Some(d.address);
+            match fwd.push(s.seed, p) {
+                Ok(i) => {
+                    add(&c.routed, 1);
+                    touched[i] = true;
+                }
+                Err(p) => {
+                    add(&c.dropped_forward_queue_full, 1);
+                    s.pool.put(p);
+                }
+            }
+        }
+        if router.poll_timeout().is_some_and(|t| now >= t) {
+            router.poll_expired(now);
+        }
+        drop(router);
+        fwd.wake(&mut touched);
+    }
+}
+
+fn slow_path(s: &Shared, rx: &Receiver<Box<Packet>>, fwd: &Forwarders) {
+    let c = &s.counters.slow;
+    let mut touched = vec![false; fwd.tx.len()];
+    while !s.stop.load(Ordering::Relaxed) {
+        let Ok(mut p) = rx.recv_timeout(STOP_CHECK) else {
+            continue;
+        };
+        add(&c.received, 1);
+        let now = Instant::now();
+        let tuple = FourTuple {
+            client: p.client,
+            local: s.local,
+        };
+        let decision = {
+            let mut router = s.router();
+            match router.parse(p.payload()) {
+                Err(m) => Err(match m {
+                    Malformed::Empty => &c.dropped_empty,
+                    Malformed::TooShort { .. } => &c.dropped_too_short,
+                    Malformed::CidTooLong(_) => &c.dropped_cid_too_long,
+                }),
+                Ok(h) => match classify(&h) {
+                    Path::Slow(SlowReason::VersionNegotiation) => {
+                        Err(&c.dropped_version_negotiation)
+                    }
+                    Path::Slow(SlowReason::UnknownVersion) => router
+                        .route_by_tuple(now, tuple)
+                        .map_err(|_| &c.dropped_no_backend),
+                    Path::Fast => router
+                        .route(now, tuple, &h)
+                        .map_err(|_| &c.dropped_no_backend),
+                },
+            }
+        };
+        match decision {
+            Err(counter) => {
+                add(counter, 1);
+                s.pool.put(p);
+            }
+            Ok(d) => {
+                p.target = Some(d.address);
+                match fwd.push(s.seed, p) {
+                    Ok(i) => {
+                        add(&c.routed, 1);
+                        touched[i] = true;
+                        fwd.wake(&mut touched);
+                    }
+                    Err(p) => {
+                        add(&c.dropped_forward_queue_full, 1);
+                        s.pool.put(p);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether the mode needs replies relayed (proxy) or not (DSR).
+fn relays(mode: ForwardMode) -> bool {
+    mode == ForwardMode::Proxy
+}
+
+#[cfg(test)]
+mod tests;

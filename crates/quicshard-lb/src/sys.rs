@@ -1,0 +1,324 @@
+//! Batched UDP I/O: Linux `recvmmsg`/`sendmmsg`. The crate's only `unsafe` code.
+//!
+//! Required items (what the pipeline uses): [`BatchIo::new`], [`BatchIo::recv`],
+//! [`BatchIo::send`], [`Received`]. [`BatchIo`] keeps its scratch arrays between calls so the
+//! hot path does not allocate; it holds raw pointers only during a call.
+//!
+//! # Portability
+//! Linux only (`recvmmsg` since 2.6.33, `sendmmsg` since 3.0). Other targets get a loop of
+//! `recv_from`/`send_to` with the same signatures.
+//!
+//! # Panics
+//! Never: every index is bounded by the slices the caller passed.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+
+/// One datagram read by [`BatchIo::recv`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Received {
+    /// Bytes written into the buffer.
+    pub(crate) len: usize,
+    /// The sender; `None` if the kernel reported an address family we do not handle (the
+    /// entry is still there, so entry `i` always describes buffer `i`).
+    pub(crate) from: Option<SocketAddr>,
+    /// The datagram was longer than the buffer and was cut.
+    pub(crate) truncated: bool,
+}
+
+/// Reusable scratch space for batched socket calls.
+#[cfg(target_os = "linux")]
+pub(crate) struct BatchIo {
+    iovs: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_storage>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: the raw pointers inside `iovs` and `hdrs` are written and used only within one call
+// of `recv`/`send` (which takes `&mut self`) and the vectors are cleared before it returns, so
+// between calls a `BatchIo` holds no pointer and moving it to another thread is sound.
+#[cfg(target_os = "linux")]
+unsafe impl Send for BatchIo {}
+
+#[cfg(target_os = "linux")]
+mod imp {
+    use super::*;
+    use std::mem;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+    use std::os::fd::AsRawFd;
+
+    fn zeroed_storage() -> libc::sockaddr_storage {
+        // SAFETY: sockaddr_storage is a plain C struct for which all-zero bytes are valid.
+        unsafe { mem::zeroed() }
+    }
+
+    fn empty_hdr() -> libc::mmsghdr {
+        // SAFETY: mmsghdr is a plain C struct (integers and null pointers) valid when zeroed.
+        unsafe { mem::zeroed() }
+    }
+
+    fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+        match i32::from(ss.ss_family) {
+            libc::AF_INET => {
+                // SAFETY: the family says the storage holds a sockaddr_in; sockaddr_storage
+                // is large enough and suitably aligned for every socket address type.
+                let sin =
+                    unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                Some(SocketAddrV4::new(ip, u16::from_be(sin.sin_port)).into())
+            }
+            libc::AF_INET6 => {
+                // SAFETY: as above, for sockaddr_in6.
+                let sin6 =
+                    unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+                let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                let port = u16::from_be(sin6.sin6_port);
+                Some(SocketAddrV6::new(ip, port, sin6.sin6_flowinfo, sin6.sin6_scope_id).into())
+            }
+            _ => None,
+        }
+    }
+
+    fn from_socket_addr(addr: &SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::socklen_t {
+        *ss = zeroed_storage();
+        match addr {
+            SocketAddr::V4(a) => {
+                // SAFETY: sockaddr_storage is large enough and aligned for sockaddr_in, and we
+                // hold the only reference to it.
+                let sin = unsafe {
+                    &mut *(ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+                };
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = a.port().to_be();
+                sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+                mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+            }
+            SocketAddr::V6(a) => {
+                // SAFETY: as above, for sockaddr_in6.
+                let sin6 = unsafe {
+                    &mut *(ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+                };
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = a.port().to_be();
+                sin6.sin6_addr.s6_addr = a.ip().octets();
+                sin6.sin6_flowinfo = a.flowinfo();
+                sin6.sin6_scope_id = a.scope_id();
+                mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+            }
+        }
+    }
+
+    impl BatchIo {
+        /// Scratch space for batches of up to `batch` datagrams.
+        pub(crate) fn new(batch: usize) -> Self {
+            Self {
+                iovs: Vec::with_capacity(batch),
+                addrs: Vec::with_capacity(batch),
+                hdrs: Vec::with_capacity(batch),
+            }
+        }
+
+        fn prepare(&mut self, n: usize) {
+            self.iovs.clear();
+            self.hdrs.clear();
+            self.addrs.clear();
+            self.addrs.resize(n, zeroed_storage());
+        }
+
+        /// Drops every pointer built by `prepare`/`link` (see the `Send` impl).
+        fn finish(&mut self) {
+            self.iovs.clear();
+            self.hdrs.clear();
+        }
+
+        fn link(&mut self) {
+            for (i, h) in self.hdrs.iter_mut().enumerate() {
+                h.msg_hdr.msg_iov = &mut self.iovs[i];
+                h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            }
+        }
+
+        /// Reads up to `bufs.len()` datagrams into `bufs` in order, blocking (up to the socket's
+        /// read timeout) for
+        /// the first only (`MSG_WAITFORONE`). Appends one [`Received`] per datagram to `out`.
+        pub(crate) fn recv<'b>(
+            &mut self,
+            sock: &UdpSocket,
+            bufs: impl ExactSizeIterator<Item = &'b mut [u8]>,
+            out: &mut Vec<Received>,
+        ) -> io::Result<()> {
+            let n = bufs.len().min(u32::MAX as usize);
+            self.prepare(n);
+            for b in bufs.take(n) {
+                self.iovs.push(libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: b.len(),
+                });
+                let mut h = empty_hdr();
+                h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                self.hdrs.push(h);
+            }
+            self.link();
+            // SAFETY: `hdrs[..n]` point at `iovs[i]` (each describing a live, exclusively
+            // borrowed buffer of `iov_len` bytes) and at `addrs[i]` with `msg_namelen` bytes;
+            // all outlive the call. The kernel writes only within those bounds.
+            let r = unsafe {
+                libc::recvmmsg(
+                    sock.as_raw_fd(),
+                    self.hdrs.as_mut_ptr(),
+                    n as libc::c_uint,
+                    libc::MSG_WAITFORONE,
+                    std::ptr::null_mut(),
+                )
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                self.finish();
+                return Err(e);
+            }
+            for (h, a) in self.hdrs.iter().zip(&self.addrs).take(r as usize) {
+                out.push(Received {
+                    len: h.msg_len as usize,
+                    from: to_socket_addr(a),
+                    truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                });
+            }
+            self.finish();
+            Ok(())
+        }
+
+        /// Sends the `count` datagrams `msg(0)..msg(count - 1)` (`(datagram, destination)`);
+        /// returns `(sent, failed)`. A datagram the kernel refuses is skipped and counted as
+        /// failed; the rest are still sent.
+        pub(crate) fn send<'m>(
+            &mut self,
+            sock: &UdpSocket,
+            count: usize,
+            msg: impl Fn(usize) -> (&'m [u8], SocketAddr),
+        ) -> (usize, usize) {
+            let (mut sent, mut failed) = (0, 0);
+            while sent + failed < count {
+                let first = sent + failed;
+                let n = (count - first).min(u32::MAX as usize);
+                self.prepare(n);
+                for i in 0..n {
+                    let (data, to) = msg(first + i);
+                    self.iovs.push(libc::iovec {
+                        iov_base: data.as_ptr().cast_mut().cast(),
+                        iov_len: data.len(),
+                    });
+                    let mut h = empty_hdr();
+                    h.msg_hdr.msg_namelen = from_socket_addr(&to, &mut self.addrs[i]);
+                    self.hdrs.push(h);
+                }
+                self.link();
+                // SAFETY: as in `recv`; the kernel only reads the iovecs (the `*mut` cast of
+                // shared data is never written through) and the addresses.
+                let r = unsafe {
+                    libc::sendmmsg(
+                        sock.as_raw_fd(),
+                        self.hdrs.as_mut_ptr(),
+                        n as libc::c_uint,
+                        0,
+                    )
+                };
+                if r <= 0 {
+                    failed += 1;
+                } else {
+                    sent += r as usize;
+                }
+            }
+            self.finish();
+            (sent, failed)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn addresses_round_trip() {
+            for a in ["1.2.3.4:5", "[2001:db8::1]:443", "[fe80::1%2]:9"] {
+                let a: SocketAddr = a.parse().unwrap();
+                let mut ss = zeroed_storage();
+                from_socket_addr(&a, &mut ss);
+                assert_eq!(to_socket_addr(&ss), Some(a));
+            }
+        }
+    }
+}
+
+/// Portable fallback: one syscall per datagram.
+#[cfg(not(target_os = "linux"))]
+pub(crate) struct BatchIo;
+
+#[cfg(not(target_os = "linux"))]
+impl BatchIo {
+    pub(crate) fn new(_batch: usize) -> Self {
+        Self
+    }
+
+    pub(crate) fn recv<'b>(
+        &mut self,
+        sock: &UdpSocket,
+        mut bufs: impl ExactSizeIterator<Item = &'b mut [u8]>,
+        out: &mut Vec<Received>,
+    ) -> io::Result<()> {
+        let b = bufs.next().ok_or(io::ErrorKind::InvalidInput)?;
+        let (len, from) = sock.recv_from(b)?;
+        out.push(Received {
+            len,
+            from: Some(from),
+            truncated: len == b.len(),
+        });
+        Ok(())
+    }
+
+    pub(crate) fn send<'m>(
+        &mut self,
+        sock: &UdpSocket,
+        count: usize,
+        msg: impl Fn(usize) -> (&'m [u8], SocketAddr),
+    ) -> (usize, usize) {
+        let sent = (0..count)
+            .filter(|&i| {
+                let (d, to) = msg(i);
+                sock.send_to(d, to).is_ok()
+            })
+            .count();
+        (sent, count - sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn batch_send_and_receive_on_loopback() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut io = BatchIo::new(8);
+        let msgs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + usize::from(i)]).collect();
+        assert_eq!(io.send(&tx, 5, |i| (&msgs[i][..], to)), (5, 0));
+        let mut got = Vec::new();
+        let mut storage = [[0u8; 12]; 8];
+        while got.len() < 5 {
+            let before = got.len();
+            io.recv(&rx, storage.iter_mut().map(|b| &mut b[..]), &mut got)
+                .unwrap();
+            for (k, r) in got[before..].iter().enumerate() {
+                let i = before + k;
+                assert_eq!(r.from, Some(tx.local_addr().unwrap()));
+                assert_eq!(r.len, 10 + i.min(2), "datagram {i}");
+                assert_eq!(r.truncated, i > 2);
+                assert_eq!(storage[k][0], i as u8);
+            }
+        }
+    }
+}

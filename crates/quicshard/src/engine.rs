@@ -36,6 +36,12 @@ use crate::tls::{self, TlsError};
 /// Default per-shard connection limit.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 
+/// Receive and send buffer asked for on each shard's client socket, as `steer::bind_group` asks
+/// for the listen sockets. Why: one shard's downloads all arrive on this one socket; with the
+/// default (~200 KiB) a debug-build client loses hundreds of datagrams per bulk download on
+/// loopback. The kernel caps it at `net.core.{r,w}mem_max`.
+const CLIENT_SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
 /// Why [`Builder::start`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -181,6 +187,12 @@ impl<H: Handler> Builder<H> {
         let clients = (0..n)
             .map(|_| UdpSocket::bind(SocketAddr::new(client_ip, 0)))
             .collect::<Result<Vec<_>, _>>()?;
+        for c in &clients {
+            // ignored like the listen group's: a smaller buffer only costs drops under bursts
+            let c = socket2::SockRef::from(c);
+            let _ = c.set_recv_buffer_size(CLIENT_SOCKET_BUFFER_BYTES);
+            let _ = c.set_send_buffer_size(CLIENT_SOCKET_BUFFER_BYTES);
+        }
         let bpf_attached = self.bpf
             && n > 1
             && {

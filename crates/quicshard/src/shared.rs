@@ -75,3 +75,6 @@ impl rustls::server::ProducesTickets for CountingTicketer {
         plain
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,6 @@
 //! Per-shard counters: owned by one shard (the only writer), readable by any thread.
 //!
-//! Each shard writes its [`Counters`] with `Relaxed` atomic adds; [`crate::Engine::stats`] takes a
+//! Each shard writes its counters (atomics) with `Relaxed` atomic adds; [`crate::Engine::stats`] takes a
 //! [`ShardStats`] snapshot at any time. The fields of one snapshot are not read atomically together,
 //! so two counters may disagree by the events of one loop iteration.
 
@@ -55,8 +55,12 @@ stats! {
     connections_refused,
     /// UDP datagrams received (after GRO splitting) on this shard's sockets.
     datagrams_in,
-    /// UDP datagrams sent (counting each GSO segment).
+    /// UDP datagrams sent (counting each GSO segment), counted when the kernel takes them.
     datagrams_out,
+    /// Send syscalls: one `sendmmsg` per run of queued single datagrams, one `sendmsg` per GSO
+    /// batch (or per datagram after a `sendmmsg` fallback), including calls that would block or
+    /// failed. `datagrams_out / send_calls` is the batching factor.
+    send_calls,
     /// Datagrams another shard forwarded here because this shard owns their DCID.
     handoffs_in,
     /// Datagrams this shard received but forwarded to the owning shard.

@@ -11,9 +11,13 @@ use quicshard::{Engine, ShardStats, HANDLER_PANIC_CODE};
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 fn server(bpf: bool, retry: bool) -> Engine<Server> {
+    server_on("127.0.0.1:0", bpf, retry)
+}
+
+fn server_on(listen: &str, bpf: bool, retry: bool) -> Engine<Server> {
     Engine::builder(|_| Server::default())
         .shards(4)
-        .listen("127.0.0.1:0".parse().unwrap())
+        .listen(listen.parse().unwrap())
         .bpf(bpf)
         .retry(retry)
         .transport(transport())
@@ -21,9 +25,9 @@ fn server(bpf: bool, retry: bool) -> Engine<Server> {
         .unwrap()
 }
 
-fn download_all(bpf: bool) -> Vec<ShardStats> {
+fn download_all(listen: &str, bpf: bool) -> Vec<ShardStats> {
     let _ = tracing_subscriber::fmt::try_init();
-    let srv = server(bpf, false);
+    let srv = server_on(listen, bpf, false);
     assert_eq!(srv.bpf_attached(), bpf, "BPF attach state");
     let (cli, rx) = client_engine(&srv, 2);
     const N: u64 = 200;
@@ -65,7 +69,7 @@ fn download_all(bpf: bool) -> Vec<ShardStats> {
 
 #[test]
 fn download_200_connections_bpf() {
-    let stats = download_all(true);
+    let stats = download_all("127.0.0.1:0", true);
     let total = ShardStats::sum(&stats);
     assert_eq!(total.handoffs_in_short, 0, "BPF steers every short header");
     assert_eq!(total.handoffs_out_short, 0);
@@ -73,9 +77,27 @@ fn download_200_connections_bpf() {
 
 #[test]
 fn download_200_connections_no_bpf() {
-    let stats = download_all(false);
+    let stats = download_all("127.0.0.1:0", false);
     let total = ShardStats::sum(&stats);
     // the 4-tuple hash agrees with the CID's shard for about 1 connection in 4
+    assert!(total.handoffs_in > 0, "no handoffs without BPF: {total:?}");
+}
+
+#[test]
+fn download_200_connections_ipv6() {
+    let stats = download_all("[::1]:0", true);
+    let total = ShardStats::sum(&stats);
+    assert_eq!(
+        total.handoffs_in_short, 0,
+        "BPF steers IPv6 short headers too"
+    );
+    assert_eq!(total.handoffs_out_short, 0);
+}
+
+#[test]
+fn download_ipv6_no_bpf() {
+    let stats = download_all("[::1]:0", false);
+    let total = ShardStats::sum(&stats);
     assert!(total.handoffs_in > 0, "no handoffs without BPF: {total:?}");
 }
 
@@ -132,18 +154,6 @@ fn port_in_use_is_a_clean_error() {
         }
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("bound a port in use"),
-    }
-}
-
-/// Polls `cond` until it holds or `timeout` passes (then fails with `what`).
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

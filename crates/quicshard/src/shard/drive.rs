@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::Bytes;
 use quinn_proto::{ConnectionError, ConnectionHandle, Event, StreamEvent, VarInt};
 
-use super::io::Sent;
 use super::timers::Timer;
 use super::{Shard, EVENT_PASSES_PER_DRIVE, TRANSMITS_PER_DRIVE};
 use crate::handler::{ConnId, Handler, ShardCtx, HANDLER_PANIC_CODE};
@@ -177,36 +176,24 @@ impl<H: Handler> Shard<H> {
         }
     }
 
-    /// Sends what the connection has to send; `true` if the budget stopped it early.
+    /// Queues what the connection has to send on its socket; `true` if the budget stopped it
+    /// early. A blocked socket keeps the connection as a waiter until it can send again.
     fn transmit(&mut self, slot: u32) -> bool {
         let core = &mut self.core;
         let Some(e) = core.conns.get_mut(slot) else {
             return false;
         };
         let sock = &mut self.socks[e.sock];
-        if sock.is_blocked() {
-            sock.waiters.push(slot);
-            return false;
-        }
         let max = sock.max_gso_segments();
         for _ in 0..TRANSMITS_PER_DRIVE {
-            self.send_buf.clear();
-            let Some(t) = e.conn.poll_transmit(core.now, max, &mut self.send_buf) else {
+            if !sock.reserve() {
+                sock.waiters.push(slot);
+                return false;
+            }
+            let Some(t) = e.conn.poll_transmit(core.now, max, sock.next_buf()) else {
                 return false;
             };
-            match sock.send(&t, &self.send_buf[..t.size]) {
-                Sent::Ok(n) => {
-                    core.stats.datagrams_out.fetch_add(n as u64, Relaxed);
-                }
-                Sent::Parked(n) => {
-                    core.stats.datagrams_out.fetch_add(n as u64, Relaxed);
-                    sock.waiters.push(slot);
-                    return false;
-                }
-                Sent::Dropped => {
-                    core.stats.dropped_send_error.fetch_add(1, Relaxed);
-                }
-            }
+            sock.commit(&t);
         }
         true
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::BytesMut;
 use quinn_proto::{ConnectionId, ConnectionIdGenerator, DatagramEvent, EcnCodepoint, Incoming};
 
-use super::io::{Sent, LISTEN};
+use super::io::LISTEN;
 use super::mailbox::{Handoff, Msg, SendError};
 use super::{Handler, Shard, RECV_CALLS_PER_ITER};
 use crate::steer;
@@ -209,18 +209,10 @@ impl<H: Handler> Shard<H> {
     }
 }
 
-/// Sends an endpoint-generated packet from `core.resp_buf`; never parks it (best effort).
+/// Queues an endpoint-generated packet from `core.resp_buf`; dropped if the socket is blocked
+/// (best effort: the peer retries).
 fn send_response(sock: &mut super::io::Sock, core: &super::Core, t: &quinn_proto::Transmit) {
-    if sock.is_blocked() {
+    if !sock.queue_copy(t, &core.resp_buf[..t.size]) {
         core.stats.dropped_send_error.fetch_add(1, Relaxed);
-        return;
-    }
-    match sock.send(t, &core.resp_buf[..t.size]) {
-        Sent::Ok(n) | Sent::Parked(n) => {
-            core.stats.datagrams_out.fetch_add(n as u64, Relaxed);
-        }
-        Sent::Dropped => {
-            core.stats.dropped_send_error.fetch_add(1, Relaxed);
-        }
     }
 }

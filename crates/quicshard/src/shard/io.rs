@@ -1,5 +1,5 @@
-//! A shard's two UDP sockets and its I/O buffers: batched receive (recvmmsg + GRO) and segmented
-//! send (GSO) through quinn-udp.
+//! A shard's two UDP sockets and its I/O buffers: batched receive (recvmmsg + GRO through
+//! quinn-udp) and a batched transmit queue per socket.
 //!
 //! - [`LISTEN`]: the shard's member of the `SO_REUSEPORT` group on the shared port;
 //! - [`CLIENT`]: an unshared socket on an ephemeral port for connections this shard initiates
@@ -8,14 +8,34 @@
 //! Receive buffers are allocated once per shard and reused. Datagrams handed to quinn-proto are
 //! copied into an arena `BytesMut` ([`Arena`]) and split off it, so a receive allocates only when
 //! the arena's chunk is used up (about once per [`ARENA_CHUNK`] bytes), never per datagram.
-//! A send that hits `WouldBlock` is parked in the socket's single pending slot; the connections
-//! that wanted to send wait on the socket until it is writable again.
+//!
+//! # Sending
+//! Connections write transmits straight into their socket's queue of [`TX_BATCH`] reusable
+//! buffers ([`Sock::reserve`], [`Sock::next_buf`], [`Sock::commit`]). The queue is flushed when
+//! full and once per loop iteration, after every dirty connection was driven, so the datagrams of
+//! one iteration to many destinations leave in few syscalls. Entries keep their order: a run of
+//! single datagrams goes out with one `sendmmsg` ([`super::sys`]), a GSO batch with one quinn-udp
+//! `sendmsg` (which keeps quinn-udp's GSO fallbacks). If `sendmmsg` fails a datagram with
+//! `EINVAL`/`EIO` and quinn-udp (with its fallbacks) then sends that datagram, the kernel refuses
+//! our control messages: the socket sends everything through quinn-udp from then on. If quinn-udp
+//! fails too, the datagram itself was bad (e.g. port 0) and is dropped.
+//!
+//! When the kernel takes only part of the queue (`WouldBlock`, or a partial `sendmmsg` followed by
+//! `WouldBlock`), the rest stays queued and the socket is *blocked*: connections that want to send
+//! wait on it ([`Sock::waiters`]) until it is writable and the queue drained. The socket counts
+//! what it sends: `datagrams_out` (when the kernel takes them), `send_calls`, `dropped_send_error`.
 
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 use bytes::BytesMut;
-use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
+use quinn_udp::{EcnCodepoint, RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
+
+use super::sys::{MmsgBufs, OutMsg, TX_BATCH};
+use crate::stats::Counters;
 
 /// Index of the shard's member of the reuseport group.
 pub(crate) const LISTEN: usize = 0;
@@ -32,48 +52,88 @@ const MIN_RX_BUF: usize = 1 << 16;
 /// Bytes per GRO segment we reserve room for.
 const GRO_SEGMENT_BYTES: usize = 1500;
 
-/// Result of one send attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Sent {
-    /// Handed to the kernel (or parked as pending); the count of datagrams (GSO segments).
-    Ok(usize),
-    /// The socket is full; the transmit was parked and the caller must wait for writability.
-    Parked(usize),
-    /// Refused for another reason (counted and dropped: QUIC recovers from loss).
-    Dropped,
-}
+/// Capacity each transmit buffer starts with: one full-size datagram. Buffers that held a GSO
+/// batch keep their larger capacity for the next one.
+const TX_BUF_BYTES: usize = 1500;
 
-/// One UDP socket with its quinn-udp state and readiness bookkeeping.
+/// One UDP socket with its quinn-udp state, transmit queue and readiness bookkeeping.
 pub(crate) struct Sock {
     pub(crate) socket: mio::net::UdpSocket,
     state: UdpSocketState,
     /// Edge-triggered readiness not yet consumed by a `WouldBlock`.
     pub(crate) readable: bool,
-    /// A parked transmit the kernel has not taken yet.
-    pending: Option<Pending>,
     /// Connection slots waiting for this socket to become writable.
     pub(crate) waiters: Vec<u32>,
+    tx: TxQueue,
+    mmsg: MmsgBufs,
+    /// `false` once `sendmmsg` was refused with `EINVAL`/`EIO`: quinn-udp sends everything.
+    mmsg_ok: bool,
+    stats: Arc<Counters>,
 }
 
-struct Pending {
+/// Queued transmits `entries[head..len]`; `entries` always holds `TX_BATCH` reusable buffers.
+/// Invariant: when not blocked, `head == 0` (a flush either empties the queue or blocks it).
+struct TxQueue {
+    entries: Box<[TxEntry]>,
+    head: usize,
+    len: usize,
+    blocked: bool,
+}
+
+struct TxEntry {
     buf: Vec<u8>,
     destination: SocketAddr,
-    ecn: Option<quinn_udp::EcnCodepoint>,
+    ecn: Option<EcnCodepoint>,
+    /// `Some` only for a real GSO batch (more than one segment).
     segment_size: Option<usize>,
-    src_ip: Option<std::net::IpAddr>,
+    src_ip: Option<IpAddr>,
+}
+
+impl TxEntry {
+    fn datagrams(&self) -> u64 {
+        self.segment_size
+            .map_or(1, |s| self.buf.len().div_ceil(s) as u64)
+    }
+
+    fn transmit(&self) -> Transmit<'_> {
+        Transmit {
+            destination: self.destination,
+            ecn: self.ecn,
+            contents: &self.buf,
+            segment_size: self.segment_size,
+            src_ip: self.src_ip,
+        }
+    }
 }
 
 impl Sock {
-    /// Wraps a non-blocking std socket.
-    pub(crate) fn new(socket: std::net::UdpSocket) -> io::Result<Self> {
+    /// Wraps a non-blocking std socket; `stats` are the owning shard's counters.
+    pub(crate) fn new(socket: std::net::UdpSocket, stats: Arc<Counters>) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
+        let entries = (0..TX_BATCH)
+            .map(|_| TxEntry {
+                buf: Vec::with_capacity(TX_BUF_BYTES),
+                destination: SocketAddr::from(([0, 0, 0, 0], 0)),
+                ecn: None,
+                segment_size: None,
+                src_ip: None,
+            })
+            .collect();
         Ok(Self {
             socket: mio::net::UdpSocket::from_std(socket),
             state,
             readable: true,
-            pending: None,
             waiters: Vec::new(),
+            tx: TxQueue {
+                entries,
+                head: 0,
+                len: 0,
+                blocked: false,
+            },
+            mmsg: MmsgBufs::new(),
+            mmsg_ok: true,
+            stats,
         })
     }
 
@@ -87,9 +147,9 @@ impl Sock {
         self.state.gro_segments().max(1)
     }
 
-    /// Whether a parked transmit blocks further sends.
+    /// Whether unsent transmits wait for the socket to become writable.
     pub(crate) fn is_blocked(&self) -> bool {
-        self.pending.is_some()
+        self.tx.blocked
     }
 
     /// One `recvmmsg` into `rx`; returns the number of messages (each maybe GRO-coalesced).
@@ -103,64 +163,132 @@ impl Sock {
             .recv(UdpSockRef::from(&self.socket), &mut iovs, &mut rx.metas)
     }
 
-    /// Sends `contents` (one datagram or a GSO batch) to `t.destination`.
-    pub(crate) fn send(&mut self, t: &quinn_proto::Transmit, contents: &[u8]) -> Sent {
-        let datagrams = match t.segment_size {
-            Some(s) if s > 0 => contents.len().div_ceil(s),
-            _ => 1,
-        };
-        if self.pending.is_some() {
-            return Sent::Dropped;
+    /// Makes room for one more transmit (flushing a full queue); `false` if the socket is
+    /// blocked and the caller must wait for it.
+    pub(crate) fn reserve(&mut self) -> bool {
+        if self.tx.len == TX_BATCH {
+            self.flush();
         }
-        let ecn = t
-            .ecn
-            .and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8));
-        let ut = Transmit {
-            destination: t.destination,
-            ecn,
-            contents,
-            segment_size: t.segment_size,
-            src_ip: t.src_ip,
-        };
-        match self.state.try_send(UdpSockRef::from(&self.socket), &ut) {
-            Ok(()) => Sent::Ok(datagrams),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.pending = Some(Pending {
-                    buf: contents.to_vec(),
-                    destination: t.destination,
-                    ecn,
-                    segment_size: t.segment_size,
-                    src_ip: t.src_ip,
-                });
-                Sent::Parked(datagrams)
-            }
-            // EMSGSIZE is expected for MTU probes; anything else is logged at debug level
-            Err(e) => {
-                if e.raw_os_error() != Some(libc::EMSGSIZE) {
-                    tracing::debug!(error = %e, dest = %t.destination, "send failed");
-                }
-                Sent::Dropped
-            }
-        }
+        !self.tx.blocked
     }
 
-    /// Retries the parked transmit. `Ok(true)` when the socket is free again.
-    pub(crate) fn flush_pending(&mut self) -> bool {
-        let Some(p) = &self.pending else { return true };
-        let ut = Transmit {
-            destination: p.destination,
-            ecn: p.ecn,
-            contents: &p.buf,
-            segment_size: p.segment_size,
-            src_ip: p.src_ip,
-        };
-        match self.state.try_send(UdpSockRef::from(&self.socket), &ut) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-            _ => {
-                self.pending = None;
-                true
+    /// The buffer for the next transmit, empty. Only after [`Sock::reserve`] returned `true`.
+    pub(crate) fn next_buf(&mut self) -> &mut Vec<u8> {
+        let buf = &mut self.tx.entries[self.tx.len].buf;
+        buf.clear();
+        buf
+    }
+
+    /// Queues the transmit just written into [`Sock::next_buf`].
+    pub(crate) fn commit(&mut self, t: &quinn_proto::Transmit) {
+        let e = &mut self.tx.entries[self.tx.len];
+        e.buf.truncate(t.size);
+        e.destination = t.destination;
+        e.ecn = t.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
+        e.segment_size = t.segment_size.filter(|&s| s > 0 && t.size > s);
+        e.src_ip = t.src_ip;
+        self.tx.len += 1;
+    }
+
+    /// Queues a copy of `contents` (an endpoint response); `false` if the socket is blocked and
+    /// the response was not queued.
+    pub(crate) fn queue_copy(&mut self, t: &quinn_proto::Transmit, contents: &[u8]) -> bool {
+        if !self.reserve() {
+            return false;
+        }
+        self.next_buf().extend_from_slice(contents);
+        self.commit(t);
+        true
+    }
+
+    /// Sends queued transmits until the queue is empty (`true`) or the kernel would block
+    /// (`false`; the rest stays queued and the socket is blocked).
+    pub(crate) fn flush(&mut self) -> bool {
+        let stats = &*self.stats;
+        let q = &mut self.tx;
+        while q.head < q.len {
+            let e = &q.entries[q.head];
+            if e.segment_size.is_some() || !self.mmsg_ok {
+                stats.send_calls.fetch_add(1, Relaxed);
+                match self
+                    .state
+                    .try_send(UdpSockRef::from(&self.socket), &e.transmit())
+                {
+                    Ok(()) => {
+                        stats.datagrams_out.fetch_add(e.datagrams(), Relaxed);
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        q.blocked = true;
+                        return false;
+                    }
+                    Err(err) => {
+                        send_failed(stats, &err, e.destination);
+                    }
+                }
+                q.head += 1;
+                continue;
+            }
+            // a run of single datagrams: one sendmmsg
+            let run = q.entries[q.head..q.len]
+                .iter()
+                .take_while(|e| e.segment_size.is_none())
+                .map(|e| OutMsg {
+                    destination: e.destination,
+                    ecn: e.ecn.map_or(0, |c| c as u8),
+                    src_ip: e.src_ip,
+                    contents: &e.buf,
+                });
+            stats.send_calls.fetch_add(1, Relaxed);
+            match self.mmsg.send(self.socket.as_raw_fd(), run) {
+                Ok(n) => {
+                    stats.datagrams_out.fetch_add(n as u64, Relaxed);
+                    q.head += n;
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    q.blocked = true;
+                    return false;
+                }
+                Err(err) if matches!(err.raw_os_error(), Some(libc::EINVAL | libc::EIO)) => {
+                    // our control messages, or this one datagram (e.g. port 0)? quinn-udp, with
+                    // its fallbacks, tells: if it can send it, stop using sendmmsg on this socket
+                    let e = &q.entries[q.head];
+                    stats.send_calls.fetch_add(1, Relaxed);
+                    match self
+                        .state
+                        .try_send(UdpSockRef::from(&self.socket), &e.transmit())
+                    {
+                        Ok(()) => {
+                            stats.datagrams_out.fetch_add(1, Relaxed);
+                            tracing::info!(error = %err, "sendmmsg refused; using quinn-udp");
+                            self.mmsg_ok = false;
+                        }
+                        Err(e2) if e2.kind() == io::ErrorKind::WouldBlock => {
+                            q.blocked = true;
+                            return false;
+                        }
+                        Err(e2) => send_failed(stats, &e2, e.destination),
+                    }
+                    q.head += 1;
+                }
+                Err(err) => {
+                    // that one datagram failed (e.g. EMSGSIZE for an MTU probe): drop it
+                    send_failed(stats, &err, q.entries[q.head].destination);
+                    q.head += 1;
+                }
             }
         }
+        q.head = 0;
+        q.len = 0;
+        q.blocked = false;
+        true
+    }
+}
+
+/// Counts a dropped transmit; logs it unless it is the expected EMSGSIZE of an MTU probe.
+fn send_failed(stats: &Counters, err: &io::Error, destination: SocketAddr) {
+    stats.dropped_send_error.fetch_add(1, Relaxed);
+    if err.raw_os_error() != Some(libc::EMSGSIZE) {
+        tracing::debug!(error = %err, dest = %destination, "send failed");
     }
 }
 
@@ -205,5 +333,122 @@ impl Arena {
         }
         self.chunk.extend_from_slice(data);
         self.chunk.split_to(data.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    fn transmit(to: SocketAddr, size: usize, segment_size: Option<usize>) -> quinn_proto::Transmit {
+        quinn_proto::Transmit {
+            destination: to,
+            ecn: Some(quinn_proto::EcnCodepoint::Ect0),
+            size,
+            segment_size,
+            src_ip: None,
+        }
+    }
+
+    fn receiver() -> UdpSocket {
+        let r = UdpSocket::bind("127.0.0.1:0").unwrap();
+        r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        r
+    }
+
+    /// Queues `payload` as one transmit the way a connection does.
+    fn queue(sock: &mut Sock, to: SocketAddr, payload: &[u8], segment_size: Option<usize>) {
+        assert!(sock.reserve());
+        sock.next_buf().extend_from_slice(payload);
+        sock.commit(&transmit(to, payload.len(), segment_size));
+    }
+
+    #[test]
+    fn flush_keeps_order_and_skips_a_failing_datagram() {
+        let stats = Arc::new(Counters::default());
+        let mut sock = Sock::new(UdpSocket::bind("127.0.0.1:0").unwrap(), stats.clone()).unwrap();
+        let (a, b) = (receiver(), receiver());
+        let (to_a, to_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let gso = sock.max_gso_segments() > 1;
+        queue(&mut sock, to_a, b"a0", None);
+        queue(&mut sock, to_b, b"b0", None);
+        // an IPv6 destination on an IPv4 socket: the kernel refuses this one datagram
+        queue(&mut sock, "[::1]:9".parse().unwrap(), b"bad", None);
+        queue(&mut sock, to_a, b"a1", None);
+        // a GSO batch of three 4-byte segments (or three plain datagrams without GSO)
+        if gso {
+            queue(&mut sock, to_a, b"a2..a3..a4..", Some(4));
+        } else {
+            for p in [b"a2..", b"a3..", b"a4.."] {
+                queue(&mut sock, to_a, p, None);
+            }
+        }
+        queue(&mut sock, to_a, b"a5", None);
+        queue(&mut sock, to_b, b"b1", None);
+        assert!(sock.flush(), "loopback never blocks");
+        assert!(!sock.is_blocked());
+
+        let mut buf = [0u8; 64];
+        for want in [&b"a0"[..], b"a1", b"a2..", b"a3..", b"a4..", b"a5"] {
+            let n = a.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], want);
+        }
+        for want in [&b"b0"[..], b"b1"] {
+            let n = b.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], want);
+        }
+        let s = stats.snapshot();
+        assert_eq!(s.datagrams_out, 8);
+        assert_eq!(s.dropped_send_error, 1);
+        if gso {
+            // [a0 b0] (stops at bad), [bad] fails, [a1], GSO, [a5 b1]
+            assert_eq!(s.send_calls, 5);
+        }
+    }
+
+    #[test]
+    fn a_bad_datagram_does_not_disable_sendmmsg() {
+        let stats = Arc::new(Counters::default());
+        let mut sock = Sock::new(UdpSocket::bind("127.0.0.1:0").unwrap(), stats.clone()).unwrap();
+        let r = receiver();
+        let to = r.local_addr().unwrap();
+        // port 0: EINVAL from sendmmsg and from quinn-udp alike
+        queue(&mut sock, "127.0.0.1:0".parse().unwrap(), b"bad", None);
+        assert!(sock.flush());
+        assert!(
+            sock.mmsg_ok,
+            "the datagram was bad, not our control messages"
+        );
+        queue(&mut sock, to, b"x", None);
+        queue(&mut sock, to, b"y", None);
+        assert!(sock.flush());
+        let s = stats.snapshot();
+        // [bad] sendmmsg, [bad] quinn-udp, [x y] sendmmsg
+        assert_eq!(
+            (s.send_calls, s.datagrams_out, s.dropped_send_error),
+            (3, 2, 1)
+        );
+    }
+
+    #[test]
+    fn a_full_queue_flushes_itself() {
+        let stats = Arc::new(Counters::default());
+        let mut sock = Sock::new(UdpSocket::bind("127.0.0.1:0").unwrap(), stats.clone()).unwrap();
+        let r = receiver();
+        let to = r.local_addr().unwrap();
+        for i in 0..TX_BATCH + 3 {
+            queue(&mut sock, to, &(i as u32).to_be_bytes(), None);
+        }
+        assert_eq!(stats.snapshot().send_calls, 1, "flushed once when full");
+        assert!(sock.flush());
+        let mut buf = [0u8; 8];
+        for i in 0..TX_BATCH + 3 {
+            let n = r.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &(i as u32).to_be_bytes());
+        }
+        let s = stats.snapshot();
+        assert_eq!((s.send_calls, s.datagrams_out), (2, TX_BATCH as u64 + 3));
     }
 }

@@ -10,13 +10,18 @@
 //! callbacks), transmits, the next timeout. A budget that stops before `WouldBlock` makes the
 //! next poll non-blocking, because edge-triggered readiness will not fire again.
 //!
-//! Sub-state lives in submodules: [`io`] sockets and buffers, [`mailbox`], [`timers`], [`conns`].
+//! Transmits are queued per socket while connections are driven and flushed at the end of the
+//! iteration (and whenever a queue fills), so one iteration's datagrams leave in few syscalls.
+//!
+//! Sub-state lives in submodules: [`io`] sockets and buffers, [`sys`] the raw `sendmmsg`,
+//! [`mailbox`], [`timers`], [`conns`].
 
 pub(crate) mod conns;
 mod drive;
 mod inbound;
 pub(crate) mod io;
 pub(crate) mod mailbox;
+mod sys;
 pub(crate) mod timers;
 
 use std::cell::Cell;
@@ -158,7 +163,6 @@ pub(crate) struct Shard<H> {
     socks: [Sock; 2],
     rx: RxBufs,
     arena: Arena,
-    send_buf: Vec<u8>,
     events_buf: Vec<quinn_proto::Event>,
     mailbox: MailboxRx<H>,
     /// Mail may be waiting (the waker fired and we have not seen the mailbox empty since).
@@ -188,7 +192,10 @@ where
     F: Fn(ShardId) -> H + Send + Sync + ?Sized + 'static,
 {
     let id = parts.id;
-    let mut socks = [Sock::new(parts.listen)?, Sock::new(parts.client)?];
+    let mut socks = [
+        Sock::new(parts.listen, parts.stats.clone())?,
+        Sock::new(parts.client, parts.stats.clone())?,
+    ];
     let registry = parts.poll.registry();
     let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
     registry.register(&mut socks[LISTEN].socket, LISTEN_TOKEN, interest)?;
@@ -226,7 +233,6 @@ where
                 socks,
                 rx: RxBufs::new(gro),
                 arena: Arena::default(),
-                send_buf: Vec::new(),
                 events_buf: Vec::new(),
                 mailbox: parts.mailbox,
                 mail_pending: true,
@@ -240,8 +246,10 @@ impl<H: Handler> Shard<H> {
     fn run(mut self) {
         let mut events = mio::Events::with_capacity(16);
         let mut more = true;
+        // connections a flush at the end of the last iteration unblocked: drive them now
+        let mut woke = false;
         loop {
-            let timeout = if more {
+            let timeout = if more || woke {
                 Some(Duration::ZERO)
             } else {
                 self.next_timeout()
@@ -268,10 +276,8 @@ impl<H: Handler> Shard<H> {
             }
             more = false;
             for (s, w) in writable.into_iter().enumerate() {
-                if (w || self.socks[s].is_blocked()) && self.socks[s].flush_pending() {
-                    for slot in std::mem::take(&mut self.socks[s].waiters) {
-                        self.core.conns.mark_dirty(slot);
-                    }
+                if w || self.socks[s].is_blocked() {
+                    self.flush_socket(s);
                 }
             }
             // inputs
@@ -289,6 +295,10 @@ impl<H: Handler> Shard<H> {
             // outputs
             if !self.drive_dirty() {
                 more = true;
+            }
+            woke = false;
+            for s in [LISTEN, CLIENT] {
+                woke |= self.flush_socket(s);
             }
             if let Some(deadline) = self.core.stopping {
                 if self.core.conns.len() == 0 || self.core.now >= deadline {
@@ -311,6 +321,19 @@ impl<H: Handler> Shard<H> {
             .stats
             .connections_open
             .store(self.core.conns.len() as u64, Relaxed);
+    }
+
+    /// Flushes socket `s`'s transmit queue; once it is empty, re-queues the connections that
+    /// waited for it. Returns whether any did (they need a drive).
+    fn flush_socket(&mut self, s: usize) -> bool {
+        let sock = &mut self.socks[s];
+        if !sock.flush() || sock.waiters.is_empty() {
+            return false;
+        }
+        for slot in std::mem::take(&mut sock.waiters) {
+            self.core.conns.mark_dirty(slot);
+        }
+        true
     }
 
     /// How long `poll` may block: until the next timer or the shutdown deadline.

@@ -225,24 +225,34 @@ pub fn start_downloads(
     size: impl Fn(u64) -> u64,
 ) {
     for tag in 0..count {
-        let want = size(tag);
         let shard = ShardId(tag as usize % remote.shards());
-        remote
-            .run_on(shard, move |ctx, h| {
-                let conn = ctx.connect(server, "localhost").expect("connect");
-                h.downloads.insert(
-                    conn,
-                    Download {
-                        tag,
-                        want,
-                        got: 0,
-                        stream: None,
-                        done: false,
-                    },
-                );
-            })
-            .expect("run_on");
+        start_download(remote, shard, server, tag, size(tag));
     }
+}
+
+/// Starts one download of `want` bytes from `server` on client shard `shard`, reported as `tag`.
+pub fn start_download(
+    remote: &Remote<Client>,
+    shard: ShardId,
+    server: SocketAddr,
+    tag: u64,
+    want: u64,
+) {
+    remote
+        .run_on(shard, move |ctx, h| {
+            let conn = ctx.connect(server, "localhost").expect("connect");
+            h.downloads.insert(
+                conn,
+                Download {
+                    tag,
+                    want,
+                    got: 0,
+                    stream: None,
+                    done: false,
+                },
+            );
+        })
+        .expect("run_on");
 }
 
 /// Collects `count` outcomes or fails after `timeout`.
@@ -262,19 +272,45 @@ pub fn collect(rx: &Receiver<Outcome>, count: u64, timeout: Duration) -> Vec<Out
     v
 }
 
-/// A client engine trusting `server`'s self-signed certificate.
-pub fn client_engine(
-    server: &Engine<Server>,
+/// A client engine trusting `server`'s self-signed certificate, of the server's address family.
+pub fn client_engine<H: Handler>(
+    server: &Engine<H>,
     shards: usize,
 ) -> (Engine<Client>, Receiver<Outcome>) {
-    let (tx, rx) = crossbeam_channel::unbounded();
     let cfg = quicshard::tls::client_config_trusting(server.certificate().unwrap(), &[]).unwrap();
+    // same address family as the server
+    let listen = if server.local_addr().is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
+    client_engine_with(cfg, shards, listen.parse().unwrap())
+}
+
+/// A client engine with `cfg`, listening on `listen`; its client sockets bind the unspecified
+/// address of `listen`'s family (so `[::1]:0` makes an IPv6 client).
+pub fn client_engine_with(
+    cfg: quicshard::quinn_proto::ClientConfig,
+    shards: usize,
+    listen: SocketAddr,
+) -> (Engine<Client>, Receiver<Outcome>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
     let engine = Engine::builder(move |_| Client::new(tx.clone()))
         .shards(shards)
+        .listen(listen)
         .client_config(cfg)
         .start()
         .unwrap();
     (engine, rx)
+}
+
+/// Polls `cond` every 5 ms until it holds or `timeout` passes (then fails with `what`).
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Transport config with room for many concurrent streams per connection.

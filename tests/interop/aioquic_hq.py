@@ -5,6 +5,8 @@
       prints "listening on HOST:PORT" when ready; serves files under DIR; stops on SIGTERM.
   aioquic_hq.py client --output DIR URL...
       downloads every URL over one connection (parallel streams); exit 0 iff all arrived whole.
+  aioquic_hq.py echo --connect HOST:PORT --streams N --size BYTES
+      ALPN "echo": sends N streams of random bytes; exit 0 iff each comes back identical.
 """
 import argparse
 import asyncio
@@ -18,7 +20,7 @@ from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.h0.connection import H0_ALPN, H0Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import StreamReset
+from aioquic.quic.events import StreamDataReceived, StreamReset
 
 
 class HqServer(QuicConnectionProtocol):
@@ -74,6 +76,41 @@ class HqClient(QuicConnectionProtocol):
                     self._waiters.pop(ev.stream_id).set_result(bytes(self._bodies.pop(ev.stream_id)))
 
 
+class EchoClient(QuicConnectionProtocol):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._waiters = {}
+        self._bodies = {}
+
+    async def echo(self, payload):
+        stream_id = self._quic.get_next_available_stream_id()
+        self._bodies[stream_id] = bytearray()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[stream_id] = waiter
+        self._quic.send_stream_data(stream_id, payload, end_stream=True)
+        self.transmit()
+        return await waiter
+
+    def quic_event_received(self, event):
+        if isinstance(event, StreamReset) and event.stream_id in self._waiters:
+            self._waiters.pop(event.stream_id).set_exception(RuntimeError(f"stream {event.stream_id} reset"))
+        elif isinstance(event, StreamDataReceived) and event.stream_id in self._bodies:
+            self._bodies[event.stream_id] += event.data
+            if event.end_stream:
+                self._waiters.pop(event.stream_id).set_result(bytes(self._bodies.pop(event.stream_id)))
+
+
+async def run_echo(args):
+    host, port = args.connect.rsplit(":", 1)
+    config = QuicConfiguration(is_client=True, alpn_protocols=["echo"], verify_mode=ssl.CERT_NONE)
+    payloads = [os.urandom(args.size) for _ in range(args.streams)]
+    async with connect(host, int(port), configuration=config, create_protocol=EchoClient) as client:
+        got = await asyncio.wait_for(asyncio.gather(*(client.echo(p) for p in payloads)), timeout=args.timeout)
+    bad = [i for i, (a, b) in enumerate(zip(payloads, got)) if a != b]
+    if bad:
+        raise RuntimeError(f"{len(bad)} of {len(payloads)} streams came back different (first: {bad[0]}, {len(got[bad[0]])} bytes)")
+
+
 async def run_server(args):
     host, port = args.listen.rsplit(":", 1)
     config = QuicConfiguration(is_client=False, alpn_protocols=H0_ALPN)
@@ -117,9 +154,15 @@ def main():
     c.add_argument("--output", required=True)
     c.add_argument("--timeout", type=float, default=60)
     c.add_argument("urls", nargs="+")
+    e = sub.add_parser("echo")
+    e.add_argument("--connect", required=True)
+    e.add_argument("--streams", type=int, default=8)
+    e.add_argument("--size", type=int, default=100000)
+    e.add_argument("--timeout", type=float, default=60)
     args = p.parse_args()
+    runners = {"server": run_server, "client": run_client, "echo": run_echo}
     try:
-        asyncio.run(run_server(args) if args.role == "server" else run_client(args))
+        asyncio.run(runners[args.role](args))
     except Exception as e:  # one line, non-zero exit
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(1)

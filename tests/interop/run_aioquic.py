@@ -101,6 +101,16 @@ def case_quicshard_client(qs, root, names, work, cert, key, extra):
         stop(proc)
 
 
+def case_echo(qs):
+    proc, port = start_server([qs, "serve", "--listen", "127.0.0.1:0", "--shards", "2"])
+    try:
+        r = subprocess.run(PEER + ["echo", "--connect", f"127.0.0.1:{port}", "--streams", "16", "--size", "300000"],
+                           capture_output=True, text=True, timeout=TIMEOUT)
+        return None if r.returncode == 0 else f"aioquic echo client: {r.stderr.strip()[-300:]}"
+    finally:
+        stop(proc)
+
+
 def main():
     qs = os.path.abspath(sys.argv[1])
     work = tempfile.mkdtemp(prefix="qs-interop-")
@@ -112,6 +122,7 @@ def main():
         ("aioquic client <- quicshard serve (2 shards)", lambda: case_aioquic_client(qs, root, names, work, ["--shards", "2"])),
         ("aioquic client <- quicshard serve (4 shards, no BPF)", lambda: case_aioquic_client(qs, root, names, work, ["--shards", "4", "--no-bpf"])),
         ("aioquic client <- quicshard serve (retry)", lambda: case_aioquic_client(qs, root, names, work, ["--shards", "2", "--retry"])),
+        ("aioquic echo client <- quicshard serve (16 streams x 300 kB)", lambda: case_echo(qs)),
         ("quicshard get <- aioquic server", lambda: case_quicshard_client(qs, root, names, work, cert, key, [])),
         ("quicshard get <- aioquic server (retry)", lambda: case_quicshard_client(qs, root, names, work, cert, key, ["--retry"])),
     ]

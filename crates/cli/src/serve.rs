@@ -50,6 +50,12 @@ pub(crate) struct Args {
     /// Which [[quic_lb]] codepoint to issue CIDs with (default: the last table in the file).
     #[arg(long, requires = "quic_lb_config")]
     quic_lb_id: Option<u8>,
+    /// Direct server return: also read IP-in-UDP datagrams from a `quicshard lb` in dsr mode on
+    /// this UDP address; each client datagram inside is served as if it had arrived on --listen
+    /// and answered from there straight to the client. Bind it to an address only the load
+    /// balancer can reach: whoever can send here can make the server send to any address.
+    #[arg(long)]
+    decap: Option<SocketAddr>,
 }
 
 /// The QUIC-LB config and server ID from `--quic-lb-config` / `--server-id` / `--quic-lb-id`.
@@ -117,6 +123,10 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     let engine = builder
         .start()
         .map_err(|e| Failure::Refused(e.to_string()))?;
+    let decap = match args.decap {
+        Some(addr) => Some(decap::start(addr, engine.local_addr(), engine.injector())?),
+        None => None,
+    };
     println!("listening on {}", engine.local_addr());
     tracing::info!(
         shards = engine.shards(),
@@ -126,9 +136,16 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     );
     let sig = signals::wait_termination().map_err(|e| Failure::Refused(format!("signals: {e}")))?;
     tracing::info!(signal = sig, "shutting down");
+    // stop feeding the shards before they drain
+    let decap = decap.map(decap::Decap::stop);
     let stats = engine.shutdown(DRAIN_TIMEOUT);
+    let mut json = stats_json(&stats);
+    if let Some(d) = &decap {
+        json["decap"] = d.to_json();
+        eprintln!("decap: {}", d.to_json());
+    }
     if let Some(path) = &args.stats_file {
-        std::fs::write(path, stats_json(&stats).to_string())
+        std::fs::write(path, json.to_string())
             .map_err(|e| Failure::Refused(format!("--stats-file {}: {e}", path.display())))?;
     }
     print_stats(&stats);
@@ -173,5 +190,178 @@ pub(crate) fn print_stats(stats: &[ShardStats]) {
             "shard {i}: accepted {} handshakes {} datagrams in {} out {} handoffs in {} out {} retry {} panics {}",
             s.connections_accepted, s.handshakes, s.datagrams_in, s.datagrams_out, s.handoffs_in, s.handoffs_out, s.retry_sent, s.handler_panics
         );
+    }
+}
+
+/// `--decap`: the backend side of the load balancer's DSR mode.
+///
+/// One thread reads the decap socket; each datagram is an encapsulation made by
+/// `quicshard_lb::encap` (inner IP + UDP header naming the client and the virtual address, then
+/// the client's datagram). The client datagram is posted to its owning shard through an
+/// [`quicshard::Injector`] with the client as the remote address and the virtual address as the
+/// local one, so the shard answers the client directly from its listen socket. Datagrams that do
+/// not decapsulate, or whose virtual address is not the listen address, are counted and dropped.
+mod decap {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
+    use std::time::Duration;
+
+    use quicshard::{InjectStats, Injector};
+
+    use crate::apps::server::Server;
+    use crate::Failure;
+
+    /// How long a read blocks before the thread checks for shutdown.
+    const STOP_CHECK: Duration = Duration::from_millis(100);
+    /// Receive buffer asked for on the decap socket (capped by `net.core.rmem_max`). Why: the
+    /// load balancer sends in `sendmmsg` bursts; the default buffer drops part of a burst while
+    /// the thread is descheduled.
+    const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+    /// What the decap thread counted.
+    #[derive(Debug, Default, Clone, Copy)]
+    pub(super) struct Counts {
+        /// Datagrams read from the decap socket.
+        received: u64,
+        /// Dropped: not a valid encapsulation (`quicshard_lb::encap::EncapError`).
+        decap_errors: u64,
+        /// Dropped: the inner destination is not the listen address.
+        wrong_destination: u64,
+        /// Socket errors other than timeouts.
+        recv_errors: u64,
+    }
+
+    /// The running decap thread.
+    pub(super) struct Decap {
+        stop: Arc<AtomicBool>,
+        thread: JoinHandle<Counts>,
+        injector: Injector<Server>,
+    }
+
+    /// The decap thread's final counters and the injector's.
+    pub(super) struct Stopped {
+        counts: Counts,
+        inject: InjectStats,
+    }
+
+    /// Binds `addr` and starts the thread feeding `injector`; `listen` is the engine's address,
+    /// which every inner destination must match (its IP only if `listen` has a specific one).
+    pub(super) fn start(
+        addr: SocketAddr,
+        listen: SocketAddr,
+        injector: Injector<Server>,
+    ) -> Result<Decap, Failure> {
+        let sock =
+            UdpSocket::bind(addr).map_err(|e| Failure::Refused(format!("--decap {addr}: {e}")))?;
+        let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+        sock.set_read_timeout(Some(STOP_CHECK))
+            .map_err(|e| Failure::Refused(format!("--decap {addr}: {e}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, inj) = (stop.clone(), injector.clone());
+        let thread = std::thread::Builder::new()
+            .name("decap".into())
+            .spawn(move || run(&sock, listen, inj, &s))
+            .map_err(|e| Failure::Refused(format!("--decap: spawn: {e}")))?;
+        tracing::info!(%addr, %listen, "decapsulating DSR datagrams");
+        Ok(Decap {
+            stop,
+            thread,
+            injector,
+        })
+    }
+
+    fn run(
+        sock: &UdpSocket,
+        listen: SocketAddr,
+        mut inj: Injector<Server>,
+        stop: &AtomicBool,
+    ) -> Counts {
+        let mut c = Counts::default();
+        // One maximal UDP payload: nothing is ever truncated.
+        let mut buf = vec![0u8; 65_536];
+        while !stop.load(Ordering::Relaxed) {
+            let n = match sock.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(_) => {
+                    c.recv_errors += 1;
+                    continue;
+                }
+            };
+            c.received += 1;
+            let Ok((repr, payload)) = quicshard_lb::encap::decap(&buf[..n]) else {
+                c.decap_errors += 1;
+                continue;
+            };
+            if !serves(listen, repr.dst) {
+                c.wrong_destination += 1;
+                continue;
+            }
+            // Dropped datagrams are counted by the injector; the client retransmits.
+            let _ = inj.inject(payload, repr.src, Some(repr.dst.ip()));
+        }
+        c
+    }
+
+    /// Whether a datagram sent to `dst` is for the engine listening on `listen`.
+    fn serves(listen: SocketAddr, dst: SocketAddr) -> bool {
+        dst.port() == listen.port()
+            && dst.is_ipv4() == listen.is_ipv4()
+            && (listen.ip().is_unspecified() || listen.ip() == dst.ip())
+    }
+
+    impl Decap {
+        /// Stops and joins the thread.
+        pub(super) fn stop(self) -> Stopped {
+            self.stop.store(true, Ordering::Relaxed);
+            let counts = self.thread.join().unwrap_or_else(|_| {
+                tracing::error!("decap thread panicked");
+                Counts::default()
+            });
+            Stopped {
+                counts,
+                inject: self.injector.stats(),
+            }
+        }
+    }
+
+    impl Stopped {
+        pub(super) fn to_json(&self) -> serde_json::Value {
+            let (c, i) = (&self.counts, &self.inject);
+            serde_json::json!({
+                "received": c.received,
+                "injected": i.injected,
+                "injected_by_address_hash": i.hashed,
+                "dropped_decap_error": c.decap_errors,
+                "dropped_wrong_destination": c.wrong_destination,
+                "dropped_queue_full": i.dropped_queue_full,
+                "dropped_other": i.dropped_empty + i.dropped_closed,
+                "recv_errors": c.recv_errors,
+            })
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::serves;
+
+        #[test]
+        fn destination_must_be_the_listen_address() {
+            let p = |s: &str| s.parse().unwrap();
+            assert!(serves(p("10.99.0.100:443"), p("10.99.0.100:443")));
+            assert!(serves(p("0.0.0.0:443"), p("10.99.0.100:443")));
+            assert!(!serves(p("10.99.0.100:443"), p("10.99.0.101:443")));
+            assert!(!serves(p("10.99.0.100:443"), p("10.99.0.100:444")));
+            assert!(!serves(p("[::]:443"), p("10.99.0.100:443")));
+        }
     }
 }

@@ -25,8 +25,9 @@ enum Proto {
 
 /// One request/response stream.
 struct Exchange {
+    /// hq: the request line so far; perf: the 8-byte length.
     request: Vec<u8>,
-    /// perf: upload bytes still to drain before responding.
+    /// The response in progress (echo: the queue of bytes to send back).
     response: Option<Outgoing>,
     request_done: bool,
 }
@@ -90,21 +91,27 @@ impl Server {
             response: None,
             request_done: false,
         });
-        if !ex.request_done {
-            read_request(proto, conn, sid, ex, root.as_deref().map(|p| p.as_path()));
-        }
-        let done = match ex.response.as_mut() {
-            Some(out) => {
-                let p = out.pump(conn, sid);
-                if p == Pumped::Starved && proto == Proto::Echo && !ex.request_done {
-                    // the queue drained: read more of the request
-                    read_request(proto, conn, sid, ex, None);
-                    ex.response.as_mut().map(|o| o.pump(conn, sid))
-                } else {
-                    Some(p)
-                }
+        // Read and write in turn: an echo reads at most a queue's worth at a time, and data the
+        // peer already sent raises no new readable event, so keep going while reads progress.
+        let root = root.as_deref().map(|p| p.as_path());
+        let done = loop {
+            let room_before = ex
+                .response
+                .as_ref()
+                .map_or(usize::MAX, Outgoing::queue_room);
+            let read = if ex.request_done {
+                0
+            } else {
+                read_request(proto, conn, sid, ex, root)
+            };
+            let done = ex.response.as_mut().map(|out| out.pump(conn, sid));
+            // The queue drained: if the last read could have been cut short by a full queue (or
+            // got data), more may be buffered; a read into an empty queue that finds nothing
+            // means the next data will raise its own readable event.
+            let maybe_more = read > 0 || room_before < super::stream::CHUNK;
+            if !(done == Some(Pumped::Starved) && maybe_more) {
+                break done;
             }
-            None => None,
         };
         if matches!(done, Some(Pumped::Finished | Pumped::Gone)) || ex_is_dead(ex) {
             streams.remove(&sid);
@@ -125,40 +132,45 @@ fn ex_is_dead(ex: &Exchange) -> bool {
     ex.request_done && ex.response.is_none()
 }
 
-/// Reads request bytes and, once the request is complete, starts the response.
+/// Reads request bytes and, once the request is complete, starts the response. Returns how many
+/// bytes it read.
 fn read_request(
     proto: Proto,
     conn: &mut Connection,
     sid: StreamId,
     ex: &mut Exchange,
     root: Option<&Path>,
-) {
+) -> usize {
     let limit = match (proto, &ex.response) {
         (Proto::Echo, Some(out)) => out.queue_room(),
         (Proto::Echo, None) => CHUNK,
         _ => usize::MAX,
     };
     let mut too_long = false;
+    let mut read = 0;
     let outcome = {
         let request = &mut ex.request;
         let response = &mut ex.response;
-        read_stream(conn, sid, limit, |bytes| match proto {
-            Proto::Hq => {
-                if request.len() + bytes.len() > MAX_REQUEST {
-                    too_long = true;
-                } else {
-                    request.extend_from_slice(bytes);
+        read_stream(conn, sid, limit, |bytes| {
+            read += bytes.len();
+            match proto {
+                Proto::Hq => {
+                    if request.len() + bytes.len() > MAX_REQUEST {
+                        too_long = true;
+                    } else {
+                        request.extend_from_slice(bytes);
+                    }
                 }
-            }
-            Proto::Perf => {
-                // keep only the 8-byte length; the rest of the upload is drained
-                let want = 8usize.saturating_sub(request.len());
-                request.extend_from_slice(&bytes[..want.min(bytes.len())]);
-            }
-            Proto::Echo => {
-                let out =
-                    response.get_or_insert_with(|| Outgoing::new(Body::Queue { done: false }));
-                out.pending.extend_from_slice(bytes);
+                Proto::Perf => {
+                    // keep only the 8-byte length; the rest of the upload is drained
+                    let want = 8usize.saturating_sub(request.len());
+                    request.extend_from_slice(&bytes[..want.min(bytes.len())]);
+                }
+                Proto::Echo => {
+                    let out =
+                        response.get_or_insert_with(|| Outgoing::new(Body::Queue { done: false }));
+                    out.enqueue(bytes);
+                }
             }
         })
     };
@@ -169,11 +181,11 @@ fn read_request(
         let _ = conn.send_stream(sid).reset(VarInt::from_u32(BAD_REQUEST));
         ex.request_done = true;
         ex.response = None;
-        return;
+        return read;
     }
     let line_complete = proto == Proto::Hq && ex.request.windows(2).any(|w| w == b"\r\n");
     if !(outcome.fin || line_complete) {
-        return;
+        return read;
     }
     ex.request_done = true;
     if line_complete && !outcome.fin {
@@ -198,6 +210,7 @@ fn read_request(
             None => reset(conn, sid, HQ_NOT_FOUND),
         },
     };
+    read
 }
 
 fn reset(conn: &mut Connection, sid: StreamId, code: u32) -> Option<Outgoing> {

@@ -62,6 +62,16 @@ impl Outgoing {
         CHUNK.saturating_sub(self.pending.len() - self.pos)
     }
 
+    /// Appends to the echo queue, first dropping the part already sent so the buffer stays
+    /// within about two chunks.
+    pub(crate) fn enqueue(&mut self, bytes: &[u8]) {
+        if self.pos >= CHUNK {
+            self.pending.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.pending.extend_from_slice(bytes);
+    }
+
     /// Writes as much as the stream takes, refilling from the body; finishes at the end.
     pub(crate) fn pump(&mut self, conn: &mut Connection, id: StreamId) -> Pumped {
         if self.finished {

@@ -4,9 +4,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use indicatif::ProgressBar;
-use quicshard::Engine;
 
-use crate::apps::client::Client;
+use crate::apps::client;
 use crate::apps::ALPN_PERF;
 use crate::loadgen::{self, Limit, Mode, Params};
 use crate::{tlsfiles, Failure};
@@ -79,21 +78,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         (None, None) => Limit::Requests(1000),
     };
     let client_cfg = tlsfiles::client(args.insecure, args.ca.as_deref(), &[ALPN_PERF], false)?;
-    let local: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()
-    .expect("valid");
-    let mut builder = Engine::builder(|_| Client::default())
-        .listen(local)
-        .client_config(client_cfg);
-    if let Some(n) = args.shards {
-        builder = builder.shards(n.clamp(1, 256));
-    }
-    let engine = builder
-        .start()
+    let engine = client::engine(addr, client_cfg, args.shards)
         .map_err(|e| Failure::Refused(e.to_string()))?;
     let params = Params {
         addr,

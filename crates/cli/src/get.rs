@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use quicshard::{Engine, ShardId};
+use quicshard::ShardId;
 
-use crate::apps::client::{Client, Event, Plan, Request};
+use crate::apps::client::{self, Event, Plan, Request};
 use crate::apps::ALPN_HQ;
 use crate::{tlsfiles, Failure};
 
@@ -100,19 +100,8 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         &[ALPN_HQ],
         args.keylog.is_some(),
     )?;
-    let local: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()
-    .expect("valid");
-    let engine = Engine::builder(|_| Client::default())
-        .shards(1)
-        .listen(local)
-        .client_config(client_cfg)
-        .start()
-        .map_err(|e| Failure::Refused(e.to_string()))?;
+    let engine =
+        client::engine(addr, client_cfg, Some(1)).map_err(|e| Failure::Refused(e.to_string()))?;
     let total = requests.len() as u64;
     let bar = ProgressBar::new(total);
     bar.set_style(

@@ -2,49 +2,11 @@
 //! issue QUIC-LB CIDs: downloads through the LB are byte-exact, both backends serve, and every
 //! connection stays on one backend. (The namespace tests cover DSR and multi-host setups.)
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
 
-fn qs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_quicshard"))
-}
+use std::path::Path;
 
-struct Proc {
-    child: Child,
-    port: u16,
-}
-
-impl Proc {
-    fn start(args: &[&str]) -> Self {
-        let mut child = qs()
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("{args:?}: first line {line:?}"))
-            .trim()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        Self { child, port }
-    }
-
-    fn stop(mut self) -> bool {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap().success()
-    }
-}
+use common::{qs, tempdir, Proc};
 
 fn free_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -69,7 +31,7 @@ fn sum(stats: &serde_json::Value, key: &str) -> u64 {
 
 #[test]
 fn proxy_mode_routes_connections_to_backends_by_cid() {
-    let dir: PathBuf = std::env::temp_dir().join(format!("qs-lb-{}", std::process::id()));
+    let dir = tempdir("lb");
     std::fs::create_dir_all(dir.join("www")).unwrap();
     let data: Vec<u8> = (0..1_500_000u32).map(|i| (i * 31 % 251) as u8).collect();
     std::fs::write(dir.join("www/f.bin"), &data).unwrap();
@@ -143,8 +105,8 @@ address = "127.0.0.1:{p2}"
         );
     }
     // stop the LB first so the backends' closes are not counted against it
-    assert!(lb.stop());
-    assert!(b1.stop() && b2.stop());
+    assert!(lb.stop().status.success());
+    assert!(b1.stop().status.success() && b2.stop().status.success());
     let (s1, s2) = (json(&dir.join("b1.json")), json(&dir.join("b2.json")));
     let (a1, a2) = (
         sum(&s1, "connections_accepted"),
@@ -172,8 +134,7 @@ address = "127.0.0.1:{p2}"
 
 #[test]
 fn bad_lb_config_is_one_line_naming_the_key() {
-    let dir = std::env::temp_dir().join(format!("qs-lbbad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir("lbbad");
     let f = dir.join("bad.toml");
     std::fs::write(
         &f,

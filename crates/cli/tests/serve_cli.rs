@@ -1,65 +1,16 @@
 //! `quicshard serve | get | bench` as processes: the ready line, downloads, stats on SIGTERM, and
 //! one-line errors for bad input.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
 
-fn qs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_quicshard"))
-}
+use std::path::Path;
+use std::process::{Output, Stdio};
 
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("qs-{tag}-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::{qs, tempdir, Proc};
 
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(0u8)
-}
-
-/// A running `quicshard serve`; SIGTERM on drop if not stopped.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Self {
-        let mut child = qs()
-            .arg("serve")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("first line: {line:?}"));
-        let port = addr.trim().rsplit(':').next().unwrap().parse().unwrap();
-        Self { child, port }
-    }
-
-    /// SIGTERM, then wait: the exit status and what was printed after the ready line.
-    fn stop(mut self) -> Output {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
-        child.wait_with_output().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `quicshard serve ARGS`.
+fn serve(args: &[&str]) -> Proc {
+    Proc::start(&[&["serve"], args].concat())
 }
 
 fn write_files(root: &Path) -> Vec<(String, Vec<u8>)> {
@@ -85,7 +36,7 @@ fn get_downloads_from_serve_and_stats_are_written_on_sigterm() {
     let out = tempdir("out");
     let stats = root.join("../stats.json");
     let files = write_files(&root);
-    let server = Server::start(&[
+    let server = serve(&[
         "--listen",
         "127.0.0.1:0",
         "--shards",
@@ -150,7 +101,7 @@ fn get_downloads_from_serve_and_stats_are_written_on_sigterm() {
 
 #[test]
 fn bench_reports_json() {
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--shards", "2"]);
+    let server = serve(&["--listen", "127.0.0.1:0", "--shards", "2"]);
     let o = qs()
         .args([
             "bench",
@@ -208,7 +159,7 @@ fn bad_input_is_one_line_and_nonzero() {
     let busy = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let busy_addr = busy.local_addr().unwrap().to_string();
     // another quicshard server (an SO_REUSEPORT group of the same user) holds this one
-    let other = Server::start(&["--listen", "127.0.0.1:0", "--shards", "2"]);
+    let other = serve(&["--listen", "127.0.0.1:0", "--shards", "2"]);
     let other_addr = format!("127.0.0.1:{}", other.port);
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["serve", "--bogus"], "--bogus"),

@@ -16,6 +16,26 @@ use quinn_proto::{ConnectionError, Dir, StreamId};
 
 use super::stream::{pattern_byte, read_stream, Body, Outgoing, Pumped};
 
+/// A client engine for connections to `server` (its sockets bound to the wildcard address of the
+/// server's family), with `shards` shards or one per core.
+pub(crate) fn engine(
+    server: SocketAddr,
+    config: quinn_proto::ClientConfig,
+    shards: Option<usize>,
+) -> Result<quicshard::Engine<Client>, quicshard::StartError> {
+    let local: SocketAddr = match server {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let mut builder = quicshard::Engine::builder(|_| Client::default())
+        .listen(local)
+        .client_config(config);
+    if let Some(n) = shards {
+        builder = builder.shards(n.clamp(1, 256));
+    }
+    builder.start()
+}
+
 /// One request on its own stream.
 #[derive(Clone, Debug)]
 pub(crate) enum Request {

@@ -1,0 +1,67 @@
+//! Helpers for tests that run the `quicshard` binary as a process.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+
+/// The binary under test.
+pub(crate) fn qs() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_quicshard"))
+}
+
+/// A running `quicshard` server-like command that announced `listening on IP:PORT`; killed on
+/// drop unless stopped.
+pub(crate) struct Proc {
+    child: Option<Child>,
+    pub(crate) port: u16,
+}
+
+impl Proc {
+    /// Starts `quicshard ARGS` and waits for its ready line.
+    pub(crate) fn start(args: &[&str]) -> Self {
+        let mut child = qs()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("{args:?}: first line {line:?}"));
+        let port = addr.trim().rsplit(':').next().unwrap().parse().unwrap();
+        Self {
+            child: Some(child),
+            port,
+        }
+    }
+
+    /// SIGTERM, then wait: the exit status and what was printed after the ready line.
+    pub(crate) fn stop(mut self) -> Output {
+        let child = self.child.take().expect("not stopped yet");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A unique, existing temporary directory.
+pub(crate) fn tempdir(tag: &str) -> std::path::PathBuf {
+    use std::hash::{BuildHasher, RandomState};
+    let unique = RandomState::new().hash_one(0u8);
+    let d = std::env::temp_dir().join(format!("qs-{tag}-{}-{unique}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -101,13 +101,34 @@ impl Cipher {
     /// server ID no longer than the nonce.
     pub(crate) fn decrypt_four_pass(&self, data: &mut [u8; SCRATCH], left_only: bool) {
         let mut h = self.split(data);
+        self.decrypt_halves(&mut h, left_only);
+        self.join(&h, data);
+    }
+
+    /// Like [`Cipher::decrypt_four_pass`], reading the ciphertext from `body` (exactly the
+    /// configured length) straight into registers.
+    pub(crate) fn decrypt_four_pass_from(
+        &self,
+        body: &[u8],
+        out: &mut [u8; SCRATCH],
+        left_only: bool,
+    ) {
+        let len_octet = (self.len as u128) << LEN_SHIFT;
+        let mut h = Halves {
+            left: le_bytes(&body[..self.half]) & self.left_mask | len_octet,
+            right: le_bytes(&body[self.len - self.half..]) & self.right_mask | len_octet,
+        };
+        self.decrypt_halves(&mut h, left_only);
+        self.join(&h, out);
+    }
+
+    fn decrypt_halves(&self, h: &mut Halves, left_only: bool) {
         h.left ^= self.round(h.right, 4) & self.left_mask;
         h.right ^= self.round(h.left, 3) & self.right_mask;
         h.left ^= self.round(h.right, 2) & self.left_mask;
         if !left_only {
             h.right ^= self.round(h.left, 1) & self.right_mask;
         }
-        self.join(&h, data);
     }
 
     /// `AES(expand(len, pass, half))`, where `half` already carries its padding and length.
@@ -136,6 +157,15 @@ impl Cipher {
             data[half - 1] = middle;
         }
     }
+}
+
+/// Up to 16 octets as a little-endian `u128`, built in a register.
+#[inline(always)]
+fn le_bytes(bytes: &[u8]) -> u128 {
+    bytes
+        .iter()
+        .rev()
+        .fold(0, |acc, &b| acc << 8 | u128::from(b))
 }
 
 /// 16 octets at `at` as a little-endian `u128`. Invariant: `at <= SCRATCH - 16` (at most 9).

@@ -196,8 +196,16 @@ impl Codec {
             server_id_len: c.server_id_len() as u8,
             nonce_len: c.nonce_len() as u8,
         };
-        d.plaintext[..body.len()].copy_from_slice(body);
-        self.decrypt(&mut d.plaintext, server_id_only);
+        match (&self.cipher, c.mode()) {
+            (Some(cipher), Mode::FourPass) => {
+                let left_only = server_id_only && c.server_id_len() <= c.nonce_len();
+                cipher.decrypt_four_pass_from(body, &mut d.plaintext, left_only);
+            }
+            _ => {
+                d.plaintext[..body.len()].copy_from_slice(body);
+                self.decrypt(&mut d.plaintext, server_id_only);
+            }
+        }
         if server_id_only {
             // Only the server ID is meaningful: don't hand out a half-decrypted nonce.
             d.nonce_len = 0;

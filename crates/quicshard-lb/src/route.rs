@@ -11,8 +11,16 @@
 //!    falls through. Codepoint 0b111 is never routable.
 //! 2. Long headers: the 4-tuple + SCID table.
 //! 3. The DCID table.
-//! 4. The 4-tuple table.
-//! 5. Rendezvous (highest random weight) hashing of the 4-tuple over live (not down) backends.
+//! 4. The 4-tuple table, except for long headers with a non-empty SCID (see below).
+//! 5. Rendezvous (highest random weight) hashing over live (not down) backends of the 4-tuple,
+//!    plus the SCID for long headers that have one.
+//!
+//! A client that gives its connections non-empty SCIDs may run many of them over one UDP port
+//! (quinn and quicshard clients do): the 4-tuple then does not name a connection, the 4-tuple and
+//! SCID do. A long header whose (4-tuple, SCID) and DCID are unknown is a new connection, so it
+//! is placed by the hash of both instead of following the 4-tuple's earlier connection, which
+//! would put every connection from one client port on one backend. The placement is still
+//! deterministic for the whole first flight (a client keeps its SCID, Retry included).
 //!
 //! Every fallback decision (2–5) is recorded in all tables that apply to the packet and its idle
 //! timer restarted. Entries whose backend was removed are discarded when found. Expired entries
@@ -353,7 +361,7 @@ impl Router {
         let (i, by) = match found {
             Some(hit) => hit,
             None => (
-                self.hash(&tuple).ok_or_else(|| {
+                self.hash(&tuple, scid.as_ref()).ok_or_else(|| {
                     self.stats.dropped_no_backend += 1;
                     NoBackend
                 })?,
@@ -374,7 +382,8 @@ impl Router {
         Ok(self.decision(i, by))
     }
 
-    /// Looks the flow up in the tables in order; expired and stale entries are misses.
+    /// Looks the flow up in the tables in order; expired and stale entries are misses. With an
+    /// SCID (a long header) the 4-tuple table is not consulted: see the module doc.
     fn lookup(
         &mut self,
         now: Instant,
@@ -401,6 +410,9 @@ impl Router {
             if let Some(i) = live(self.dcid.get(&d)) {
                 return Some((i, RouteBy::Dcid));
             }
+        }
+        if scid.is_some() {
+            return None;
         }
         live(self.tuple.get(&tuple)).map(|i| (i, RouteBy::Tuple))
     }
@@ -439,9 +451,13 @@ impl Router {
     }
 
     /// Rendezvous hashing over live backends: the backend with the highest
-    /// `mix(hash(tuple) ^ hash(server_id))` wins, so removing a backend moves only its flows.
-    fn hash(&self, tuple: &FourTuple) -> Option<usize> {
-        let h = tuple.hash(self.seed);
+    /// `mix(hash(tuple[, scid]) ^ hash(server_id))` wins, so removing a backend moves only its
+    /// flows.
+    fn hash(&self, tuple: &FourTuple, scid: Option<&CidKey>) -> Option<usize> {
+        let mut h = tuple.hash(self.seed);
+        if let Some(s) = scid {
+            h = mix(h ^ fnv1a(self.seed, &[&s.bytes[..usize::from(s.len)]]));
+        }
         self.backends
             .iter()
             .enumerate()

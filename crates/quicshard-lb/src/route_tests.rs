@@ -172,10 +172,14 @@ fn long_header_table_order() {
     // tuple(1), SCID s1, DCID d2: the 4-tuple + SCID table (X) beats the DCID table (Y).
     let got = r.route(now, tuple(1), &long(&d2, &s1)).unwrap();
     assert_eq!((got.server_id, got.by), (x.server_id, RouteBy::TupleScid));
-    // tuple(1), new SCID, new DCID: the 4-tuple table (X).
+    // tuple(1), new SCID, new DCID: a new connection on the same client port, placed by the
+    // hash of the 4-tuple and SCID, not by the 4-tuple table.
     let got = r
         .route(now, tuple(1), &long(&[0x33; 8], &[0x44; 8]))
         .unwrap();
+    assert_eq!(got.by, RouteBy::Hash);
+    // tuple(1), empty SCID, new DCID: the 4-tuple names the connection: the 4-tuple table (X).
+    let got = r.route(now, tuple(1), &long(&[0x34; 8], &[])).unwrap();
     assert_eq!((got.server_id, got.by), (x.server_id, RouteBy::Tuple));
     let s = r.stats();
     assert_eq!(
@@ -186,6 +190,28 @@ fn long_header_table_order() {
         ),
         (1, 1, 1)
     );
+}
+
+#[test]
+fn connections_sharing_a_client_port_spread_over_backends() {
+    let mut r = router();
+    let now = Instant::now();
+    let mut counts = HashMap::new();
+    for i in 0..300u16 {
+        let [h, l] = i.to_be_bytes();
+        let (dcid, scid) = ([0x11, h, l, 1, 2, 3, 4, 5], [0x22, h, l, 9, 8, 7, 6, 5]);
+        let first = r.route(now, tuple(7), &long(&dcid, &scid)).unwrap();
+        assert_eq!(first.by, RouteBy::Hash);
+        // the rest of the client's first flight (same DCID and SCID) follows
+        let again = r.route(now, tuple(7), &long(&dcid, &scid)).unwrap();
+        assert_eq!(
+            (again.server_id, again.by),
+            (first.server_id, RouteBy::TupleScid)
+        );
+        *counts.entry(first.server_id).or_insert(0) += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.values().all(|&n| n > 60), "{counts:?}");
 }
 
 #[test]
@@ -372,7 +398,7 @@ fn fnv1a_known_values() {
 
 impl Router {
     fn clone_hash(&self, t: &FourTuple) -> Option<ServerId> {
-        self.hash(t).map(|i| self.backends[i].server_id)
+        self.hash(t, None).map(|i| self.backends[i].server_id)
     }
 }
 

@@ -14,6 +14,30 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 
+/// A UDP socket [`BatchIo::send`] can write to: std's (listen, DSR) or mio's (proxy sessions).
+#[cfg(target_os = "linux")]
+pub(crate) trait SendSocket: std::os::fd::AsRawFd {}
+#[cfg(target_os = "linux")]
+impl<T: std::os::fd::AsRawFd> SendSocket for T {}
+
+/// A UDP socket [`BatchIo::send`] can write to (portable fallback: one `send_to` each).
+#[cfg(not(target_os = "linux"))]
+pub(crate) trait SendSocket {
+    fn send_one(&self, data: &[u8], to: SocketAddr) -> io::Result<usize>;
+}
+#[cfg(not(target_os = "linux"))]
+impl SendSocket for UdpSocket {
+    fn send_one(&self, data: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.send_to(data, to)
+    }
+}
+#[cfg(not(target_os = "linux"))]
+impl SendSocket for mio::net::UdpSocket {
+    fn send_one(&self, data: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.send_to(data, to)
+    }
+}
+
 /// One datagram read by [`BatchIo::recv`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Received {
@@ -190,10 +214,11 @@ mod imp {
 
         /// Sends the `count` datagrams `msg(0)..msg(count - 1)` (`(datagram, destination)`);
         /// returns `(sent, failed)`. A datagram the kernel refuses is skipped and counted as
-        /// failed; the rest are still sent.
+        /// failed; the rest are still sent. On a connected socket the destination must be the
+        /// connected address.
         pub(crate) fn send<'m>(
             &mut self,
-            sock: &UdpSocket,
+            sock: &impl SendSocket,
             count: usize,
             msg: impl Fn(usize) -> (&'m [u8], SocketAddr),
         ) -> (usize, usize) {
@@ -278,14 +303,14 @@ impl BatchIo {
 
     pub(crate) fn send<'m>(
         &mut self,
-        sock: &UdpSocket,
+        sock: &impl SendSocket,
         count: usize,
         msg: impl Fn(usize) -> (&'m [u8], SocketAddr),
     ) -> (usize, usize) {
         let sent = (0..count)
             .filter(|&i| {
                 let (d, to) = msg(i);
-                sock.send_to(d, to).is_ok()
+                sock.send_one(d, to).is_ok()
             })
             .count();
         (sent, count - sent)

@@ -8,6 +8,7 @@
 pub mod cid;
 mod engine;
 pub mod handler;
+mod inject;
 mod shard;
 mod shared;
 pub mod stats;
@@ -16,6 +17,7 @@ pub mod tls;
 
 pub use engine::{Builder, Engine, StartError, DEFAULT_MAX_CONNECTIONS};
 pub use handler::{ConnId, Handler, Remote, RemoteError, ShardCtx, ShardId, HANDLER_PANIC_CODE};
+pub use inject::{InjectError, InjectStats, Injector};
 pub use stats::ShardStats;
 
 pub use quinn_proto;

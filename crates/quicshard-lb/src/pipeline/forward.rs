@@ -13,9 +13,12 @@
 //! - **dsr**: the inner IP + UDP header is written into the packet's headroom in place and the
 //!   whole datagram sent to the backend from an unconnected socket.
 //!
+//! Consecutive packets of one proxy session in a send batch leave with one `sendmmsg` on the
+//! session's socket.
+//!
 //! # Implementation notes
-//! DSR packets and proxy replies go out with `sendmmsg` (see [`crate::sys`]); proxy packets
-//! toward backends use one `send` each, as every session has its own socket. Replies use slots
+//! DSR packets, proxy replies and runs of proxy packets of one session go out with `sendmmsg`
+//! (see [`crate::sys`]). Replies use slots
 //! owned by the forwarder, not the pool: they never cross threads.
 
 use std::collections::HashMap;
@@ -163,13 +166,27 @@ impl Forwarder {
         batch.extend(self.rx.try_iter().take(self.write_batch));
         match self.mode {
             ForwardMode::Proxy => {
-                for p in &batch {
-                    let Some(t) = p.target else { continue };
-                    match self.send_proxy(p, t, now) {
-                        Ok(true) => add(&c.forwarded, 1),
-                        Ok(false) => {}
-                        Err(_) => add(&c.send_errors, 1),
+                // Consecutive packets of one session (a client sends in bursts) go out with one
+                // sendmmsg on the session's socket.
+                let mut start = 0;
+                while start < batch.len() {
+                    let key = (batch[start].client, batch[start].target);
+                    let end = start
+                        + batch[start..]
+                            .iter()
+                            .take_while(|p| (p.client, p.target) == key)
+                            .count();
+                    if let Some(t) = key.1 {
+                        match self.send_proxy(&batch[start..end], t, now) {
+                            Ok(Some((sent, failed))) => {
+                                add(&c.forwarded, sent as u64);
+                                add(&c.send_errors, failed as u64);
+                            }
+                            Ok(None) => {}
+                            Err(_) => add(&c.send_errors, (end - start) as u64),
+                        }
                     }
+                    start = end;
                 }
             }
             ForwardMode::Dsr => self.send_dsr(&mut batch),
@@ -180,21 +197,33 @@ impl Forwarder {
         self.batch = batch;
     }
 
-    /// Sends through the client's session, opening it if needed. `Ok(false)`: dropped, counted.
-    fn send_proxy(&mut self, p: &Packet, target: SocketAddr, now: Instant) -> io::Result<bool> {
-        let i = match self.by_flow.get(&(p.client, target)) {
+    /// Sends packets of one client to `target` through the client's session, opening it if
+    /// needed: `Ok(Some((sent, failed)))`, or `Ok(None)` if the session limit dropped them
+    /// (counted).
+    #[allow(clippy::vec_box)]
+    fn send_proxy(
+        &mut self,
+        packets: &[Box<Packet>],
+        target: SocketAddr,
+        now: Instant,
+    ) -> io::Result<Option<(usize, usize)>> {
+        let Some(client) = packets.first().map(|p| p.client) else {
+            return Ok(Some((0, 0)));
+        };
+        let i = match self.by_flow.get(&(client, target)) {
             Some(&i) => i,
-            None => match self.open(p.client, target, now)? {
+            None => match self.open(client, target, now)? {
                 Some(i) => i,
-                None => return Ok(false),
+                None => return Ok(None),
             },
         };
         let s = self.sessions[i]
             .as_mut()
             .expect("by_flow only names open sessions");
         s.last = now;
-        s.sock.send(p.payload())?;
-        Ok(true)
+        Ok(Some(self.io.send(&s.sock, packets.len(), |k| {
+            (packets[k].payload(), target)
+        })))
     }
 
     fn open(

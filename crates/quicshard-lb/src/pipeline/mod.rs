@@ -9,7 +9,8 @@
 //!   find the DCID,
 //!   and hash `(DCID, client address)` with seeded FNV-1a onto a processor's bounded queue.
 //!   Malformed and unusual datagrams go to a slow-path queue. A full queue drops and counts.
-//! - **Processors** drain up to `read_batch` packets, take the router lock once per batch, route
+//! - **Processors** sleep until a receiver wakes them, once per received batch (see [`Wake`]),
+//!   drain up to `read_batch` packets, take the router lock once per batch, route
 //!   each, and push it to the forwarder chosen by the client address (so a client's proxy
 //!   session lives in one forwarder), waking each forwarder touched once per batch.
 //! - **Slow path** workers route unknown versions by the 4-tuple fallback and drop the rest with
@@ -87,6 +88,41 @@ impl CidLens {
     }
     fn get(&self, first: u8) -> usize {
         usize::from(self.0[usize::from(quic_lb::config_bits(first))].load(Ordering::Relaxed))
+    }
+}
+
+/// How a processor sleeps and is woken: at most one wake-up per receiver batch, not one per
+/// packet. Why: a processor blocked in the queue's own blocking receive is woken by every
+/// `try_send`; with datagrams trickling in a few at a time, that is a context switch per packet,
+/// which dominated the load balancer's CPU per packet (`scripts/bench-lb`).
+///
+/// The processor sets `sleeping`, looks at its queue once more, then parks; a receiver, after
+/// dispatching a whole batch, unparks each processor it fed whose flag it flips from true to
+/// false. Both flag operations are `SeqCst` read-modify-writes and `unpark` before `park` makes
+/// the park return at once, so a packet queued before the receiver saw `sleeping == false` is
+/// always seen by the processor's re-check.
+#[derive(Default)]
+struct Wake {
+    sleeping: AtomicBool,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl Wake {
+    fn wake(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Parks until woken or `STOP_CHECK` passed, unless `ready()` says there is work.
+    fn sleep(&self, ready: impl Fn() -> bool) {
+        self.sleeping.store(true, Ordering::SeqCst);
+        if !ready() {
+            std::thread::park_timeout(STOP_CHECK);
+        }
+        self.sleeping.store(false, Ordering::SeqCst);
     }
 }
 
@@ -174,11 +210,14 @@ impl Lb {
             tx: fwd_tx,
             wakers: lb.wakers.clone(),
         };
+        let wakes: Arc<[Wake]> = (0..config.processors).map(|_| Wake::default()).collect();
         for (i, rx) in proc_rx.into_iter().enumerate() {
             let (s, fwd, slow) = (shared.clone(), fwd.clone(), slow_tx.clone());
             let batch = config.read_batch;
+            let wakes = wakes.clone();
             lb.spawn(format!("lb-proc-{i}"), move || {
-                processor(&s, &rx, &fwd, &slow, batch)
+                let _ = wakes[i].thread.set(std::thread::current());
+                processor(&s, &rx, &wakes[i], &fwd, &slow, batch)
             })?;
         }
         for i in 0..config.slow_path {
@@ -189,8 +228,9 @@ impl Lb {
             let sock = socket.try_clone().map_err(io_err("clone listen socket"))?;
             let (s, txs, slow) = (shared.clone(), proc_tx.clone(), slow_tx.clone());
             let batch = config.read_batch;
+            let wakes = wakes.clone();
             lb.spawn(format!("lb-recv-{i}"), move || {
-                receiver(&s, &sock, &txs, &slow, batch)
+                receiver(&s, &sock, &txs, &wakes, &slow, batch)
             })?;
         }
         tracing::info!(%local, mode = ?config.mode, "load balancer started");
@@ -283,6 +323,7 @@ impl Lb {
 
     fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
+        // processors notice within STOP_CHECK (park_timeout)
         for w in &self.wakers {
             let _ = w.wake();
         }
@@ -352,10 +393,12 @@ fn receiver(
     s: &Shared,
     sock: &UdpSocket,
     procs: &[Sender<Box<Packet>>],
+    wakes: &[Wake],
     slow: &Sender<Box<Packet>>,
     batch: usize,
 ) {
     let c = &s.counters.receivers;
+    let mut touched = vec![false; procs.len()];
     let mut io = BatchIo::new(batch);
     // Buffers this receiver holds for its next read: `read_batch` of them, as the pool's
     // sizing formula assumes.
@@ -402,7 +445,14 @@ fn receiver(
             }
             p.set_len(r.len);
             p.client = from;
-            dispatch(s, p, procs, slow);
+            if let Some(i) = dispatch(s, p, procs, slow) {
+                touched[i] = true;
+            }
+        }
+        for (i, t) in touched.iter_mut().enumerate() {
+            if std::mem::take(t) {
+                wakes[i].wake();
+            }
         }
     }
     for p in held {
@@ -411,8 +461,14 @@ fn receiver(
 }
 
 /// Hashes a received packet onto a processor queue, or the slow path if its header is
-/// malformed or unusual. A full queue drops it (counted).
-fn dispatch(s: &Shared, p: Box<Packet>, procs: &[Sender<Box<Packet>>], slow: &Sender<Box<Packet>>) {
+/// malformed or unusual. A full queue drops it (counted). Returns the processor it was queued
+/// for (to be woken after the batch).
+fn dispatch(
+    s: &Shared,
+    p: Box<Packet>,
+    procs: &[Sender<Box<Packet>>],
+    slow: &Sender<Box<Packet>>,
+) -> Option<usize> {
     let c = &s.counters.receivers;
     let hdr = parse::parse(p.payload(), |first| s.lens.get(first));
     let proc_index = match hdr.map(|h| (classify(&h), h.dcid())) {
@@ -428,10 +484,14 @@ fn dispatch(s: &Shared, p: Box<Packet>, procs: &[Sender<Box<Packet>>], slow: &Se
         None => (slow, &c.to_slow_path, &c.dropped_slow_queue_full),
     };
     match q.try_send(p) {
-        Ok(()) => add(ok, 1),
+        Ok(()) => {
+            add(ok, 1);
+            proc_index
+        }
         Err(TrySendError::Full(p) | TrySendError::Disconnected(p)) => {
             add(full, 1);
             s.pool.put(p);
+            None
         }
     }
 }
@@ -439,6 +499,7 @@ fn dispatch(s: &Shared, p: Box<Packet>, procs: &[Sender<Box<Packet>>], slow: &Se
 fn processor(
     s: &Shared,
     rx: &Receiver<Box<Packet>>,
+    wake: &Wake,
     fwd: &Forwarders,
     slow: &Sender<Box<Packet>>,
     batch: usize,
@@ -451,11 +512,11 @@ fn processor(
         local: s.local,
     };
     while !s.stop.load(Ordering::Relaxed) {
-        match rx.recv_timeout(STOP_CHECK) {
-            Ok(p) => packets.push(p),
-            Err(_) => continue,
+        packets.extend(rx.try_iter().take(batch));
+        if packets.is_empty() {
+            wake.sleep(|| !rx.is_empty());
+            continue;
         }
-        packets.extend(rx.try_iter().take(batch - 1));
         let now = Instant::now();
         let mut router = s.router();
         for mut p in packets.drain(..) {

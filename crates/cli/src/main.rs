@@ -6,6 +6,7 @@ mod bench;
 mod cid;
 mod demo;
 mod get;
+mod impair;
 mod lb;
 mod loadgen;
 mod serve;
@@ -36,6 +37,8 @@ enum Command {
     Bench(bench::Args),
     /// Run the QUIC-LB load balancer (TOML config; SIGHUP reloads it).
     Lb(lb::Args),
+    /// UDP impairment proxy: loss, delay, jitter, reordering, rate limit, blackouts.
+    Impair(impair::Args),
     /// Encode, decode and generate QUIC-LB connection IDs (draft-ietf-quic-load-balancers-21).
     Cid(cid::Args),
 }
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Get(args) => get::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Lb(args) => lb::run(args),
+        Command::Impair(args) => impair::run(args),
         Command::Cid(args) => cid::run(args),
     };
     match result {

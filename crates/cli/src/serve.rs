@@ -41,6 +41,10 @@ pub(crate) struct Args {
     /// Send a Retry to every new client (address validation).
     #[arg(long)]
     retry: bool,
+    /// Send Retries only while N or more handshakes are in progress on a shard (load-based
+    /// address validation against Initial floods).
+    #[arg(long, value_name = "N", conflicts_with = "retry")]
+    retry_threshold: Option<usize>,
     /// This server's QUIC-LB server ID (hex); needs --quic-lb-config.
     #[arg(long, requires = "quic_lb_config")]
     server_id: Option<String>,
@@ -107,6 +111,9 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         .alpn(SERVER_ALPNS)
         .bpf(!args.no_bpf)
         .retry(args.retry);
+    if let Some(n) = args.retry_threshold {
+        builder = builder.retry_threshold(n);
+    }
     if let Some(n) = args.shards {
         if n == 0 || n > 256 {
             return Err(Failure::Usage(format!("--shards {n}: must be 1..=256")));
@@ -170,9 +177,10 @@ pub(crate) fn stats_json(stats: &[ShardStats]) -> serde_json::Value {
                 "handoffs_in": s.handoffs_in,
                 "handoffs_out": s.handoffs_out,
                 "handoffs_in_short": s.handoffs_in_short,
-                "dropped": s.dropped_malformed + s.dropped_unknown_cid + s.dropped_queue_full + s.dropped_budget + s.dropped_send_error,
+                "dropped": s.dropped_malformed + s.dropped_unknown_cid + s.dropped_endpoint + s.dropped_queue_full + s.dropped_budget + s.dropped_send_error,
                 "dropped_malformed": s.dropped_malformed,
                 "dropped_unknown_cid": s.dropped_unknown_cid,
+                "dropped_endpoint": s.dropped_endpoint,
                 "dropped_queue_full": s.dropped_queue_full,
                 "dropped_send_error": s.dropped_send_error,
                 "retry_sent": s.retry_sent,

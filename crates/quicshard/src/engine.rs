@@ -78,8 +78,11 @@ pub struct Builder<H> {
     quic_lb: Option<(quic_lb::Config, Vec<u8>)>,
     bpf: bool,
     retry: bool,
+    retry_threshold: Option<usize>,
     max_connections: usize,
     alpn: Vec<Vec<u8>>,
+    /// Handle mode: the hub the shards' `HandleHandler`s share (set by `builder_handles`).
+    pub(crate) handles: Option<Arc<crate::handle::Hub>>,
 }
 
 impl<H: Handler> Builder<H> {
@@ -129,6 +132,15 @@ impl<H: Handler> Builder<H> {
         self.retry = on;
         self
     }
+    /// Load-based address validation: while `n` or more handshakes are in progress on a shard,
+    /// that shard answers Initials without a valid token with a Retry; below `n` it accepts them
+    /// directly (no extra round trip). A flood of Initials from spoofed addresses then holds at
+    /// most about `n` half-open connections per shard; the rest costs one stateless Retry each.
+    /// `0` behaves like [`Builder::retry`]`(true)`, which takes precedence. Default: off.
+    pub fn retry_threshold(mut self, n: usize) -> Self {
+        self.retry_threshold = Some(n);
+        self
+    }
     /// Connections per shard beyond which new ones are refused. Default 100 000.
     pub fn max_connections_per_shard(mut self, n: usize) -> Self {
         self.max_connections = n;
@@ -172,6 +184,7 @@ impl<H: Handler> Builder<H> {
             client_config,
             cid,
             retry: self.retry,
+            retry_threshold: self.retry_threshold,
             max_connections: self.max_connections,
         });
 
@@ -246,6 +259,7 @@ impl<H: Handler> Builder<H> {
             certificate,
             bpf_attached,
             cid_len: shared.cid.cid_len(),
+            handles: self.handles,
         })
     }
 }
@@ -259,6 +273,8 @@ pub struct Engine<H: Handler> {
     certificate: Option<Vec<CertificateDer<'static>>>,
     bpf_attached: bool,
     cid_len: usize,
+    /// Handle mode only (see `crate::handle`).
+    pub(crate) handles: Option<Arc<crate::handle::Hub>>,
 }
 
 impl<H: Handler> Engine<H> {
@@ -277,8 +293,10 @@ impl<H: Handler> Engine<H> {
             quic_lb: None,
             bpf: true,
             retry: false,
+            retry_threshold: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             alpn: Vec::new(),
+            handles: None,
         }
     }
 

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use quinn_proto::{Connection, ConnectionError, StreamId, VarInt};
+use quinn_proto::{Connection, ConnectionError, Dir, StreamId, VarInt};
 
 use crate::shard::mailbox::{MailboxTx, Msg, SendError};
 use crate::shard::Core;
@@ -62,6 +62,8 @@ pub trait Handler: 'static {
     fn on_stream_readable(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {}
     /// A stream that was blocked (flow control, or stopped by the peer) may accept writes.
     fn on_stream_writable(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {}
+    /// The peer's stream limit rose: a stream of this direction may be opened again.
+    fn on_stream_available(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, dir: Dir) {}
     /// Everything sent on a stream was acknowledged.
     fn on_stream_finished(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {}
     /// An unreliable datagram arrived.

@@ -3,10 +3,15 @@
 //! One UDP port is served by N shard threads; each shard owns a `quinn_proto::Endpoint` and its
 //! connections for their whole life. The kernel steers datagrams to the owning shard by the shard
 //! byte of the connection ID (classic BPF on an `SO_REUSEPORT` group); whatever it cannot steer is
-//! handed off between shards in userspace. Start with [`Engine::builder`] and a [`Handler`].
+//! handed off between shards in userspace. Start with [`Engine::builder`] and a [`Handler`]
+//! (callbacks on the owning shard), or with [`Engine::builder_handles`] for thread-safe blocking,
+//! non-blocking and async handles ([`handle`]).
 
 pub mod cid;
 mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod handle;
 pub mod handler;
 mod inject;
 mod shard;

@@ -23,6 +23,8 @@ pub(crate) struct Shared {
     pub(crate) client_config: ClientConfig,
     pub(crate) cid: CidConfig,
     pub(crate) retry: bool,
+    /// With `retry` off: send Retries once this many handshakes are in progress on a shard.
+    pub(crate) retry_threshold: Option<usize>,
     pub(crate) max_connections: usize,
 }
 

@@ -73,6 +73,11 @@ stats! {
     dropped_malformed,
     /// Short-header datagrams whose DCID is not one of ours (failed `validate`) or unknown.
     dropped_unknown_cid,
+    /// Datagrams quinn-proto's endpoint dropped without a connection event or an answer: long
+    /// headers it cannot parse, Initials under 1200 bytes, unknown versions under 1200 bytes
+    /// (RFC 9000 §5.2.2), long headers for unknown connections, Initials whose header or packet
+    /// protection fails, or the endpoint is saturated.
+    dropped_endpoint,
     /// Datagrams dropped because the owning shard's mailbox was full.
     dropped_queue_full,
     /// Datagrams dropped because a budget forced it (reserved: currently always 0, budgets defer).

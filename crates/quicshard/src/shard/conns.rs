@@ -26,6 +26,8 @@ pub(crate) struct Entry {
     pub(crate) closed_reported: bool,
     /// The endpoint has forgotten the connection; remove it after this drive.
     pub(crate) drained: bool,
+    /// An accepted (server side) connection whose handshake has not completed.
+    handshaking: bool,
 }
 
 struct Slot {
@@ -38,6 +40,8 @@ struct Slot {
 pub(crate) struct ConnTable {
     slots: Vec<Slot>,
     live: usize,
+    /// Live entries with `handshaking` set.
+    handshaking: usize,
     dirty: VecDeque<u32>,
 }
 
@@ -63,6 +67,7 @@ impl ConnTable {
             queued: false,
             closed_reported: false,
             drained: false,
+            handshaking: false,
         });
         self.live += 1;
         // slot < endpoint slab size, which is far below u32::MAX connections
@@ -73,10 +78,39 @@ impl ConnTable {
     /// Removes a drained connection.
     pub(crate) fn remove(&mut self, slot: u32) -> Option<Entry> {
         let e = self.slots.get_mut(slot as usize)?.entry.take();
-        if e.is_some() {
+        if let Some(e) = &e {
             self.live -= 1;
+            if e.handshaking {
+                self.handshaking -= 1;
+            }
         }
         e
+    }
+
+    /// Counts `slot` (just accepted) as a handshake in progress until [`Self::handshake_done`]
+    /// or its removal.
+    pub(crate) fn start_handshake(&mut self, slot: u32) {
+        if let Some(e) = self.get_mut(slot) {
+            if !e.handshaking {
+                e.handshaking = true;
+                self.handshaking += 1;
+            }
+        }
+    }
+
+    /// The handshake of `slot` completed.
+    pub(crate) fn handshake_done(&mut self, slot: u32) {
+        if let Some(e) = self.get_mut(slot) {
+            if e.handshaking {
+                e.handshaking = false;
+                self.handshaking -= 1;
+            }
+        }
+    }
+
+    /// Accepted connections whose handshake is in progress.
+    pub(crate) fn handshaking(&self) -> usize {
+        self.handshaking
     }
 
     /// The entry at `slot`, whatever its generation.

@@ -103,6 +103,7 @@ impl<H: Handler> Shard<H> {
         match ev {
             Event::Connected => {
                 self.core.stats.handshakes.fetch_add(1, Relaxed);
+                self.core.conns.handshake_done(slot);
                 self.call(id, |h, ctx| h.on_connection(ctx, id));
             }
             Event::ConnectionLost { reason } => {
@@ -143,9 +144,10 @@ impl<H: Handler> Shard<H> {
                 };
                 self.call(id, |h, ctx| h.on_datagram(ctx, id, d));
             },
-            Event::Stream(StreamEvent::Available { .. })
-            | Event::HandshakeDataReady
-            | Event::DatagramsUnblocked => {}
+            Event::Stream(StreamEvent::Available { dir }) => {
+                self.call(id, |h, ctx| h.on_stream_available(ctx, id, dir));
+            }
+            Event::HandshakeDataReady | Event::DatagramsUnblocked => {}
         }
     }
 

@@ -75,30 +75,28 @@ impl<H: Handler> Shard<H> {
         };
         let n = self.peers.len();
         // Only the shared port is steered: the client socket is this shard's alone.
-        if s == LISTEN && n > 1 {
+        if s == LISTEN {
             let cid_len = self.core.shared.cid.cid_len();
-            if let Some(owner) = steer::owner_shard(&data, cid_len, n) {
-                if owner != self.core.id && owner < n {
-                    let short = first & 0x80 == 0;
-                    let msg = Msg::Datagram(Handoff {
-                        data,
-                        remote,
-                        local_ip,
-                        ecn,
-                    });
-                    match self.peers[owner].try_send(msg) {
-                        Ok(()) => {
-                            stats.handoffs_out.fetch_add(1, Relaxed);
-                            if short {
-                                stats.handoffs_out_short.fetch_add(1, Relaxed);
-                            }
-                        }
-                        Err(SendError::Full(_) | SendError::Closed(_)) => {
-                            stats.dropped_queue_full.fetch_add(1, Relaxed);
+            if let Some(owner) = handoff_target(&data, cid_len, n, self.core.id) {
+                let short = first & 0x80 == 0;
+                let msg = Msg::Datagram(Handoff {
+                    data,
+                    remote,
+                    local_ip,
+                    ecn,
+                });
+                match self.peers[owner].try_send(msg) {
+                    Ok(()) => {
+                        stats.handoffs_out.fetch_add(1, Relaxed);
+                        if short {
+                            stats.handoffs_out_short.fetch_add(1, Relaxed);
                         }
                     }
-                    return;
+                    Err(SendError::Full(_) | SendError::Closed(_)) => {
+                        stats.dropped_queue_full.fetch_add(1, Relaxed);
+                    }
                 }
+                return;
             }
         }
         self.deliver(s, data, remote, local_ip, ecn);
@@ -124,22 +122,22 @@ impl<H: Handler> Shard<H> {
         ecn: Option<EcnCodepoint>,
     ) {
         let core = &mut self.core;
-        let Some(&first) = data.first() else {
-            core.stats.dropped_malformed.fetch_add(1, Relaxed);
-            return;
-        };
-        let short = first & 0x80 == 0;
-        if short {
-            let cid_len = core.shared.cid.cid_len();
-            let Some(dcid) = data.get(1..1 + cid_len) else {
+        let cid_check = &core.cid_check;
+        let early = check_before_endpoint(&data, core.shared.cid.cid_len(), |cid| {
+            cid_check.validate(cid).is_ok()
+        });
+        match early {
+            Ok(()) => {}
+            Err(EarlyDrop::Malformed) => {
                 core.stats.dropped_malformed.fetch_add(1, Relaxed);
                 return;
-            };
-            if core.cid_check.validate(&ConnectionId::new(dcid)).is_err() {
+            }
+            Err(EarlyDrop::UnknownCid) => {
                 core.stats.dropped_unknown_cid.fetch_add(1, Relaxed);
                 return;
             }
         }
+        let short = data.first().is_some_and(|&b| b & 0x80 == 0);
         let now = core.now;
         core.resp_buf.clear();
         match core
@@ -161,7 +159,10 @@ impl<H: Handler> Shard<H> {
                 }
                 send_response(&mut self.socks[s], core, &t);
             }
-            None => {}
+            // Our Incomings are resolved at once, so the endpoint buffered nothing: it dropped it.
+            None => {
+                core.stats.dropped_endpoint.fetch_add(1, Relaxed);
+            }
         }
     }
 
@@ -178,7 +179,13 @@ impl<H: Handler> Shard<H> {
             send_response(sock, core, &t);
             return;
         }
-        if core.shared.retry && !incoming.remote_address_validated() {
+        // Retry always, or (load-based) once enough handshakes are in progress on this shard.
+        let retry = core.shared.retry
+            || core
+                .shared
+                .retry_threshold
+                .is_some_and(|n| core.conns.handshaking() >= n);
+        if retry && !incoming.remote_address_validated() {
             match core.endpoint.retry(incoming, &mut core.resp_buf) {
                 Ok(t) => {
                     core.stats.retry_sent.fetch_add(1, Relaxed);
@@ -194,6 +201,8 @@ impl<H: Handler> Shard<H> {
         {
             Ok((ch, conn)) => {
                 core.conns.insert(ch.0, conn, s);
+                // slot < endpoint slab size, far below u32::MAX
+                core.conns.start_handshake(ch.0 as u32);
                 core.stats.connections_accepted.fetch_add(1, Relaxed);
                 core.stats
                     .connections_open
@@ -201,12 +210,58 @@ impl<H: Handler> Shard<H> {
             }
             Err(e) => {
                 tracing::debug!(shard = core.id, cause = %e.cause, "accept failed");
-                if let Some(t) = e.response {
-                    send_response(sock, core, &t);
+                match e.response {
+                    Some(t) => send_response(sock, core, &t),
+                    // e.g. the Initial's packet protection failed: dropped without an answer
+                    None => {
+                        core.stats.dropped_endpoint.fetch_add(1, Relaxed);
+                    }
                 }
             }
         }
     }
+}
+
+/// Why a datagram is dropped before the endpoint sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EarlyDrop {
+    /// Empty, or a short header that ends inside its DCID.
+    Malformed,
+    /// A short header whose DCID this shard's generator does not `validate` (not one of ours, or
+    /// another shard's).
+    UnknownCid,
+}
+
+/// The shard a datagram received on the shared port must be handed to, if not `me`: the
+/// steering rule ([`steer::owner_shard`]) when there are several shards; `None` to keep it.
+pub fn handoff_target(data: &[u8], cid_len: usize, n_shards: usize, me: usize) -> Option<usize> {
+    if n_shards <= 1 {
+        return None;
+    }
+    steer::owner_shard(data, cid_len, n_shards).filter(|&owner| owner != me && owner < n_shards)
+}
+
+/// The checks a datagram this shard keeps passes before `Endpoint::handle`: it is not empty and,
+/// if it has a short header, its whole DCID (`cid_len` octets) is there and `validate` accepts
+/// it. Why: quinn-proto answers an unknown short-header CID with a stateless reset, which would
+/// kill the connection on the shard that really owns it. Long headers go to the endpoint. A
+/// `cid_len` above 20 (never configured) makes every short header malformed.
+pub fn check_before_endpoint(
+    data: &[u8],
+    cid_len: usize,
+    validate: impl FnOnce(&ConnectionId) -> bool,
+) -> Result<(), EarlyDrop> {
+    let first = *data.first().ok_or(EarlyDrop::Malformed)?;
+    if first & 0x80 == 0 {
+        let dcid = data
+            .get(1..1 + cid_len)
+            .filter(|_| cid_len <= steer::MAX_CID_LEN)
+            .ok_or(EarlyDrop::Malformed)?;
+        if !validate(&ConnectionId::new(dcid)) {
+            return Err(EarlyDrop::UnknownCid);
+        }
+    }
+    Ok(())
 }
 
 /// Queues an endpoint-generated packet from `core.resp_buf`; dropped if the socket is blocked

@@ -18,7 +18,7 @@
 
 pub(crate) mod conns;
 mod drive;
-mod inbound;
+pub(crate) mod inbound;
 pub(crate) mod io;
 pub(crate) mod mailbox;
 mod sys;

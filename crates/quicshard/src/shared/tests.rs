@@ -46,6 +46,7 @@ fn shared() -> (Shared, rustls::ServerConfig) {
         client_config: tls::client_config_trusting(&chain, &[]).unwrap(),
         cid: CidConfig::standalone(SHARDS).unwrap(),
         retry: true,
+        retry_threshold: None,
         max_connections: 16,
     };
     (shared, other_tls)

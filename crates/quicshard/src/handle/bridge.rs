@@ -1,0 +1,402 @@
+//! The shard side of handle mode: [`HandleHandler`], the built-in [`Handler`] that bridges
+//! quinn-proto events to pipes and connection queues, and services what the app queued
+//! (`run_ready`, posted to the shard at most once per burst by the [`ShardQueue`]).
+//!
+//! Per connection it keeps the [`ConnShared`] and the pipes of each live stream; a stream's entry
+//! goes once the shard is done with both of its pipes, a connection's once it is closed (every
+//! pipe and blocked app call is then failed with the reason).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use quinn_proto::{ConnectionError, Dir, StreamId, VarInt};
+
+use super::conn_shared::{ConnShared, StreamPair};
+use super::error::ConnectError;
+use super::hub::{ConnectReply, Hub};
+use super::notify::{Ready, Responder, ShardQueue};
+use super::pipe::{PipeDir, QuicRecv, QuicSend, RecvEnd, StreamPipe};
+use crate::handler::{ConnId, Handler, ShardCtx, ShardId};
+
+/// The [`Handler`] of a handle-mode engine (see [`Engine::builder_handles`](crate::Engine)).
+/// Applications do not call it; it is public because it names the engine's type,
+/// `Engine<HandleHandler>`.
+pub struct HandleHandler {
+    hub: Arc<Hub>,
+    queue: Arc<ShardQueue>,
+    conns: HashMap<ConnId, ConnSide>,
+    connecting: HashMap<ConnId, Responder<ConnectReply>>,
+    scratch: Vec<Ready>,
+}
+
+struct ConnSide {
+    shared: Arc<ConnShared>,
+    streams: HashMap<StreamId, StreamSide>,
+    /// Every app handle is gone: close once all sent data is acknowledged.
+    linger: bool,
+}
+
+#[derive(Default)]
+struct StreamSide {
+    send: Option<Arc<StreamPipe>>,
+    recv: Option<Arc<StreamPipe>>,
+}
+
+struct QuinnSend<'a> {
+    conn: &'a mut quinn_proto::Connection,
+    id: StreamId,
+}
+
+impl QuicSend for QuinnSend<'_> {
+    fn write(&mut self, data: &[u8]) -> Result<usize, quinn_proto::WriteError> {
+        self.conn.send_stream(self.id).write(data)
+    }
+    fn finish(&mut self) {
+        let _ = self.conn.send_stream(self.id).finish();
+    }
+    fn reset(&mut self, code: VarInt) {
+        let _ = self.conn.send_stream(self.id).reset(code);
+    }
+    fn stopped(&mut self) -> Option<VarInt> {
+        self.conn.send_stream(self.id).stopped().ok().flatten()
+    }
+}
+
+struct QuinnRecv<'a> {
+    conn: &'a mut quinn_proto::Connection,
+    id: StreamId,
+}
+
+impl QuicRecv for QuinnRecv<'_> {
+    fn read(&mut self, max: usize, push: &mut dyn FnMut(&[u8])) -> RecvEnd {
+        let mut rs = self.conn.recv_stream(self.id);
+        let Ok(mut chunks) = rs.read(true) else {
+            return RecvEnd::Closed;
+        };
+        let mut left = max;
+        let end = loop {
+            if left == 0 {
+                break RecvEnd::More;
+            }
+            match chunks.next(left) {
+                Ok(Some(ch)) => {
+                    left -= ch.bytes.len();
+                    push(&ch.bytes);
+                }
+                Ok(None) => break RecvEnd::Fin,
+                Err(quinn_proto::ReadError::Blocked) => break RecvEnd::Blocked,
+                Err(quinn_proto::ReadError::Reset(code)) => break RecvEnd::Reset(code),
+            }
+        };
+        // the shard flushes the connection after this callback: credit goes out then
+        let _ = chunks.finalize();
+        end
+    }
+    fn stop(&mut self, code: VarInt) {
+        let _ = self.conn.recv_stream(self.id).stop(code);
+    }
+}
+
+impl HandleHandler {
+    pub(crate) fn new(shard: ShardId, hub: Arc<Hub>) -> Self {
+        let h = hub.clone();
+        let post = Box::new(move || {
+            h.post(shard, |ctx, me: &mut HandleHandler| me.run_ready(ctx))
+                .is_ok()
+        });
+        Self {
+            hub,
+            queue: Arc::new(ShardQueue::new(post)),
+            conns: HashMap::new(),
+            connecting: HashMap::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The connection's side state, created on first sight (`None` for a closed connection).
+    fn ensure(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId) -> Option<&mut ConnSide> {
+        if !self.conns.contains_key(&conn) {
+            let c = ctx.connection(conn)?;
+            if c.is_closed() {
+                return None;
+            }
+            let shared = ConnShared::new(
+                conn,
+                c.remote_address(),
+                &self.hub,
+                self.queue.clone(),
+                c.datagrams().max_size(),
+            );
+            self.conns.insert(
+                conn,
+                ConnSide {
+                    shared,
+                    streams: HashMap::new(),
+                    linger: false,
+                },
+            );
+        }
+        self.conns.get_mut(&conn)
+    }
+
+    /// Creates the pipes of a new stream and registers them.
+    fn new_stream(&mut self, conn: ConnId, id: StreamId, send: bool, recv: bool) -> StreamPair {
+        let cap = self.hub.config.pipe_capacity;
+        let mk = |dir| StreamPipe::new(conn, id, dir, cap, self.queue.clone());
+        let side = StreamSide {
+            send: send.then(|| mk(PipeDir::Send)),
+            recv: recv.then(|| mk(PipeDir::Recv)),
+        };
+        let pair = StreamPair {
+            send: side.send.clone(),
+            recv: side.recv.clone(),
+        };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.streams.insert(id, side);
+        }
+        pair
+    }
+
+    fn pipe(&self, conn: ConnId, id: StreamId, dir: PipeDir) -> Option<Arc<StreamPipe>> {
+        let s = self.conns.get(&conn)?.streams.get(&id)?;
+        match dir {
+            PipeDir::Send => s.send.clone(),
+            PipeDir::Recv => s.recv.clone(),
+        }
+    }
+
+    fn service_pipe(&mut self, ctx: &mut ShardCtx<'_>, pipe: &Arc<StreamPipe>) {
+        let done = match ctx.connection(pipe.conn) {
+            None => {
+                pipe.fail(&ConnectionError::LocallyClosed);
+                true
+            }
+            Some(c) => match pipe.dir {
+                PipeDir::Send => pipe.service_send(&mut QuinnSend {
+                    conn: c,
+                    id: pipe.id,
+                }),
+                PipeDir::Recv => pipe.service_recv(&mut QuinnRecv {
+                    conn: c,
+                    id: pipe.id,
+                }),
+            },
+        };
+        if done {
+            self.forget_if_done(pipe.conn, pipe.id);
+            self.check_linger(ctx, pipe.conn);
+        }
+    }
+
+    /// A lingering connection closes once no send pipe has work left and quinn-proto has no
+    /// unacknowledged stream data.
+    fn check_linger(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId) {
+        let Some(side) = self.conns.get(&conn) else {
+            return;
+        };
+        let pipes_done = side
+            .streams
+            .values()
+            .all(|s| s.send.as_ref().is_none_or(|p| p.is_done()));
+        if !side.linger || !pipes_done {
+            return;
+        }
+        let now = ctx.now();
+        let Some(c) = ctx.connection(conn) else {
+            return;
+        };
+        if c.streams().send_streams() == 0 {
+            c.close(now, VarInt::from_u32(0), Bytes::new());
+            self.lost(conn, &ConnectionError::LocallyClosed);
+        }
+    }
+
+    fn forget_if_done(&mut self, conn: ConnId, id: StreamId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let finished = c.streams.get(&id).is_some_and(|s| {
+            s.send.as_ref().is_none_or(|p| p.is_done())
+                && s.recv.as_ref().is_none_or(|p| p.is_done())
+        });
+        if finished {
+            c.streams.remove(&id);
+        }
+    }
+
+    fn service_conn(&mut self, ctx: &mut ShardCtx<'_>, shared: &Arc<ConnShared>) {
+        let req = shared.take_requests();
+        let id = shared.id;
+        let now = ctx.now();
+        let Some(c) = ctx.connection(id) else {
+            self.lost(id, &ConnectionError::LocallyClosed);
+            shared.fail(&ConnectionError::LocallyClosed);
+            return;
+        };
+        if let Some((code, reason)) = req.close {
+            c.close(now, code, reason);
+            self.lost(id, &ConnectionError::LocallyClosed);
+            return;
+        }
+        if req.linger {
+            if let Some(side) = self.conns.get_mut(&id) {
+                side.linger = true;
+            }
+            // streams the app never took are dropped like the handles it did take
+            for pair in shared.take_unclaimed() {
+                for p in pair.send.iter().chain(pair.recv.iter()) {
+                    p.app_dropped();
+                }
+            }
+            self.check_linger(ctx, id);
+            return;
+        }
+        let Some(c) = ctx.connection(id) else {
+            return;
+        };
+        for d in req.datagrams {
+            let _ = c.datagrams().send(d, true);
+        }
+        shared.set_max_datagram(c.datagrams().max_size());
+        let mut opened = Vec::new();
+        for dir in [Dir::Bi, Dir::Uni] {
+            for _ in 0..req.open[dir as usize] {
+                match c.streams().open(dir) {
+                    Some(s) => opened.push((dir, s)),
+                    // the peer's limit: on_stream_available retries
+                    None => break,
+                }
+            }
+        }
+        for (dir, s) in opened {
+            let pair = self.new_stream(id, s, true, dir == Dir::Bi);
+            shared.push_opened(dir, pair);
+        }
+    }
+
+    /// Services everything the app queued since the last run.
+    fn run_ready(&mut self, ctx: &mut ShardCtx<'_>) {
+        let mut items = std::mem::take(&mut self.scratch);
+        self.queue.take(&mut items);
+        for item in items.drain(..) {
+            match item {
+                Ready::Pipe(p) => self.service_pipe(ctx, &p),
+                Ready::Conn(c) => self.service_conn(ctx, &c),
+            }
+        }
+        self.scratch = items;
+    }
+
+    /// `Engine::connect` on this shard.
+    pub(crate) fn connect(
+        &mut self,
+        ctx: &mut ShardCtx<'_>,
+        addr: SocketAddr,
+        name: &str,
+        tx: Responder<ConnectReply>,
+    ) {
+        match ctx.connect(addr, name) {
+            Ok(id) => {
+                self.connecting.insert(id, tx);
+            }
+            Err(e) => {
+                let _ = tx.send(Err(ConnectError::Connect(e)));
+            }
+        }
+    }
+
+    /// The connection is gone: fail its pipes and its blocked app calls.
+    fn lost(&mut self, conn: ConnId, err: &ConnectionError) {
+        if let Some(side) = self.conns.remove(&conn) {
+            for s in side.streams.values() {
+                for p in s.send.iter().chain(s.recv.iter()) {
+                    p.fail(err);
+                }
+            }
+            side.shared.fail(err);
+        }
+    }
+}
+
+impl Handler for HandleHandler {
+    fn on_connection(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId) {
+        let Some(side) = self.ensure(ctx, conn) else {
+            return;
+        };
+        let shared = side.shared.clone();
+        if let Some(c) = ctx.connection(conn) {
+            shared.set_max_datagram(c.datagrams().max_size());
+        }
+        match self.connecting.remove(&conn) {
+            Some(tx) => {
+                if tx.send(Ok(shared)).is_err() {
+                    // the app gave up waiting (deadline): nobody will use this connection
+                    self.lost(conn, &ConnectionError::LocallyClosed);
+                    ctx.close(conn, 0, b"connect abandoned");
+                }
+            }
+            None => self.hub.push_incoming(shared),
+        }
+    }
+
+    fn on_stream_opened(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
+        let Some(side) = self.ensure(ctx, conn) else {
+            return;
+        };
+        let shared = side.shared.clone();
+        let dir = stream.dir();
+        let pair = self.new_stream(conn, stream, dir == Dir::Bi, true);
+        shared.push_incoming(dir, pair);
+    }
+
+    fn on_stream_readable(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
+        if let Some(p) = self.pipe(conn, stream, PipeDir::Recv) {
+            self.service_pipe(ctx, &p);
+        }
+    }
+
+    fn on_stream_writable(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
+        if let Some(p) = self.pipe(conn, stream, PipeDir::Send) {
+            self.service_pipe(ctx, &p);
+        }
+    }
+
+    fn on_stream_finished(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, _stream: StreamId) {
+        self.check_linger(ctx, conn);
+    }
+
+    fn on_stream_available(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, _dir: Dir) {
+        if let Some(side) = self.conns.get(&conn) {
+            let shared = side.shared.clone();
+            self.service_conn(ctx, &shared);
+        }
+    }
+
+    fn on_datagram(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, datagram: Bytes) {
+        if let Some(side) = self.ensure(ctx, conn) {
+            side.shared.push_datagram(datagram);
+        }
+    }
+
+    fn on_closed(&mut self, _ctx: &mut ShardCtx<'_>, conn: ConnId, reason: &ConnectionError) {
+        if let Some(tx) = self.connecting.remove(&conn) {
+            let _ = tx.send(Err(ConnectError::Handshake(reason.clone())));
+        }
+        self.lost(conn, reason);
+    }
+}
+
+impl Drop for HandleHandler {
+    /// The shard stopped: everything still open is lost; `connect` callers get `EngineStopped`.
+    fn drop(&mut self) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.lost(id, &ConnectionError::LocallyClosed);
+        }
+        // queued objects hold the queue (pipe → queue → pipe): break the cycle
+        self.queue.take(&mut self.scratch);
+        self.scratch.clear();
+    }
+}

@@ -1,0 +1,69 @@
+//! Thread-safe handles (DESIGN §5.2, seed 001's worker concurrency model): [`Connection`],
+//! [`SendStream`] and [`RecvStream`] are `Send + Sync` and usable from any thread, while the
+//! connection itself stays on its shard. Each stream direction is a bounded pipe between the app
+//! and the shard ([`pipe`](self#modules)); availability is monotonic and backpressure reaches
+//! the peer through QUIC flow control.
+//!
+//! Start an engine with [`Engine::builder_handles`](crate::Engine::builder_handles); then
+//! [`Engine::accept`](crate::Engine::accept) / [`Engine::connect`](crate::Engine::connect) hand
+//! out connections. Four ways to wait:
+//! - **blocking**: `std::io::Read` / `Write`, the `_until(deadline)` variants, per-handle
+//!   `set_timeout`, and [`block_until`] over several [`Pipe`]s;
+//! - **non-blocking**: `set_nonblocking(true)` (`WouldBlock`) plus a [`Poller`] whose fd an
+//!   application's own epoll / mio loop watches;
+//! - **async**: `futures_io::AsyncRead` / `AsyncWrite` (tokio's with the `tokio` feature) and
+//!   `*_async` methods;
+//! - the callback API ([`Handler`](crate::Handler)) stays available for engines not in handle
+//!   mode.
+//!
+//! # Examples
+//! ```no_run
+//! use std::io::{Read, Write};
+//! use quicshard::Engine;
+//! let server = Engine::builder_handles().shards(2).start().unwrap();
+//! std::thread::scope(|s| {
+//!     s.spawn(|| {
+//!         let conn = server.accept().unwrap();
+//!         let (mut send, mut recv) = conn.accept_bi().unwrap();
+//!         let mut buf = Vec::new();
+//!         recv.read_to_end(&mut buf).unwrap();
+//!         send.write_all(&buf).unwrap(); // echo
+//!     });
+//! });
+//! ```
+//!
+//! # Implementation notes
+//! Module map: `pipe` (the byte pipe and its wake-up rules), `notify` (waiters, the shard's
+//! coalesced ready queue, one-shot answers), `sync` (the loom facade), `blocking` (wait loop,
+//! [`Pipe`], [`block_until`]), `nonblocking` ([`Poller`]), `async_io`, `conn_shared` (one
+//! connection's shared state), `conn` and `stream` (the handles), `bridge` ([`HandleHandler`],
+//! the shard side), `hub` (handle-mode `Engine` methods); see also `README.md` here.
+//! An app call that needs the shard queues its object in the shard's ready queue, which posts
+//! one `Remote::run_on`-style message per burst; the shard wakes app threads, tasks or pollers
+//! only when they are blocked on the object that changed.
+#![allow(unexpected_cfgs)] // cfg(loom): see sync.rs
+
+mod async_io;
+mod blocking;
+mod bridge;
+mod conn;
+mod conn_shared;
+mod error;
+mod hub;
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod model;
+mod nonblocking;
+mod notify;
+mod pipe;
+mod stream;
+mod sync;
+
+pub use blocking::{block_until, Pipe};
+pub use bridge::HandleHandler;
+pub use conn::Connection;
+pub use error::{AcceptError, ConnError, ConnectError, ReadError, WriteError};
+pub use hub::HandleConfig;
+pub(crate) use hub::Hub;
+pub use nonblocking::Poller;
+pub use stream::{RecvStream, SendStream};

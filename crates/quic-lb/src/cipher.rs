@@ -96,17 +96,10 @@ impl Cipher {
         self.join(&h, data);
     }
 
-    /// Four-pass decryption of `data`, in place. With `left_only`, the last pass is skipped and
-    /// only the left half (the first `floor(len / 2)` octets of `data`) is right: enough for a
+    /// Four-pass decryption of `body` (exactly the configured length) into `out[..len]`,
+    /// reading the ciphertext straight into registers. With `left_only`, the last pass is
+    /// skipped and only the left half (the first `floor(len / 2)` octets) is right: enough for a
     /// server ID no longer than the nonce.
-    pub(crate) fn decrypt_four_pass(&self, data: &mut [u8; SCRATCH], left_only: bool) {
-        let mut h = self.split(data);
-        self.decrypt_halves(&mut h, left_only);
-        self.join(&h, data);
-    }
-
-    /// Like [`Cipher::decrypt_four_pass`], reading the ciphertext from `body` (exactly the
-    /// configured length) straight into registers.
     pub(crate) fn decrypt_four_pass_from(
         &self,
         body: &[u8],

@@ -201,10 +201,12 @@ impl Codec {
                 let left_only = server_id_only && c.server_id_len() <= c.nonce_len();
                 cipher.decrypt_four_pass_from(body, &mut d.plaintext, left_only);
             }
-            _ => {
-                d.plaintext[..body.len()].copy_from_slice(body);
-                self.decrypt(&mut d.plaintext, server_id_only);
+            (Some(cipher), Mode::SinglePass) => {
+                // a constant-length copy: one 16-octet store the AES load can forward from
+                d.plaintext[..16].copy_from_slice(&body[..16]);
+                cipher.decrypt_single(&mut d.plaintext);
             }
+            _ => d.plaintext[..body.len()].copy_from_slice(body),
         }
         if server_id_only {
             // Only the server ID is meaningful: don't hand out a half-decrypted nonce.
@@ -218,18 +220,6 @@ impl Codec {
         match self.config.mode() {
             Mode::SinglePass => cipher.encrypt_single(body),
             _ => cipher.encrypt_four_pass(body),
-        }
-    }
-
-    fn decrypt(&self, body: &mut [u8; SCRATCH], server_id_only: bool) {
-        let Some(cipher) = &self.cipher else { return };
-        match self.config.mode() {
-            Mode::SinglePass => cipher.decrypt_single(body),
-            _ => {
-                let c = &self.config;
-                let left_only = server_id_only && c.server_id_len() <= c.nonce_len();
-                cipher.decrypt_four_pass(body, left_only)
-            }
         }
     }
 }

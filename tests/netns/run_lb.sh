@@ -295,10 +295,13 @@ spread_case() {
   fi
 }
 
-# late_resets FILES...: unknown-CID drops summed over backends. Through the paced relay a few are
+# late_resets FILES...: unknown-CID drops summed over backends. Through the paced relay some are
 # expected: server datagrams still queued in the relay reach the client after it closed the
 # connection, its endpoint answers each with a stateless reset (a short header with a random
-# DCID), and the LB routes those by its fallback to a backend, which drops them.
+# DCID), and the LB routes those by its fallback to a backend, which drops them. How many depends
+# on what the relay's socket buffer holds when the client closes (21 seen in one CI run), so in the
+# migration case they are logged, not bounded; a split connection shows instead as datagrams the
+# other backend took as its own, which is asserted to be zero.
 late_resets() { local f n=0; for f in "$@"; do n=$((n + $(shard_sum "$f" dropped_unknown_cid))); done; echo $n; }
 
 # --- client address change mid-download ------------------------------------------------------
@@ -342,7 +345,6 @@ migration_case() {
   log "migration: accepted $a1 / $a2, handshakes $h, LB sessions opened $sessions, datagrams on the other backend $other, unknown-cid drops $(late_resets "$W/mig_b1.json" "$W/mig_b2.json")"
   check "[ $((a1 + a2)) = 1 ] && [ $h = 1 ]" "one connection expected, backends accepted $a1 + $a2, handshakes $h"
   check "[ $other = 0 ]" "the other backend received $other datagrams of the connection"
-  check "[ $(late_resets "$W/mig_b1.json" "$W/mig_b2.json") -le 5 ]" "backends dropped too many datagrams of unknown CIDs"
   check "[ $sessions -ge 2 ]" "the LB saw only $sessions client address(es)"
 }
 

@@ -304,54 +304,8 @@ pub fn attach(socket: &UdpSocket, program: &[sock_filter]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use libc::{
-        BPF_A, BPF_ABS, BPF_ADD, BPF_ALU, BPF_B, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP, BPF_JSET,
-        BPF_K, BPF_LD, BPF_LEN, BPF_MISC, BPF_MOD, BPF_RET, BPF_TAX, BPF_W, BPF_X,
-    };
+    use crate::fuzzing::run_bpf;
     use proptest::prelude::*;
-
-    /// Runs a classic BPF program like the kernel, for the opcodes the steering program uses.
-    /// A load past the end is an error here (the kernel would silently return 0).
-    fn run_bpf(program: &[sock_filter], packet: &[u8]) -> Result<u32, String> {
-        let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
-        loop {
-            let insn = program.get(pc).ok_or("fell off the end of the program")?;
-            pc += 1;
-            let (code, k) = (u32::from(insn.code), insn.k);
-            if code == BPF_LD | BPF_W | BPF_LEN {
-                a = u32::try_from(packet.len()).unwrap();
-            } else if code == BPF_LD | BPF_B | BPF_ABS {
-                let byte = packet
-                    .get(k as usize)
-                    .ok_or(format!("load of byte {k} past the end"))?;
-                a = u32::from(*byte);
-            } else if code == BPF_ALU | BPF_ADD | BPF_K {
-                a = a.wrapping_add(k);
-            } else if code == BPF_ALU | BPF_MOD | BPF_K {
-                a = a
-                    .checked_rem(k)
-                    .ok_or("mod by 0 (rejected by the kernel)")?;
-            } else if code == BPF_MISC | BPF_TAX {
-                x = a;
-            } else if code == BPF_RET | BPF_A {
-                return Ok(a);
-            } else if code == BPF_RET | BPF_K {
-                return Ok(k);
-            } else if code & 0x07 == BPF_JMP {
-                let src = if code & BPF_X != 0 { x } else { k };
-                let taken = match code & 0xf0 {
-                    BPF_JEQ => a == src,
-                    BPF_JGE => a >= src,
-                    BPF_JGT => a > src,
-                    BPF_JSET => a & src != 0,
-                    _ => return Err(format!("unsupported jump {code:#x}")),
-                };
-                pc += usize::from(if taken { insn.jt } else { insn.jf });
-            } else {
-                return Err(format!("unsupported opcode {code:#x}"));
-            }
-        }
-    }
 
     /// The program's verdict in `owner_shard`'s terms: `>= n` means fall back.
     fn bpf_owner(datagram: &[u8], cid_len: usize, n: usize) -> Option<usize> {

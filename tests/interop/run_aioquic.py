@@ -1,7 +1,6 @@
 #!/usr/bin/env python3
 """Interop between quicshard and aioquic (hq-interop), both directions; prints one line per case
 and a final `N passed, N failed`. Usage: run_aioquic.py QUICSHARD_BINARY"""
-import datetime
 import os
 import subprocess
 import sys
@@ -9,6 +8,9 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from certs import make_cert  # noqa: E402
+
 PEER = [sys.executable, os.path.join(HERE, "aioquic_hq.py")]
 TIMEOUT = 60
 
@@ -19,30 +21,6 @@ def make_files(root):
         with open(os.path.join(root, name), "wb") as f:
             f.write(os.urandom(size))
     return list(sizes)
-
-
-def make_cert(d):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
-    with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(key_path, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def start_server(cmd):

@@ -6,7 +6,7 @@ use std::time::Duration;
 use indicatif::ProgressBar;
 
 use crate::apps::client;
-use crate::apps::ALPN_PERF;
+use crate::apps::{h3_client, ALPN_H3, ALPN_PERF};
 use crate::loadgen::{self, Limit, Mode, Params};
 use crate::{tlsfiles, Failure};
 
@@ -49,6 +49,22 @@ pub(crate) struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Protocol: `perf` (quinn's perf protocol), or `h3`: with --mode rr each request is an
+    /// HTTP/3 GET of --path (its body size is what the server's file has; --size is ignored).
+    #[arg(long, value_enum, default_value_t = BenchAlpn::Perf)]
+    alpn: BenchAlpn,
+    /// The resource --alpn h3 GETs, e.g. /1k.bin (a file under the server's --root).
+    #[arg(long)]
+    path: Option<String>,
+}
+
+/// The protocols `bench` generates load with.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum BenchAlpn {
+    /// quinn's perf protocol.
+    Perf,
+    /// HTTP/3 GETs (`--mode rr` only).
+    H3,
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
@@ -77,9 +93,9 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         (None, Some(n)) => Limit::Requests(n),
         (None, None) => Limit::Requests(1000),
     };
-    let client_cfg = tlsfiles::client(args.insecure, args.ca.as_deref(), &[ALPN_PERF], false)?;
-    let engine = client::engine(addr, client_cfg, args.shards)
-        .map_err(|e| Failure::Refused(e.to_string()))?;
+    if args.mode == Mode::Idle && !matches!(limit, Limit::Duration(_)) {
+        return Err(Failure::Usage("--mode idle needs --duration".into()));
+    }
     let params = Params {
         addr,
         server_name,
@@ -89,6 +105,12 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         size: args.size,
         limit,
     };
+    if args.alpn == BenchAlpn::H3 {
+        return bench_h3(&args, &params);
+    }
+    let client_cfg = tlsfiles::client(args.insecure, args.ca.as_deref(), &[ALPN_PERF], false)?;
+    let engine = client::engine(addr, client_cfg, args.shards)
+        .map_err(|e| Failure::Refused(e.to_string()))?;
     let bar = if args.json {
         ProgressBar::hidden()
     } else {
@@ -97,16 +119,34 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     let report = loadgen::run(&engine.remote(), &params, &bar);
     bar.finish_and_clear();
     engine.shutdown(Duration::from_secs(1));
+    finish(&args, &report)
+}
+
+/// Prints the report; fails if no request completed.
+fn finish(args: &Args, report: &loadgen::Report) -> Result<(), Failure> {
     if args.json {
         println!("{}", report.to_json());
     } else {
         report.print();
     }
-    if report.requests == 0 {
+    if report.requests == 0 && !(args.mode == Mode::Idle && report.handshakes > 0) {
         return Err(Failure::Refused(format!(
             "no request completed: {}",
             report.first_error.as_deref().unwrap_or("unknown error")
         )));
     }
     Ok(())
+}
+
+/// `--alpn h3`: HTTP/3 GETs of `--path` (see `apps/h3_client.rs`).
+fn bench_h3(args: &Args, params: &Params) -> Result<(), Failure> {
+    if args.mode != Mode::Rr {
+        return Err(Failure::Usage("--alpn h3 supports --mode rr only".into()));
+    }
+    let path = args.path.as_deref().ok_or_else(|| {
+        Failure::Usage("--alpn h3 needs --path /FILE (a file under the server's --root)".into())
+    })?;
+    let cfg = tlsfiles::client(args.insecure, args.ca.as_deref(), &[ALPN_H3], false)?;
+    let report = h3_client::bench(params, cfg, args.shards, path)?;
+    finish(args, &report)
 }

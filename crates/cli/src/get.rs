@@ -4,13 +4,15 @@
 use std::collections::VecDeque;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use quicshard::ShardId;
 
 use crate::apps::client::{self, Event, Plan, Request};
-use crate::apps::ALPN_HQ;
+use crate::apps::h3_client::{self, Download, Fetch};
+use crate::apps::{ALPN_H3, ALPN_HQ};
 use crate::{tlsfiles, Failure};
 
 /// Streams open at once.
@@ -33,9 +35,38 @@ pub(crate) struct Args {
     /// Write TLS secrets here (NSS key log format), for Wireshark.
     #[arg(long)]
     keylog: Option<PathBuf>,
+    /// Offer only the TLS_CHACHA20_POLY1305_SHA256 cipher suite.
+    #[arg(long)]
+    chacha20: bool,
+    /// Force a key update on the connection after the first file arrives.
+    #[arg(long)]
+    key_update: bool,
+    /// Download everything again over a second connection that resumes the first one's TLS
+    /// session; fails unless the second handshake was resumed.
+    #[arg(long)]
+    resume: bool,
+    /// Like --resume, sending the second connection's requests in 0-RTT; fails unless the server
+    /// accepted them.
+    #[arg(long)]
+    zero_rtt: bool,
+    /// Application protocol: `h3` or `hq-interop`. Default: offer both and use h3 if the server
+    /// picks it (else the connection is closed and hq-interop used on a new one); --key-update,
+    /// --resume and --zero-rtt are hq-interop only and imply it.
+    #[arg(long, value_enum)]
+    alpn: Option<Alpn>,
     /// https://HOST:PORT/PATH, all of the same authority.
     #[arg(required = true)]
     urls: Vec<String>,
+}
+
+/// The application protocols `get` speaks.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Alpn {
+    /// HTTP/3.
+    H3,
+    /// HTTP/0.9 over QUIC, as the interop runner uses it.
+    #[value(name = "hq-interop")]
+    HqInterop,
 }
 
 /// `(host, port, path)` of an https URL.
@@ -94,14 +125,129 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     if let Some(k) = &args.keylog {
         std::env::set_var("SSLKEYLOGFILE", k);
     }
-    let client_cfg = tlsfiles::client(
+    let tuning = tlsfiles::ClientTuning {
+        chacha20_only: args.chacha20,
+        early_data: args.zero_rtt,
+    };
+    if try_h3(&args, addr, &host, port, &requests, &tuning)? {
+        return Ok(());
+    }
+    let (client_cfg, cert_checks) = tlsfiles::client_tuned(
         args.insecure,
         args.ca.as_deref(),
         &[ALPN_HQ],
         args.keylog.is_some(),
+        &tuning,
     )?;
-    let engine =
-        client::engine(addr, client_cfg, Some(1)).map_err(|e| Failure::Refused(e.to_string()))?;
+    let extras = client::Extras {
+        key_update: args.key_update,
+        zero_rtt: args.zero_rtt,
+        ..Default::default()
+    };
+    let report = extras.report.clone();
+    let engine = client::engine_with(addr, client_cfg, Some(1), extras)
+        .map_err(|e| Failure::Refused(e.to_string()))?;
+    let connections = if args.resume || args.zero_rtt { 2 } else { 1 };
+    let mut result = Ok(());
+    for _ in 0..connections {
+        result = fetch(&engine, addr, &host, requests.clone());
+        if result.is_err() {
+            break;
+        }
+    }
+    engine.shutdown(Duration::from_secs(1));
+    result?;
+    let checks = cert_checks.load(Ordering::Relaxed);
+    if connections == 2 && checks != 1 {
+        return Err(Failure::Refused(format!(
+            "second connection not resumed: {checks} full certificate checks in 2 handshakes"
+        )));
+    }
+    let (sent, accepted) = (
+        report.zero_rtt_sent.load(Ordering::Relaxed),
+        report.zero_rtt_accepted.load(Ordering::Relaxed),
+    );
+    if args.zero_rtt && (sent, accepted) != (1, 1) {
+        return Err(Failure::Refused(format!(
+            "0-RTT: sent on {sent} connection(s), accepted on {accepted}"
+        )));
+    }
+    if args.key_update && report.key_updates.load(Ordering::Relaxed) == 0 {
+        return Err(Failure::Refused("no key update was initiated".into()));
+    }
+    eprintln!(
+        "downloaded {} file(s) to {} over {connections} connection(s); key updates {}, 0-RTT {accepted}",
+        requests.len(),
+        args.output.display(),
+        report.key_updates.load(Ordering::Relaxed),
+    );
+    Ok(())
+}
+
+/// The h3 path (`--alpn h3`, or the default when no hq-interop-only flag is set): `Ok(true)` when
+/// h3 did the downloads, `Ok(false)` when hq-interop should (the server did not pick h3).
+fn try_h3(
+    args: &Args,
+    addr: SocketAddr,
+    host: &str,
+    port: u16,
+    requests: &VecDeque<Request>,
+    tuning: &tlsfiles::ClientTuning,
+) -> Result<bool, Failure> {
+    let hq_only = args.key_update || args.resume || args.zero_rtt;
+    let offer: &[&[u8]] = match (args.alpn, hq_only) {
+        (Some(Alpn::HqInterop), _) | (None, true) => return Ok(false),
+        (Some(Alpn::H3), true) => {
+            return Err(Failure::Usage(
+                "--key-update, --resume and --zero-rtt need --alpn hq-interop".into(),
+            ))
+        }
+        (Some(Alpn::H3), false) => &[ALPN_H3],
+        (None, false) => &[ALPN_H3, ALPN_HQ],
+    };
+    let (cfg, _) = tlsfiles::client_tuned(
+        args.insecure,
+        args.ca.as_deref(),
+        offer,
+        args.keylog.is_some(),
+        tuning,
+    )?;
+    let files: Vec<Download> = requests
+        .iter()
+        .filter_map(|r| match r {
+            Request::Get { path, dest } => Some(Download {
+                path: path.clone(),
+                dest: dest.clone(),
+            }),
+            Request::Perf { .. } => None,
+        })
+        .collect();
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let h3_only = args.alpn == Some(Alpn::H3);
+    match h3_client::get(addr, host, &authority, cfg, &files, h3_only)? {
+        Fetch::NotH3 => Ok(false),
+        Fetch::H3(r) => {
+            let n = r?;
+            eprintln!(
+                "downloaded {n} file(s) to {} over 1 connection(s) (h3)",
+                args.output.display()
+            );
+            Ok(true)
+        }
+    }
+}
+
+/// Downloads `requests` over one new connection; `Ok` iff every file arrived whole.
+fn fetch(
+    engine: &quicshard::Engine<client::Client>,
+    addr: SocketAddr,
+    host: &str,
+    requests: VecDeque<Request>,
+) -> Result<(), Failure> {
     let total = requests.len() as u64;
     let bar = ProgressBar::new(total);
     bar.set_style(
@@ -111,7 +257,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     let (tx, rx) = crossbeam_channel::bounded(1024);
     let plan = Plan {
         addr,
-        server_name: host.clone(),
+        server_name: host.to_string(),
         requests,
         repeat: None,
         concurrency: PARALLEL,
@@ -141,9 +287,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         }
     }
     bar.finish_and_clear();
-    engine.shutdown(Duration::from_secs(1));
     if ok == total && errors.is_empty() {
-        eprintln!("downloaded {ok} file(s) to {}", args.output.display());
         Ok(())
     } else {
         Err(Failure::Refused(format!(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::RecvTimeoutError;
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
-use quicshard::{Remote, ShardId};
+use quicshard::{Remote, RemoteError, ShardId};
 
 use crate::apps::client::{Client, Event, Plan, Request};
 
@@ -21,6 +21,9 @@ pub(crate) enum Mode {
     Handshake,
     /// Request/response: `size` bytes up, `size` bytes down.
     Rr,
+    /// Connections that complete their handshake and stay idle until `--duration` ends (server
+    /// memory per idle connection).
+    Idle,
 }
 
 /// When a run ends.
@@ -60,10 +63,35 @@ pub(crate) struct Report {
     pub(crate) handshake: Histogram<u64>,
 }
 
+/// Quantiles of the request latency listed in `--json` output.
+const LATENCY_QUANTILES: &[f64] = &[
+    0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999,
+    1.0,
+];
+
+/// How long launching one connection retries while its shard's mailbox is full.
+const LAUNCH_RETRY: Duration = Duration::from_secs(5);
+
 /// How long a run may go past its limit waiting for stragglers before it gives up.
 const GRACE: Duration = Duration::from_secs(10);
 
 impl Report {
+    /// An empty report (also used by the h3 bench, `apps/h3_client.rs`).
+    pub(crate) fn new(mode: Mode) -> Self {
+        Report {
+            mode,
+            elapsed: Duration::ZERO,
+            requests: 0,
+            failed: 0,
+            bytes: 0,
+            handshakes: 0,
+            connection_errors: 0,
+            first_error: None,
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            handshake: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+        }
+    }
+
     pub(crate) fn throughput_mbit(&self) -> f64 {
         self.bytes as f64 * 8.0 / self.elapsed.as_secs_f64().max(1e-9) / 1e6
     }
@@ -100,6 +128,11 @@ impl Report {
                 "p99": self.percentile_ms(0.99),
                 "max": self.max_ms(),
             },
+            // the latency distribution, for plots: [quantile, microseconds]
+            "latency_us_quantiles": LATENCY_QUANTILES
+                .iter()
+                .map(|&q| (q, self.latency.value_at_quantile(q)))
+                .collect::<Vec<_>>(),
         })
     }
 
@@ -160,19 +193,13 @@ pub(crate) fn run(remote: &Remote<Client>, p: &Params, bar: &ProgressBar) -> Rep
             upload: p.size,
             download: p.size,
         },
+        // never sent: idle connections open no stream
+        Mode::Idle => Request::Perf {
+            upload: 0,
+            download: 0,
+        },
     };
-    let mut r = Report {
-        mode: p.mode,
-        elapsed: Duration::ZERO,
-        requests: 0,
-        failed: 0,
-        bytes: 0,
-        handshakes: 0,
-        connection_errors: 0,
-        first_error: None,
-        latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
-        handshake: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
-    };
+    let mut r = Report::new(p.mode);
     let shards = remote.shards().max(1);
     let mut next_shard = 0usize;
     let mut launched_requests = 0u64;
@@ -181,25 +208,34 @@ pub(crate) fn run(remote: &Remote<Client>, p: &Params, bar: &ProgressBar) -> Rep
                       repeat: Option<(Request, Instant)>,
                       streams: usize|
      -> bool {
-        let plan = Plan {
-            addr: p.addr,
-            server_name: p.server_name.clone(),
-            requests,
-            repeat,
-            concurrency: streams,
-            events: tx.clone(),
-        };
         let shard = ShardId(next_shard % shards);
         next_shard += 1;
-        remote
-            .run_on(shard, move |ctx, client| client.start(ctx, plan))
-            .is_ok()
+        // A burst of thousands of new connections can fill a shard's mailbox (4096 messages);
+        // it drains within milliseconds, so retry for up to LAUNCH_RETRY.
+        let give_up = Instant::now() + LAUNCH_RETRY;
+        loop {
+            let plan = Plan {
+                addr: p.addr,
+                server_name: p.server_name.clone(),
+                requests: requests.clone(),
+                repeat: repeat.clone(),
+                concurrency: streams,
+                events: tx.clone(),
+            };
+            match remote.run_on(shard, move |ctx, client| client.start(ctx, plan)) {
+                Ok(()) => return true,
+                Err(RemoteError::Full) if Instant::now() < give_up => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return false,
+            }
+        }
     };
     // Initial connections.
-    let per_conn_streams = if p.mode == Mode::Handshake {
-        1
-    } else {
-        p.streams.max(1)
+    let per_conn_streams = match p.mode {
+        Mode::Handshake => 1,
+        Mode::Idle => 0,
+        _ => p.streams.max(1),
     };
     for i in 0..p.connections.max(1) {
         let (requests, repeat) = match (p.mode, deadline) {
@@ -227,6 +263,10 @@ pub(crate) fn run(remote: &Remote<Client>, p: &Params, bar: &ProgressBar) -> Rep
     }
     let hard_stop = deadline.unwrap_or(start + Duration::from_secs(3600)) + GRACE;
     while open_conns > 0 {
+        // idle connections stay open until the deadline; the engine's shutdown closes them
+        if p.mode == Mode::Idle && deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
         let timeout = hard_stop.saturating_duration_since(Instant::now());
         let ev = match rx.recv_timeout(timeout.min(Duration::from_millis(200))) {
             Ok(ev) => ev,

@@ -3,14 +3,18 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use quicshard::{Engine, ShardStats};
+use quicshard::ShardStats;
 
-use crate::apps::server::Server;
-use crate::apps::SERVER_ALPNS;
+use crate::apps::{h3_server, SERVER_ALPNS};
 use crate::{signals, tlsfiles, Failure};
 
+/// How long a graceful shutdown waits for responses in flight to be acknowledged before it closes
+/// the connections.
+const RESPONSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often that wait asks the shards for their unacknowledged streams.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// How long a graceful shutdown waits for connections to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -45,6 +49,21 @@ pub(crate) struct Args {
     /// address validation against Initial floods).
     #[arg(long, value_name = "N", conflicts_with = "retry")]
     retry_threshold: Option<usize>,
+    /// Connections per shard beyond which new ones are refused (CONNECTION_REFUSED).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Close connections idle for this many milliseconds (transport parameter max_idle_timeout).
+    #[arg(long, value_name = "MS")]
+    idle_timeout: Option<u32>,
+    /// Bidirectional streams a client may have open at once (initial_max_streams_bidi).
+    #[arg(long, value_name = "N")]
+    max_streams: Option<u32>,
+    /// Bytes a client may send on one stream ahead of the server reading them.
+    #[arg(long, value_name = "BYTES")]
+    stream_window: Option<u32>,
+    /// Bytes a client may send on one connection ahead of the server reading them.
+    #[arg(long, value_name = "BYTES")]
+    conn_window: Option<u32>,
     /// This server's QUIC-LB server ID (hex); needs --quic-lb-config.
     #[arg(long, requires = "quic_lb_config")]
     server_id: Option<String>,
@@ -60,6 +79,17 @@ pub(crate) struct Args {
     /// balancer can reach: whoever can send here can make the server send to any address.
     #[arg(long)]
     decap: Option<SocketAddr>,
+    /// Accept 0-RTT: single-use session tickets in one store shared by all shards (a replayed
+    /// 0-RTT flight falls back to a full handshake on any shard).
+    #[arg(long)]
+    zero_rtt: bool,
+    /// Advertise each shard's own port (on the --listen IP) as the preferred address; clients
+    /// that migrate there reach their shard directly.
+    #[arg(long)]
+    preferred_address: bool,
+    /// HTTP/3: requests of one connection handled at once; further request streams wait.
+    #[arg(long, value_name = "N", default_value_t = quicshard_h3::files::DEFAULT_MAX_CONCURRENT)]
+    h3_max_requests: usize,
 }
 
 /// The QUIC-LB config and server ID from `--quic-lb-config` / `--server-id` / `--quic-lb-id`.
@@ -94,6 +124,88 @@ fn quic_lb(args: &Args) -> Result<Option<(quic_lb::Config, Vec<u8>)>, Failure> {
     Ok(Some((entry.config, sid)))
 }
 
+/// Waits until no hq-interop, perf or echo connection has stream data its client has not
+/// acknowledged, or `timeout` passed, so that every response the server finished reaches the
+/// client before `Engine::shutdown` closes the connections; returns the streams still pending.
+/// h3 connections are left to the h3 service's own drain (their control streams never end).
+fn drain_responses<H: quicshard::Handler>(
+    engine: &quicshard::Engine<H>,
+    timeout: Duration,
+) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (tx, rx) = crossbeam_channel::bounded(engine.shards());
+        for shard in 0..engine.shards() {
+            let tx = tx.clone();
+            let asked = engine
+                .remote()
+                .run_on(quicshard::ShardId(shard), move |ctx, _| {
+                    let _ = tx.send(unacked_streams(ctx));
+                });
+            if asked.is_err() {
+                return 0; // the shard is gone: nothing left to drain there
+            }
+        }
+        drop(tx);
+        let mut pending = 0;
+        for _ in 0..engine.shards() {
+            match rx.recv_timeout(timeout) {
+                Ok(n) => pending += n,
+                Err(_) => return usize::MAX, // a shard did not answer: do not wait on it
+            }
+        }
+        if pending == 0 || Instant::now() >= deadline {
+            return pending;
+        }
+        std::thread::sleep(DRAIN_POLL);
+    }
+}
+
+/// Streams of this shard's open, non-h3 connections that may have unacknowledged data.
+fn unacked_streams(ctx: &mut quicshard::ShardCtx<'_>) -> usize {
+    let mut pending = 0;
+    for id in ctx.connection_ids() {
+        let Some(c) = ctx.connection(id) else {
+            continue;
+        };
+        if !c.is_closed() && crate::apps::alpn(c).as_deref() != Some(crate::apps::ALPN_H3) {
+            pending += c.streams().send_streams();
+        }
+    }
+    pending
+}
+
+/// The transport config of the limit flags, if any is set.
+fn transport(args: &Args) -> Result<Option<quinn_proto::TransportConfig>, Failure> {
+    use quinn_proto::VarInt;
+    if args.idle_timeout.is_none()
+        && args.max_streams.is_none()
+        && args.stream_window.is_none()
+        && args.conn_window.is_none()
+    {
+        return Ok(None);
+    }
+    let mut t = quinn_proto::TransportConfig::default();
+    if let Some(ms) = args.idle_timeout {
+        t.max_idle_timeout(Some(VarInt::from_u32(ms).into()));
+    }
+    if let Some(n) = args.max_streams {
+        t.max_concurrent_bidi_streams(VarInt::from_u32(n));
+    }
+    if let Some(b) = args.stream_window {
+        t.stream_receive_window(VarInt::from_u32(b));
+    }
+    if let Some(b) = args.conn_window {
+        if args.stream_window.is_some_and(|s| s > b) {
+            return Err(Failure::Usage(
+                "--stream-window must not exceed --conn-window".into(),
+            ));
+        }
+        t.receive_window(VarInt::from_u32(b));
+    }
+    Ok(Some(t))
+}
+
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
     let root = match &args.root {
         Some(r) => Some(Arc::new(
@@ -106,13 +218,22 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         )),
         None => None,
     };
-    let mut builder = Engine::builder(move |_| Server::new(root.clone()))
+    let h3_root = root.clone();
+    let mut builder = h3_server::builder(root)
         .listen(args.listen)
         .alpn(SERVER_ALPNS)
         .bpf(!args.no_bpf)
-        .retry(args.retry);
+        .retry(args.retry)
+        .zero_rtt(args.zero_rtt)
+        .preferred_address(args.preferred_address);
     if let Some(n) = args.retry_threshold {
         builder = builder.retry_threshold(n);
+    }
+    if let Some(n) = args.max_connections {
+        builder = builder.max_connections_per_shard(n);
+    }
+    if let Some(t) = transport(&args)? {
+        builder = builder.transport(t);
     }
     if let Some(n) = args.shards {
         if n == 0 || n > 256 {
@@ -127,9 +248,13 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         builder = builder.server_tls(tlsfiles::server_from_files(cert, key, SERVER_ALPNS)?);
     }
     signals::block_termination().map_err(|e| Failure::Refused(format!("signals: {e}")))?;
-    let engine = builder
-        .start()
-        .map_err(|e| Failure::Refused(e.to_string()))?;
+    let engine = Arc::new(
+        builder
+            .start()
+            .map_err(|e| Failure::Refused(e.to_string()))?,
+    );
+    let h3_root = h3_root.as_deref().map(|p| p.as_path());
+    let h3 = h3_server::spawn(&engine, h3_root, args.h3_max_requests)?;
     let decap = match args.decap {
         Some(addr) => Some(decap::start(addr, engine.local_addr(), engine.injector())?),
         None => None,
@@ -145,7 +270,14 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     tracing::info!(signal = sig, "shutting down");
     // stop feeding the shards before they drain
     let decap = decap.map(decap::Decap::stop);
-    let stats = engine.shutdown(DRAIN_TIMEOUT);
+    let unacked = drain_responses(&engine, RESPONSE_DRAIN_TIMEOUT);
+    if unacked > 0 {
+        eprintln!(
+            "shutdown: {unacked} stream(s) still unacknowledged after {} s; closing anyway",
+            RESPONSE_DRAIN_TIMEOUT.as_secs()
+        );
+    }
+    let stats = h3.shutdown(engine, DRAIN_TIMEOUT);
     let mut json = stats_json(&stats);
     if let Some(d) = &decap {
         json["decap"] = d.to_json();
@@ -165,27 +297,19 @@ pub(crate) fn stats_json(stats: &[ShardStats]) -> serde_json::Value {
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            serde_json::json!({
-                "shard": i,
-                "connections_accepted": s.connections_accepted,
-                "connections_open": s.connections_open,
-                "connections_closed": s.connections_closed,
-                "connections_refused": s.connections_refused,
-                "handshakes": s.handshakes,
-                "datagrams_in": s.datagrams_in,
-                "datagrams_out": s.datagrams_out,
-                "handoffs_in": s.handoffs_in,
-                "handoffs_out": s.handoffs_out,
-                "handoffs_in_short": s.handoffs_in_short,
-                "dropped": s.dropped_malformed + s.dropped_unknown_cid + s.dropped_endpoint + s.dropped_queue_full + s.dropped_budget + s.dropped_send_error,
-                "dropped_malformed": s.dropped_malformed,
-                "dropped_unknown_cid": s.dropped_unknown_cid,
-                "dropped_endpoint": s.dropped_endpoint,
-                "dropped_queue_full": s.dropped_queue_full,
-                "dropped_send_error": s.dropped_send_error,
-                "retry_sent": s.retry_sent,
-                "handler_panics": s.handler_panics,
-            })
+            let mut m = serde_json::Map::new();
+            m.insert("shard".into(), i.into());
+            for (name, v) in s.fields() {
+                m.insert(name.into(), v.into());
+            }
+            let dropped = s.dropped_malformed
+                + s.dropped_unknown_cid
+                + s.dropped_endpoint
+                + s.dropped_queue_full
+                + s.dropped_budget
+                + s.dropped_send_error;
+            m.insert("dropped".into(), dropped.into());
+            serde_json::Value::Object(m)
         })
         .collect();
     serde_json::json!({ "shards": shards })
@@ -218,7 +342,8 @@ mod decap {
 
     use quicshard::{InjectStats, Injector};
 
-    use crate::apps::server::Server;
+    use quicshard::handle::HandleHandler;
+
     use crate::Failure;
 
     /// How long a read blocks before the thread checks for shutdown.
@@ -245,7 +370,7 @@ mod decap {
     pub(super) struct Decap {
         stop: Arc<AtomicBool>,
         thread: JoinHandle<Counts>,
-        injector: Injector<Server>,
+        injector: Injector<HandleHandler>,
     }
 
     /// The decap thread's final counters and the injector's.
@@ -259,7 +384,7 @@ mod decap {
     pub(super) fn start(
         addr: SocketAddr,
         listen: SocketAddr,
-        injector: Injector<Server>,
+        injector: Injector<HandleHandler>,
     ) -> Result<Decap, Failure> {
         let sock =
             UdpSocket::bind(addr).map_err(|e| Failure::Refused(format!("--decap {addr}: {e}")))?;
@@ -283,7 +408,7 @@ mod decap {
     fn run(
         sock: &UdpSocket,
         listen: SocketAddr,
-        mut inj: Injector<Server>,
+        mut inj: Injector<HandleHandler>,
         stop: &AtomicBool,
     ) -> Counts {
         let mut c = Counts::default();

@@ -1,6 +1,7 @@
 //! TLS material from files: PEM certificates and keys, CA roots, key logging.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use quicshard::rustls::pki_types::pem::PemObject;
@@ -55,4 +56,139 @@ pub(crate) fn client(
         cfg.key_log = Arc::new(rustls::KeyLogFile::new());
     }
     tls::client_from_rustls(cfg).map_err(|e| Failure::Usage(format!("TLS: {e}")))
+}
+
+/// Client TLS options beyond trust and ALPN (interop cases).
+#[derive(Default)]
+pub(crate) struct ClientTuning {
+    /// Offer only TLS_CHACHA20_POLY1305_SHA256 (Initial packets still use AES-128-GCM, as QUIC
+    /// requires).
+    pub(crate) chacha20_only: bool,
+    /// Offer early data (0-RTT) when a resumed session allows it.
+    pub(crate) early_data: bool,
+}
+
+/// Like [`client`], with [`ClientTuning`]; also returns a counter of full certificate checks
+/// (a resumed handshake has no certificate, so it does not count).
+pub(crate) fn client_tuned(
+    insecure: bool,
+    ca: Option<&Path>,
+    alpn: &[&[u8]],
+    keylog: bool,
+    tuning: &ClientTuning,
+) -> Result<(quicshard::quinn_proto::ClientConfig, Arc<AtomicUsize>), Failure> {
+    use rustls::crypto::ring::{cipher_suite, default_provider};
+    let tls_err = |e: rustls::Error| Failure::Usage(format!("TLS: {e}"));
+    let mut provider = default_provider();
+    if tuning.chacha20_only {
+        provider.cipher_suites = vec![cipher_suite::TLS13_CHACHA20_POLY1305_SHA256];
+    }
+    let provider = Arc::new(provider);
+    let webpki = match (insecure, ca) {
+        (true, _) => None,
+        (false, Some(ca)) => {
+            let mut store = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| Failure::Usage(format!("--ca {}: {e}", ca.display())))?
+            {
+                let cert = cert.map_err(|e| Failure::Usage(format!("--ca {}: {e}", ca.display())))?;
+                store.add(cert).map_err(tls_err)?;
+            }
+            let v = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(store),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| Failure::Usage(format!("--ca {}: {e}", ca.display())))?;
+            Some(v)
+        }
+        (false, None) => {
+            return Err(Failure::Usage(
+                "no way to verify the server: pass --ca PEM or --insecure".into(),
+            ))
+        }
+    };
+    let checks = Arc::new(AtomicUsize::new(0));
+    let verifier = Arc::new(CountingVerifier {
+        webpki,
+        provider: provider.clone(),
+        checks: checks.clone(),
+    });
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg.enable_early_data = tuning.early_data;
+    if keylog {
+        cfg.key_log = Arc::new(rustls::KeyLogFile::new());
+    }
+    // QUIC Initials always use AES-128-GCM, whatever the handshake offers
+    let initial = cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()
+        .and_then(|s| s.quic_suite())
+        .expect("ring's AES-128-GCM suite supports QUIC");
+    let quic = quicshard::quinn_proto::crypto::rustls::QuicClientConfig::with_initial(
+        Arc::new(cfg),
+        initial,
+    )
+    .map_err(|e| Failure::Usage(format!("TLS: {e}")))?;
+    Ok((
+        quicshard::quinn_proto::ClientConfig::new(Arc::new(quic)),
+        checks,
+    ))
+}
+
+/// Verifies server certificates with webpki (or accepts any when `webpki` is `None`: insecure)
+/// and counts the full certificate checks.
+#[derive(Debug)]
+struct CountingVerifier {
+    webpki: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    checks: Arc<AtomicUsize>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for CountingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        match &self.webpki {
+            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
+            None => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }

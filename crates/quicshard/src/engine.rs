@@ -26,11 +26,13 @@ use rustls::pki_types::CertificateDer;
 
 use crate::cid::{CidConfig, CidConfigError};
 use crate::handler::{Handler, Remote, ShardId};
+use crate::shard::io::{Sock, CLIENT};
 use crate::shard::mailbox::{mailbox, Msg};
 use crate::shard::{self, ShardParts, WAKER_TOKEN};
-use crate::shared::{build_server_config, Shared};
+use crate::shared::{build_server_config, Shared, Tickets};
 use crate::stats::{Counters, ShardStats};
 use crate::steer;
+use crate::tickets::{TicketStats, TicketStore};
 use crate::tls::{self, TlsError};
 
 /// Default per-shard connection limit.
@@ -69,18 +71,22 @@ type Factory<H> = Arc<dyn Fn(ShardId) -> H + Send + Sync>;
 
 /// Configures and starts an [`Engine`].
 pub struct Builder<H> {
-    factory: Factory<H>,
+    pub(crate) factory: Factory<H>,
     shards: usize,
-    listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     server_tls: Option<rustls::ServerConfig>,
-    client_config: Option<ClientConfig>,
+    pub(crate) client_config: Option<ClientConfig>,
     transport: Option<Arc<TransportConfig>>,
     quic_lb: Option<(quic_lb::Config, Vec<u8>)>,
     bpf: bool,
     retry: bool,
     retry_threshold: Option<usize>,
     max_connections: usize,
-    alpn: Vec<Vec<u8>>,
+    pub(crate) alpn: Vec<Vec<u8>>,
+    zero_rtt: bool,
+    preferred_address: bool,
+    ticket_capacity: usize,
+    ticket_key_lifetime: Duration,
     /// Handle mode: the hub the shards' `HandleHandler`s share (set by `builder_handles`).
     pub(crate) handles: Option<Arc<crate::handle::Hub>>,
 }
@@ -146,22 +152,53 @@ impl<H: Handler> Builder<H> {
         self.max_connections = n;
         self
     }
+    /// Accept 0-RTT: session tickets become single-use entries of one store shared by all
+    /// shards (the anti-replay store; see [`crate::tickets`]), so a ticket resumes on any shard
+    /// and a replayed 0-RTT ClientHello falls back to a full handshake wherever it lands.
+    /// Default off: stateless tickets, 1-RTT resumption.
+    pub fn zero_rtt(mut self, on: bool) -> Self {
+        self.zero_rtt = on;
+        self
+    }
+    /// Advertise each shard's own socket (the listen IP, the shard's client port) as the
+    /// server's preferred address: a client that migrates there (ngtcp2's does) then talks to
+    /// its shard directly, without steering. Needs a specific listen IP (not `0.0.0.0` / `::`);
+    /// otherwise a warning is logged and nothing is advertised. Default off.
+    pub fn preferred_address(mut self, on: bool) -> Self {
+        self.preferred_address = on;
+        self
+    }
+    /// Tickets the 0-RTT store keeps; the oldest go first. Default
+    /// [`DEFAULT_TICKET_CAPACITY`](crate::tickets::DEFAULT_TICKET_CAPACITY).
+    pub fn ticket_capacity(mut self, n: usize) -> Self {
+        self.ticket_capacity = n;
+        self
+    }
+    /// How long a stateless ticket key is used before a fresh random one replaces it (tickets
+    /// stay valid for two lifetimes). Default 6 hours. Without 0-RTT only.
+    pub fn ticket_key_lifetime(mut self, d: Duration) -> Self {
+        self.ticket_key_lifetime = d;
+        self
+    }
     /// ALPN protocols for the default TLS configs. Default none.
     pub fn alpn(mut self, protocols: &[&[u8]]) -> Self {
         self.alpn = protocols.iter().map(|p| p.to_vec()).collect();
         self
     }
 
-    /// Binds, attaches BPF, spawns the shard threads.
-    pub fn start(self) -> Result<Engine<H>, StartError> {
-        let n = self.shards;
+    /// The configuration every shard shares (CIDs for `n` shards, TLS, transport), and the
+    /// self-signed certificate if the engine made one.
+    pub(crate) fn configure(
+        &mut self,
+        n: usize,
+    ) -> Result<(Arc<Shared>, Option<Vec<CertificateDer<'static>>>), StartError> {
         let cid = match &self.quic_lb {
             Some((cfg, sid)) => CidConfig::new(*cfg, sid, n)?,
             None => CidConfig::standalone(n)?,
         };
         let alpn: Vec<&[u8]> = self.alpn.iter().map(|p| p.as_slice()).collect();
         let mut certificate = None;
-        let server_tls = match self.server_tls {
+        let server_tls = match self.server_tls.take() {
             Some(t) => t,
             None => {
                 let (chain, key) = tls::self_signed(&["localhost"])?;
@@ -169,13 +206,23 @@ impl<H: Handler> Builder<H> {
                 tls::server_config(chain, key, &alpn)?
             }
         };
-        let server_config =
-            build_server_config(server_tls, self.transport.clone().unwrap_or_default())?;
-        let mut client_config = match self.client_config {
+        let tickets = if self.zero_rtt {
+            Tickets::ZeroRtt(Arc::new(TicketStore::new(self.ticket_capacity)))
+        } else {
+            Tickets::Stateless {
+                key_lifetime: self.ticket_key_lifetime,
+            }
+        };
+        let server_config = build_server_config(
+            server_tls,
+            self.transport.clone().unwrap_or_default(),
+            &tickets,
+        )?;
+        let mut client_config = match self.client_config.take() {
             Some(c) => c,
             None => tls::client_config_trusting(certificate.as_deref().unwrap_or(&[]), &alpn)?,
         };
-        if let Some(t) = self.transport {
+        if let Some(t) = self.transport.clone() {
             client_config.transport_config(t);
         }
         let shared = Arc::new(Shared {
@@ -186,8 +233,15 @@ impl<H: Handler> Builder<H> {
             retry: self.retry,
             retry_threshold: self.retry_threshold,
             max_connections: self.max_connections,
+            tickets,
         });
+        Ok((shared, certificate))
+    }
 
+    /// Binds, attaches BPF, spawns the shard threads.
+    pub fn start(mut self) -> Result<Engine<H>, StartError> {
+        let n = self.shards;
+        let (shared, certificate) = self.configure(n)?;
         let listen = steer::bind_group(self.listen, n).map_err(|source| StartError::Bind {
             addr: self.listen,
             source,
@@ -205,6 +259,13 @@ impl<H: Handler> Builder<H> {
             let c = socket2::SockRef::from(c);
             let _ = c.set_recv_buffer_size(CLIENT_SOCKET_BUFFER_BYTES);
             let _ = c.set_send_buffer_size(CLIENT_SOCKET_BUFFER_BYTES);
+        }
+        let advertise = self.preferred_address && !local_addr.ip().is_unspecified();
+        if self.preferred_address && !advertise {
+            tracing::warn!(
+                %local_addr,
+                "no preferred address advertised: the listen address is unspecified"
+            );
         }
         let bpf_attached = self.bpf
             && n > 1
@@ -239,11 +300,19 @@ impl<H: Handler> Builder<H> {
             .zip(clients)
             .enumerate();
         for (id, (((poll, mailbox), listen), client)) in parts {
+            let preferred_port = match client.local_addr() {
+                Ok(a) if advertise => Some(a.port()),
+                _ => None,
+            };
             let p = ShardParts {
                 id,
                 poll,
-                listen,
-                client,
+                socks: [
+                    Sock::new(listen, stats[id].clone())?,
+                    Sock::new(client, stats[id].clone())?,
+                ],
+                client_sock: CLIENT,
+                preferred: preferred_port.map(|p| SocketAddr::new(local_addr.ip(), p)),
                 mailbox,
                 peers: peers.clone(),
                 shared: shared.clone(),
@@ -260,21 +329,27 @@ impl<H: Handler> Builder<H> {
             bpf_attached,
             cid_len: shared.cid.cid_len(),
             handles: self.handles,
+            shared,
+            direct: None,
         })
     }
 }
 
 /// A running engine: N shard threads serving one UDP port.
 pub struct Engine<H: Handler> {
-    remote: Remote<H>,
-    threads: Vec<JoinHandle<()>>,
-    stats: Vec<Arc<Counters>>,
-    local_addr: SocketAddr,
-    certificate: Option<Vec<CertificateDer<'static>>>,
-    bpf_attached: bool,
-    cid_len: usize,
+    pub(crate) remote: Remote<H>,
+    pub(crate) threads: Vec<JoinHandle<()>>,
+    pub(crate) stats: Vec<Arc<Counters>>,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) certificate: Option<Vec<CertificateDer<'static>>>,
+    pub(crate) bpf_attached: bool,
+    pub(crate) cid_len: usize,
     /// Handle mode only (see `crate::handle`).
     pub(crate) handles: Option<Arc<crate::handle::Hub>>,
+    /// What every shard shares (configuration, the ticket store).
+    pub(crate) shared: Arc<Shared>,
+    /// Direct backend only: the driver and this engine's shard in it (see `crate::direct`).
+    pub(crate) direct: Option<(Arc<crate::direct::Direct>, usize)>,
 }
 
 impl<H: Handler> Engine<H> {
@@ -296,6 +371,10 @@ impl<H: Handler> Engine<H> {
             retry_threshold: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             alpn: Vec::new(),
+            zero_rtt: false,
+            preferred_address: false,
+            ticket_capacity: crate::tickets::DEFAULT_TICKET_CAPACITY,
+            ticket_key_lifetime: crate::tickets::DEFAULT_TICKET_KEY_LIFETIME,
             handles: None,
         }
     }
@@ -324,6 +403,14 @@ impl<H: Handler> Engine<H> {
     pub fn cid_len(&self) -> usize {
         self.cid_len
     }
+    /// The 0-RTT ticket store's counters (`None` without [`Builder::zero_rtt`]).
+    pub fn ticket_stats(&self) -> Option<TicketStats> {
+        match &self.shared.tickets {
+            Tickets::ZeroRtt(store) => Some(store.stats()),
+            Tickets::Stateless { .. } => None,
+        }
+    }
+
     /// A snapshot of every shard's counters, in shard order.
     pub fn stats(&self) -> Vec<ShardStats> {
         self.stats.iter().map(|c| c.snapshot()).collect()
@@ -338,6 +425,10 @@ impl<H: Handler> Engine<H> {
 
     fn stop(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        if let Some((direct, index)) = self.direct.take() {
+            direct.shutdown(index, deadline);
+            return;
+        }
         for mb in self.remote.mailboxes.iter() {
             // a closed mailbox means the shard already exited
             let _ = mb.send_blocking(Msg::Shutdown { deadline });
@@ -352,7 +443,7 @@ impl<H: Handler> Engine<H> {
 
 impl<H: Handler> Drop for Engine<H> {
     fn drop(&mut self) {
-        if !self.threads.is_empty() {
+        if !self.threads.is_empty() || self.direct.is_some() {
             self.stop(Duration::ZERO);
         }
     }

@@ -8,16 +8,19 @@
 //! non-blocking and async handles ([`handle`]).
 
 pub mod cid;
+pub mod direct;
 mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handle;
 pub mod handler;
 mod inject;
+mod ranks;
 mod shard;
 mod shared;
 pub mod stats;
 pub mod steer;
+pub mod tickets;
 pub mod tls;
 
 pub use engine::{Builder, Engine, StartError, DEFAULT_MAX_CONNECTIONS};

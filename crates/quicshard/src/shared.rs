@@ -26,10 +26,30 @@ pub(crate) struct Shared {
     /// With `retry` off: send Retries once this many handshakes are in progress on a shard.
     pub(crate) retry_threshold: Option<usize>,
     pub(crate) max_connections: usize,
+    /// How sessions resume across shards.
+    pub(crate) tickets: Tickets,
 }
 
 impl Shared {
     /// The endpoint config for one shard: the shared template with that shard's CID generator.
+    /// The server config of a shard that advertises `preferred` (its own socket) as the
+    /// server's preferred address (RFC 9000 §9.6), or the shared one.
+    pub(crate) fn server_config_for(
+        &self,
+        preferred: Option<std::net::SocketAddr>,
+    ) -> Option<Arc<ServerConfig>> {
+        let shared = self.server_config.as_ref()?;
+        let Some(addr) = preferred else {
+            return Some(shared.clone());
+        };
+        let mut cfg = (**shared).clone();
+        match addr {
+            std::net::SocketAddr::V4(a) => cfg.preferred_address_v4(Some(a)),
+            std::net::SocketAddr::V6(a) => cfg.preferred_address_v6(Some(a)),
+        };
+        Some(Arc::new(cfg))
+    }
+
     pub(crate) fn endpoint_config_for(&self, shard: usize) -> Arc<EndpointConfig> {
         let mut cfg = self.endpoint_config.clone();
         let cid = self.cid.clone();
@@ -38,14 +58,35 @@ impl Shared {
     }
 }
 
-/// Makes a rustls server config shard-neutral: a stateless ticketer (one random ticket key for all
-/// shards) and no stateful session cache.
+/// How the shards' TLS sessions resume (see [`crate::tickets`]).
+#[derive(Clone)]
+pub(crate) enum Tickets {
+    /// Stateless tickets under a shared, rotating key; 1-RTT resumption only.
+    Stateless { key_lifetime: std::time::Duration },
+    /// Single-use tickets in one store shared by all shards; 0-RTT accepted.
+    ZeroRtt(Arc<crate::tickets::TicketStore>),
+}
+
+/// Makes a rustls server config shard-neutral: tickets every shard can resume (see [`Tickets`])
+/// and, with the stateless ones, no stateful session cache.
 pub(crate) fn build_server_config(
     mut tls: rustls::ServerConfig,
     transport: Arc<TransportConfig>,
+    tickets: &Tickets,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    tls.ticketer = Arc::new(CountingTicketer(rustls::crypto::ring::Ticketer::new()?));
-    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    match tickets {
+        Tickets::Stateless { key_lifetime } => {
+            tls.ticketer = crate::tickets::stateless_ticketer(*key_lifetime)?;
+            tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            tls.max_early_data_size = 0;
+        }
+        Tickets::ZeroRtt(store) => {
+            tls.ticketer = Arc::new(NoTickets);
+            tls.session_storage = store.clone();
+            // QUIC allows only 0 or u32::MAX (RFC 9001 §4.6.1)
+            tls.max_early_data_size = u32::MAX;
+        }
+    }
     let quic = quinn_proto::crypto::rustls::QuicServerConfig::try_from(tls)?;
     // with_crypto draws one random token key: every shard shares it through this one Arc
     let mut cfg = ServerConfig::with_crypto(Arc::new(quic));
@@ -53,28 +94,22 @@ pub(crate) fn build_server_config(
     Ok(Arc::new(cfg))
 }
 
-/// The shared stateless ticketer, counting each ticket it decrypts on the calling shard
-/// (`ShardStats::resumptions`). rustls refuses 0-RTT with stateless tickets, so this enables
-/// 1-RTT resumption only.
+/// No stateless tickets: rustls then issues stateful ones from `session_storage`.
 #[derive(Debug)]
-struct CountingTicketer(Arc<dyn rustls::server::ProducesTickets>);
+struct NoTickets;
 
-impl rustls::server::ProducesTickets for CountingTicketer {
+impl rustls::server::ProducesTickets for NoTickets {
     fn enabled(&self) -> bool {
-        self.0.enabled()
+        false
     }
     fn lifetime(&self) -> u32 {
-        self.0.lifetime()
+        0
     }
-    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        self.0.encrypt(plain)
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
     }
-    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
-        let plain = self.0.decrypt(cipher);
-        if plain.is_some() {
-            crate::shard::count_resumption();
-        }
-        plain
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
     }
 }
 

@@ -28,6 +28,11 @@ macro_rules! stats {
         }
 
         impl ShardStats {
+            /// Every counter with its name, in declaration order (for JSON and logs).
+            pub fn fields(&self) -> impl Iterator<Item = (&'static str, u64)> {
+                [$( (stringify!($name), self.$name), )*].into_iter()
+            }
+
             /// Field-wise sum, for totals over shards.
             pub fn sum<'a>(all: impl IntoIterator<Item = &'a ShardStats>) -> ShardStats {
                 let mut t = ShardStats::default();
@@ -84,11 +89,22 @@ stats! {
     dropped_budget,
     /// Datagrams dropped because the socket refused them (not `WouldBlock`).
     dropped_send_error,
+    /// Datagrams the direct backend's in-memory link dropped because the peer's queue was full.
+    dropped_link_full,
+    /// Server connections whose client moved to this shard's preferred address (its own port):
+    /// their datagrams now arrive, and replies leave, there.
+    preferred_address_moves,
     /// Retry packets sent.
     retry_sent,
     /// Session tickets this shard decrypted: TLS resumptions, possibly of tickets another shard
     /// issued (one ticket key for all shards).
     resumptions,
+    /// Single-use session tickets presented here that the shared store no longer held
+    /// (replayed, evicted or unknown): those handshakes fell back to full ones (0-RTT mode).
+    tickets_refused,
+    /// Server connections that accepted their client's 0-RTT offer (early-data keys installed;
+    /// whether the client then sent early data is up to it).
+    zero_rtt_accepted,
     /// Handler callbacks that panicked (each closed its connection).
     handler_panics,
     /// Loop iterations that ended with work left over (a budget stopped them).

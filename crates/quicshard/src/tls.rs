@@ -69,6 +69,8 @@ pub fn rustls_client_trusting(
         .with_root_certificates(store)
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // 0-RTT keys when a ticket allows them (as quinn-proto's own default client config)
+    cfg.enable_early_data = true;
     Ok(cfg)
 }
 
@@ -86,6 +88,8 @@ pub fn insecure_rustls_client(alpn: &[&[u8]]) -> Result<rustls::ClientConfig, Tl
         .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider())))
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // 0-RTT keys when a ticket allows them (as quinn-proto's own default client config)
+    cfg.enable_early_data = true;
     Ok(cfg)
 }
 

@@ -1,8 +1,8 @@
 //! Handle conformance suite: the behaviour every handle backend must show (ordering, FIN, reset,
 //! stop, deadlines, WouldBlock and backpressure, monotonic availability, close while blocked,
 //! `block_until`, datagrams), written once in `cases` and instantiated per backend by
-//! `conformance!` (today: the worker backend on 1 shard, and on 4 shards with 1000-byte pipes;
-//! the direct backend will add a line). Engine-level behaviour is in `handles_modes.rs`.
+//! `conformance!`: the worker backend on 1 shard, and on 4 shards with 1000-byte pipes; the direct
+//! backend over the in-memory link, with and without locking. Engine-level behaviour is in `handles_modes.rs`.
 //!
 //! Every wait is bounded by a deadline; nothing sleeps and hopes.
 
@@ -12,6 +12,7 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use handles_common::*;
+use quicshard::direct::DirectConfig;
 use quicshard::handle::{block_until, ConnError, Connection, HandleConfig, ReadError, WriteError};
 use quicshard::quinn_proto::{ConnectionError, VarInt};
 
@@ -275,6 +276,11 @@ mod cases {
 
 macro_rules! conformance {
     ($backend:ident, $setup:expr) => {
+        conformance!($backend, $setup; ordering, fin, reset, stop, deadlines,
+            would_block_and_backpressure, read_available_is_monotonic, close_while_blocked,
+            block_until_many, datagrams);
+    };
+    ($backend:ident, $setup:expr; $($case:ident),+) => {
         mod $backend {
             use super::*;
             fn run(case: fn(Connection, Connection)) {
@@ -282,46 +288,12 @@ macro_rules! conformance {
                 case(s, c);
                 drop(guard);
             }
-            #[test]
-            fn ordering() {
-                run(cases::ordering)
-            }
-            #[test]
-            fn fin() {
-                run(cases::fin)
-            }
-            #[test]
-            fn reset() {
-                run(cases::reset)
-            }
-            #[test]
-            fn stop() {
-                run(cases::stop)
-            }
-            #[test]
-            fn deadlines() {
-                run(cases::deadlines)
-            }
-            #[test]
-            fn would_block_and_backpressure() {
-                run(cases::would_block_and_backpressure)
-            }
-            #[test]
-            fn read_available_is_monotonic() {
-                run(cases::read_available_is_monotonic)
-            }
-            #[test]
-            fn close_while_blocked() {
-                run(cases::close_while_blocked)
-            }
-            #[test]
-            fn block_until_many() {
-                run(cases::block_until_many)
-            }
-            #[test]
-            fn datagrams() {
-                run(cases::datagrams)
-            }
+            $(
+                #[test]
+                fn $case() {
+                    run(cases::$case)
+                }
+            )+
         }
     };
 }
@@ -342,3 +314,22 @@ conformance!(
         }
     )
 );
+
+/// The direct backend: both engines joined by the in-memory link, driven by the test's own
+/// threads (no engine thread exists).
+fn direct(locking: bool) -> (Pair, Connection, Connection) {
+    let cfg = DirectConfig {
+        locking,
+        timer_assist: false,
+    };
+    let p = Pair::memory(HandleConfig::default(), cfg);
+    let (s, c) = p.connect();
+    (p, s, c)
+}
+
+conformance!(direct_locking, direct(true));
+// Without locking only the thread that created the pair may drive it, so the cases that block on
+// a second thread (an echo thread, a waiter, a blocked reader closed from elsewhere) are the
+// locking backend's alone.
+conformance!(direct_no_locking, direct(false); fin, reset, stop, deadlines,
+    would_block_and_backpressure, read_available_is_monotonic);

@@ -8,6 +8,8 @@ use std::fs::File;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -23,11 +25,47 @@ pub(crate) fn engine(
     config: quinn_proto::ClientConfig,
     shards: Option<usize>,
 ) -> Result<quicshard::Engine<Client>, quicshard::StartError> {
+    engine_with(server, config, shards, Extras::default())
+}
+
+/// Interop extras of a client engine: forced key updates and 0-RTT, with counters of what
+/// happened.
+#[derive(Clone, Default)]
+pub(crate) struct Extras {
+    /// Force one key update per connection after its first completed request.
+    pub(crate) key_update: bool,
+    /// Open the plan's streams in 0-RTT when the resumed session allows it.
+    pub(crate) zero_rtt: bool,
+    /// What happened, shared with the thread that started the engine.
+    pub(crate) report: Arc<Report>,
+}
+
+/// Counters of [`Extras`] events over all connections of an engine.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    /// Key updates initiated.
+    pub(crate) key_updates: AtomicU64,
+    /// Connections that sent requests in 0-RTT.
+    pub(crate) zero_rtt_sent: AtomicU64,
+    /// Of those, connections whose 0-RTT the server accepted.
+    pub(crate) zero_rtt_accepted: AtomicU64,
+}
+
+/// [`engine`] with [`Extras`].
+pub(crate) fn engine_with(
+    server: SocketAddr,
+    config: quinn_proto::ClientConfig,
+    shards: Option<usize>,
+    extras: Extras,
+) -> Result<quicshard::Engine<Client>, quicshard::StartError> {
     let local: SocketAddr = match server {
         SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let mut builder = quicshard::Engine::builder(|_| Client::default())
+    let mut builder = quicshard::Engine::builder(move |_| Client {
+        conns: HashMap::new(),
+        extras: extras.clone(),
+    })
         .listen(local)
         .client_config(config);
     if let Some(n) = shards {
@@ -84,12 +122,17 @@ struct Conn {
     started: Instant,
     active: HashMap<StreamId, Active>,
     failed: bool,
+    /// Requests went out in 0-RTT.
+    early: bool,
+    /// The forced key update was done (or is not wanted).
+    key_updated: bool,
 }
 
 /// Per-shard client state.
 #[derive(Default)]
 pub(crate) struct Client {
     conns: HashMap<ConnId, Conn>,
+    extras: Extras,
 }
 
 impl Client {
@@ -105,8 +148,17 @@ impl Client {
                         started,
                         active: HashMap::new(),
                         failed: false,
+                        early: false,
+                        key_updated: !self.extras.key_update,
                     },
                 );
+                let early = self.extras.zero_rtt
+                    && ctx.connection(id).is_some_and(|c| c.has_0rtt());
+                if let (true, Some(c)) = (early, self.conns.get_mut(&id)) {
+                    c.early = true;
+                    self.extras.report.zero_rtt_sent.fetch_add(1, Ordering::Relaxed);
+                    self.open_more(ctx, id);
+                }
             }
             Err(e) => {
                 let _ = plan.events.send(Event::Closed {
@@ -217,6 +269,14 @@ impl Client {
             return;
         }
         let a = c.active.remove(&sid).expect("looked up above");
+        if !c.key_updated {
+            c.key_updated = true;
+            conn.force_key_update();
+            self.extras
+                .report
+                .key_updates
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let expected = match a.request {
             Request::Perf { download, .. } => Some(download),
             Request::Get { .. } => None,
@@ -245,6 +305,12 @@ impl Handler for Client {
     fn on_connection(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId) {
         let now = ctx.now();
         if let Some(c) = self.conns.get(&conn) {
+            if c.early && ctx.connection(conn).is_some_and(|q| q.accepted_0rtt()) {
+                self.extras
+                    .report
+                    .zero_rtt_accepted
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             let _ = c.plan.events.send(Event::Connected {
                 handshake: now - c.started,
             });
@@ -258,6 +324,13 @@ impl Handler for Client {
 
     fn on_stream_writable(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
         self.on_stream(ctx, conn, stream);
+    }
+
+    fn on_stream_available(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, dir: Dir) {
+        // the server raised its stream limit (MAX_STREAMS): open what waited for it
+        if dir == Dir::Bi {
+            self.open_more(ctx, conn);
+        }
     }
 
     fn on_stream_finished(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, _stream: StreamId) {

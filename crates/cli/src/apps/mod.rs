@@ -5,10 +5,14 @@
 //! - `perf` (quinn's perf protocol): 8-byte big-endian length, the upload, FIN; then that many
 //!   bytes back and FIN.
 //! - `echo`: each stream's bytes back, then FIN.
+//! - `h3` (HTTP/3, not a callback handler): `h3_server` (the mixed engine and accept loop of
+//!   `serve`, files by `quicshard_h3::FileServer`) and `h3_client` (`get` and `bench` over h3).
 //!
 //! [`Handler`]: quicshard::Handler
 
 pub(crate) mod client;
+pub(crate) mod h3_client;
+pub(crate) mod h3_server;
 pub(crate) mod server;
 mod stream;
 
@@ -18,8 +22,10 @@ pub(crate) const ALPN_HQ: &[u8] = b"hq-interop";
 pub(crate) const ALPN_PERF: &[u8] = b"perf";
 /// ALPN of the echo protocol.
 pub(crate) const ALPN_ECHO: &[u8] = b"echo";
-/// Every ALPN `serve` offers.
-pub(crate) const SERVER_ALPNS: &[&[u8]] = &[ALPN_HQ, ALPN_PERF, ALPN_ECHO];
+/// ALPN of HTTP/3.
+pub(crate) const ALPN_H3: &[u8] = quicshard_h3::ALPN;
+/// Every ALPN `serve` offers, h3 first (the server's order decides when a client offers several).
+pub(crate) const SERVER_ALPNS: &[&[u8]] = &[ALPN_H3, ALPN_HQ, ALPN_PERF, ALPN_ECHO];
 
 /// Stream reset code for "file not found" (hq-interop has no status line).
 pub(crate) const HQ_NOT_FOUND: u32 = 0x194;

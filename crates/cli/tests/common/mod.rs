@@ -65,3 +65,26 @@ pub(crate) fn tempdir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// The workspace's root directory.
+pub(crate) fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A Python with aioquic: `$QUICSHARD_PYTHON`, else the workspace's `.venv` (made by
+/// `scripts/test`). Panics with what to do when there is none: tests that need a peer never skip.
+pub(crate) fn aioquic_python() -> std::path::PathBuf {
+    let p = std::env::var_os("QUICSHARD_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
+    let ok = Command::new(&p)
+        .args(["-c", "import aioquic"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "{} cannot import aioquic: run scripts/test once (it creates .venv) or set QUICSHARD_PYTHON",
+        p.display()
+    );
+    p
+}

@@ -27,7 +27,9 @@ mod stats;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use ranked_lock::{Mutex, MutexGuard, Rank};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -127,6 +129,11 @@ impl Wake {
 }
 
 /// State shared by every pipeline thread.
+/// Lock order (ranked_lock): a reload holds the configuration while it updates the router.
+const CONFIG_RANK: Rank = Rank::new(10, "lb configuration");
+/// The routing tables, taken by processors and the slow path per batch.
+const ROUTER_RANK: Rank = Rank::new(20, "lb router");
+
 struct Shared {
     stop: AtomicBool,
     router: Mutex<Router>,
@@ -140,9 +147,9 @@ struct Shared {
 
 impl Shared {
     fn router(&self) -> MutexGuard<'_, Router> {
-        // A panicking processor poisons the lock; routing state is still consistent (every
-        // mutation is a single map insert), so keep going.
-        self.router.lock().unwrap_or_else(|e| e.into_inner())
+        // poison is ignored by ranked_lock: routing state is still consistent after a panicking
+        // processor (every mutation is a single map insert)
+        self.router.lock()
     }
 }
 
@@ -180,13 +187,13 @@ impl Lb {
         let seed = rand::random::<u64>();
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
-            router: Mutex::new(Router::new(&config, seed)),
+            router: Mutex::new(ROUTER_RANK, Router::new(&config, seed)),
             lens,
             pool: Pool::new(sizes.pool),
             counters: Counters::default(),
             seed,
             local,
-            config: Mutex::new(config.clone()),
+            config: Mutex::new(CONFIG_RANK, config.clone()),
         });
         let mut lb = Self {
             shared: shared.clone(),
@@ -280,7 +287,7 @@ impl Lb {
     /// unroutable CID length. Existing flows keep their routes while their backend exists.
     /// Listen address, mode, thread counts and batch sizes need a restart.
     pub fn reload(&self, config: LbConfig) -> Result<(), Error> {
-        let mut current = self.shared.config.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.shared.config.lock();
         let fixed = [
             ("listen", current.listen == config.listen),
             ("mode", current.mode == config.mode),

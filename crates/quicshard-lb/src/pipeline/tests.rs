@@ -11,8 +11,8 @@ fn shared(pool: usize) -> Shared {
     lens.set(&config);
     Shared {
         stop: AtomicBool::new(false),
-        router: Mutex::new(Router::new(&config, 1)),
-        config: Mutex::new(config),
+        router: Mutex::new(ROUTER_RANK, Router::new(&config, 1)),
+        config: Mutex::new(CONFIG_RANK, config),
         lens,
         pool: Pool::new(pool),
         counters: Counters::default(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::conn_shared::ConnShared;
 use super::hub::Hub;
 use super::nonblocking::Registration;
-use super::notify::{Block, ThreadSignal};
+use super::notify::{Block, DirectLink, ThreadSignal};
 use super::pipe::StreamPipe;
 use super::sync::{AtomicBool, AtomicU64, Ordering};
 
@@ -51,11 +51,27 @@ impl Opts {
     }
 }
 
+/// Waits until `sig` fires (`true`) or `deadline` passes (`false`): on the signal's condition
+/// variable, or — direct backend — driving the engine meanwhile when no other thread does (then
+/// `true` may also mean "the engine made progress, try again").
+pub(crate) fn wait_signal(
+    sig: &Arc<ThreadSignal>,
+    deadline: Option<Instant>,
+    direct: &DirectLink,
+) -> bool {
+    match direct.get().and_then(std::sync::Weak::upgrade) {
+        Some(d) => d.wait(sig, deadline),
+        None => sig.wait(deadline),
+    }
+}
+
 /// Runs `attempt` until it yields a value: once in non-blocking mode, else waiting on a thread
-/// signal between tries until `deadline`. `unregister` withdraws the signal on expiry.
+/// signal between tries until `deadline` ([`wait_signal`]; `direct` is the object's shard's
+/// link). `unregister` withdraws the signal on expiry.
 pub(crate) fn wait_for<T, E>(
     nonblocking: bool,
     deadline: Option<Instant>,
+    direct: &DirectLink,
     mut attempt: impl FnMut(Block<'_>) -> Result<Option<T>, E>,
     unregister: impl FnOnce(&Arc<ThreadSignal>),
     stall: impl Fn(Stall) -> E,
@@ -72,7 +88,7 @@ pub(crate) fn wait_for<T, E>(
         if let Some(v) = attempt(Block::Thread(&sig))? {
             return Ok(v);
         }
-        if !sig.wait(deadline) {
+        if !wait_signal(&sig, deadline, direct) {
             unregister(&sig);
             return attempt(Block::Flag)?.ok_or_else(|| stall(Stall::TimedOut));
         }
@@ -123,6 +139,15 @@ impl Target<'_> {
         }
     }
 
+    /// The link of the object's shard to a direct-backend driver.
+    pub(crate) fn direct(&self) -> &DirectLink {
+        match &self.0 {
+            Inner::Pipe(p) => p.direct(),
+            Inner::Conn(c) => c.direct(),
+            Inner::Accept(h) => h.direct(),
+        }
+    }
+
     pub(crate) fn set_poll(&self, reg: Option<Arc<Registration>>) {
         match &self.0 {
             Inner::Pipe(p) => p.set_poll(reg),
@@ -154,6 +179,8 @@ pub fn block_until(pipes: &[&dyn Pipe], deadline: Option<Instant>) -> bool {
         return false;
     }
     let sig = ThreadSignal::new();
+    let first = pipes[0].target();
+    let direct = first.direct();
     let unregister_all = |sig: &Arc<ThreadSignal>| {
         for p in pipes {
             p.target().unblock_thread(sig);
@@ -167,7 +194,7 @@ pub fn block_until(pipes: &[&dyn Pipe], deadline: Option<Instant>) -> bool {
             unregister_all(&sig);
             return true;
         }
-        if !sig.wait(deadline) {
+        if !wait_signal(&sig, deadline, direct) {
             unregister_all(&sig);
             return pipes.iter().any(|p| p.target().register(Block::Flag));
         }

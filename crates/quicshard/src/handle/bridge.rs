@@ -5,8 +5,14 @@
 //! Per connection it keeps the [`ConnShared`] and the pipes of each live stream; a stream's entry
 //! goes once the shard is done with both of its pipes, a connection's once it is closed (every
 //! pipe and blocked app call is then failed with the reason).
+//!
+//! A *mixed* engine (`Engine::builder_handles_mixed`, `mixed.rs`) gives each shard's
+//! `HandleHandler` a [`Fallback`]: a callback [`Handler`] that gets, whole, every connection whose
+//! negotiated ALPN is not one of the handle protocols. The choice is made once, at
+//! `on_connection`; from then on every callback for that `ConnId` is forwarded to the fallback and
+//! the handle side never sees the connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -29,6 +35,15 @@ pub struct HandleHandler {
     conns: HashMap<ConnId, ConnSide>,
     connecting: HashMap<ConnId, Responder<ConnectReply>>,
     scratch: Vec<Ready>,
+    fallback: Option<Fallback>,
+}
+
+/// The callback handler of a mixed engine's shard and the connections delegated to it.
+struct Fallback {
+    /// Connections negotiating one of these stay with the handles.
+    handle_alpns: Arc<[Vec<u8>]>,
+    handler: Box<dyn Handler + Send>,
+    conns: HashSet<ConnId>,
 }
 
 struct ConnSide {
@@ -106,13 +121,65 @@ impl HandleHandler {
             h.post(shard, |ctx, me: &mut HandleHandler| me.run_ready(ctx))
                 .is_ok()
         });
+        let queue = Arc::new(ShardQueue::new(post).with_direct(hub.direct.clone()));
         Self {
             hub,
-            queue: Arc::new(ShardQueue::new(post)),
+            queue,
             conns: HashMap::new(),
             connecting: HashMap::new(),
             scratch: Vec::new(),
+            fallback: None,
         }
+    }
+
+    /// A mixed engine's shard handler: connections whose ALPN is not in `handle_alpns` go to
+    /// `fallback`.
+    pub(crate) fn with_fallback(
+        shard: ShardId,
+        hub: Arc<Hub>,
+        handle_alpns: Arc<[Vec<u8>]>,
+        fallback: Box<dyn Handler + Send>,
+    ) -> Self {
+        let mut h = Self::new(shard, hub);
+        h.fallback = Some(Fallback {
+            handle_alpns,
+            handler: fallback,
+            conns: HashSet::new(),
+        });
+        h
+    }
+
+    /// The fallback handler if `conn` was delegated to it.
+    fn delegated(&mut self, conn: ConnId) -> Option<&mut dyn Handler> {
+        let f = self.fallback.as_mut()?;
+        if f.conns.contains(&conn) {
+            Some(f.handler.as_mut())
+        } else {
+            None
+        }
+    }
+
+    /// Decides at `on_connection` whether a new connection goes to the fallback handler: an
+    /// incoming connection (not one of our `connect`s) whose ALPN is not a handle protocol.
+    fn delegate_new(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId) -> bool {
+        if self.connecting.contains_key(&conn) {
+            return false;
+        }
+        let Some(f) = self.fallback.as_mut() else {
+            return false;
+        };
+        let alpn = ctx.connection(conn).and_then(|c| {
+            c.crypto_session()
+                .handshake_data()?
+                .downcast::<quinn_proto::crypto::rustls::HandshakeData>()
+                .ok()?
+                .protocol
+        });
+        if alpn.is_some_and(|a| f.handle_alpns.contains(&a)) {
+            return false;
+        }
+        f.conns.insert(conn);
+        true
     }
 
     /// The connection's side state, created on first sight (`None` for a closed connection).
@@ -322,6 +389,12 @@ impl HandleHandler {
 
 impl Handler for HandleHandler {
     fn on_connection(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId) {
+        if self.delegate_new(ctx, conn) {
+            if let Some(f) = self.delegated(conn) {
+                f.on_connection(ctx, conn);
+            }
+            return;
+        }
         let Some(side) = self.ensure(ctx, conn) else {
             return;
         };
@@ -342,6 +415,9 @@ impl Handler for HandleHandler {
     }
 
     fn on_stream_opened(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
+        if let Some(f) = self.delegated(conn) {
+            return f.on_stream_opened(ctx, conn, stream);
+        }
         let Some(side) = self.ensure(ctx, conn) else {
             return;
         };
@@ -352,22 +428,34 @@ impl Handler for HandleHandler {
     }
 
     fn on_stream_readable(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
+        if let Some(f) = self.delegated(conn) {
+            return f.on_stream_readable(ctx, conn, stream);
+        }
         if let Some(p) = self.pipe(conn, stream, PipeDir::Recv) {
             self.service_pipe(ctx, &p);
         }
     }
 
     fn on_stream_writable(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
+        if let Some(f) = self.delegated(conn) {
+            return f.on_stream_writable(ctx, conn, stream);
+        }
         if let Some(p) = self.pipe(conn, stream, PipeDir::Send) {
             self.service_pipe(ctx, &p);
         }
     }
 
-    fn on_stream_finished(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, _stream: StreamId) {
+    fn on_stream_finished(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
+        if let Some(f) = self.delegated(conn) {
+            return f.on_stream_finished(ctx, conn, stream);
+        }
         self.check_linger(ctx, conn);
     }
 
-    fn on_stream_available(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, _dir: Dir) {
+    fn on_stream_available(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, dir: Dir) {
+        if let Some(f) = self.delegated(conn) {
+            return f.on_stream_available(ctx, conn, dir);
+        }
         if let Some(side) = self.conns.get(&conn) {
             let shared = side.shared.clone();
             self.service_conn(ctx, &shared);
@@ -375,12 +463,22 @@ impl Handler for HandleHandler {
     }
 
     fn on_datagram(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, datagram: Bytes) {
+        if let Some(f) = self.delegated(conn) {
+            return f.on_datagram(ctx, conn, datagram);
+        }
         if let Some(side) = self.ensure(ctx, conn) {
             side.shared.push_datagram(datagram);
         }
     }
 
-    fn on_closed(&mut self, _ctx: &mut ShardCtx<'_>, conn: ConnId, reason: &ConnectionError) {
+    fn on_closed(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, reason: &ConnectionError) {
+        if let Some(f) = self.delegated(conn) {
+            f.on_closed(ctx, conn, reason);
+            if let Some(f) = self.fallback.as_mut() {
+                f.conns.remove(&conn);
+            }
+            return;
+        }
         if let Some(tx) = self.connecting.remove(&conn) {
             let _ = tx.send(Err(ConnectError::Handshake(reason.clone())));
         }

@@ -132,6 +132,7 @@ impl Connection {
         let r = wait_for(
             self.inner.opts.nonblocking(),
             self.inner.opts.deadline(deadline),
+            c.direct(),
             |how| {
                 if open {
                     c.open(dir, how, &mut waiting)
@@ -203,6 +204,7 @@ impl Connection {
         wait_for(
             self.inner.opts.nonblocking(),
             self.inner.opts.deadline(deadline),
+            c.direct(),
             |how| c.read_datagram(how),
             |sig| c.unblock_thread(sig),
             stall,
@@ -234,6 +236,7 @@ impl Connection {
         wait_for(
             false,
             deadline,
+            c.direct(),
             |how| Ok(c.closed(how)),
             |sig| c.unblock_thread(sig),
             stall,
@@ -242,19 +245,40 @@ impl Connection {
 
     /// quinn-proto's counters for this connection (asks the shard and waits for the answer).
     pub fn stats(&self) -> Result<ConnectionStats, ConnError> {
+        self.query(|conn| conn.stats())
+    }
+
+    /// The application protocol (ALPN) the handshake negotiated, if any (asks the shard and
+    /// waits for the answer).
+    pub fn alpn(&self) -> Result<Option<Vec<u8>>, ConnError> {
+        self.query(|conn| {
+            conn.crypto_session()
+                .handshake_data()?
+                .downcast::<quinn_proto::crypto::rustls::HandshakeData>()
+                .ok()?
+                .protocol
+        })
+    }
+
+    /// Runs `f` on the connection on its shard and waits for the answer.
+    fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut quinn_proto::Connection) -> T + Send + 'static,
+    ) -> Result<T, ConnError> {
         let c = &self.inner.shared;
         let (slot, tx) = Slot::new();
         let id = c.id;
         let hub = c.hub().ok_or(ConnError::EngineStopped)?;
         hub.post(id.shard(), move |ctx, _h| {
             if let Some(conn) = ctx.connection(id) {
-                let _ = tx.send(conn.stats());
+                let _ = tx.send(f(conn));
             }
         })
         .map_err(|_| ConnError::EngineStopped)?;
         let r = wait_for(
             false,
             None,
+            c.direct(),
             |how| Ok::<_, ConnError>(slot.poll(how)),
             |sig| slot.unblock_thread(sig),
             stall,

@@ -104,7 +104,7 @@ impl ConnShared {
             remote,
             hub: Arc::downgrade(hub),
             queue,
-            state: Mutex::new(state),
+            state: Mutex::new(crate::ranks::CONN, state),
         })
     }
 
@@ -357,6 +357,11 @@ impl ConnShared {
     /// App: every handle is gone; close once all sent data is acknowledged.
     pub(crate) fn linger(self: &Arc<Self>) {
         self.with_request(|s| s.linger = true);
+    }
+
+    /// See [`ShardQueue::direct`].
+    pub(crate) fn direct(&self) -> &super::notify::DirectLink {
+        self.queue.direct()
     }
 
     pub(crate) fn hub(&self) -> Option<Arc<Hub>> {

@@ -26,7 +26,7 @@ use super::conn::Connection;
 use super::conn_shared::ConnShared;
 use super::error::{AcceptError, ConnectError};
 use super::nonblocking::Registration;
-use super::notify::{Block, Slot, ThreadSignal, Waiters};
+use super::notify::{Block, DirectLink, Slot, ThreadSignal, Waiters};
 use super::sync::{lock, AtomicUsize, Mutex, Ordering};
 use crate::engine::{Builder, Engine};
 use crate::handler::{Remote, ShardCtx, ShardId};
@@ -56,6 +56,8 @@ pub(crate) struct Hub {
     remote: OnceLock<Remote<HandleHandler>>,
     accept: Mutex<AcceptState>,
     next_shard: AtomicUsize,
+    /// Set when the engine runs on the direct backend (see `crate::direct`).
+    pub(crate) direct: DirectLink,
 }
 
 #[derive(Default)]
@@ -72,9 +74,14 @@ impl Hub {
         Self {
             config,
             remote: OnceLock::new(),
-            accept: Mutex::new(AcceptState::default()),
+            accept: Mutex::new(crate::ranks::HUB_ACCEPT, AcceptState::default()),
             next_shard: AtomicUsize::new(0),
+            direct: DirectLink::default(),
         }
+    }
+
+    pub(crate) fn direct(&self) -> &DirectLink {
+        &self.direct
     }
 
     /// Runs `f` on `shard`. From an app thread this waits while the mailbox is full; from a
@@ -93,6 +100,8 @@ impl Hub {
         let msg = Msg::Run(Box::new(f));
         let r = if crate::shard::current_shard().is_some() {
             mb.try_send(msg)
+        } else if let Some(d) = self.direct.get().and_then(std::sync::Weak::upgrade) {
+            d.send(mb, msg)
         } else {
             mb.send_blocking(msg)
         };
@@ -193,6 +202,7 @@ impl Engine<HandleHandler> {
         let c = wait_for(
             nonblocking,
             deadline,
+            &hub.direct,
             |how| Ok(hub.accept(how)),
             |sig| hub.unblock_accept(sig),
             |s| match s {
@@ -225,6 +235,7 @@ impl Engine<HandleHandler> {
         let r = wait_for(
             false,
             deadline,
+            &self.hub().direct,
             |how| Ok(slot.poll(how)),
             |sig| slot.unblock_thread(sig),
             |_| ConnectError::TimedOut,

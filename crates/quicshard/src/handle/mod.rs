@@ -37,7 +37,10 @@
 //! coalesced ready queue, one-shot answers), `sync` (the loom facade), `blocking` (wait loop,
 //! [`Pipe`], [`block_until`]), `nonblocking` ([`Poller`]), `async_io`, `conn_shared` (one
 //! connection's shared state), `conn` and `stream` (the handles), `bridge` ([`HandleHandler`],
-//! the shard side), `hub` (handle-mode `Engine` methods); see also `README.md` here.
+//! the shard side), `hub` (handle-mode `Engine` methods), `mixed`
+//! ([`Engine::builder_handles_mixed`](crate::Engine::builder_handles_mixed): handles for some
+//! ALPNs, a callback handler for the others, e.g. HTTP/3 next to callback protocols); see also
+//! `README.md` here.
 //! An app call that needs the shard queues its object in the shard's ready queue, which posts
 //! one `Remote::run_on`-style message per burst; the shard wakes app threads, tasks or pollers
 //! only when they are blocked on the object that changed.
@@ -50,6 +53,7 @@ mod conn;
 mod conn_shared;
 mod error;
 mod hub;
+mod mixed;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod model;
@@ -59,6 +63,7 @@ mod pipe;
 mod stream;
 mod sync;
 
+pub use async_io::StreamOpener;
 pub use blocking::{block_until, Pipe};
 pub use bridge::HandleHandler;
 pub use conn::Connection;
@@ -66,4 +71,5 @@ pub use error::{AcceptError, ConnError, ConnectError, ReadError, WriteError};
 pub use hub::HandleConfig;
 pub(crate) use hub::Hub;
 pub use nonblocking::Poller;
+pub(crate) use notify::ThreadSignal;
 pub use stream::{RecvStream, SendStream};

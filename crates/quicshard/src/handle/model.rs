@@ -43,7 +43,7 @@ pub struct Shard {
 /// `incoming` then FIN).
 pub fn pipe(send: bool, cap: usize, incoming: &[u8]) -> (App, Shard) {
     let mailbox = Arc::new(Mailbox {
-        posts: Mutex::new(0),
+        posts: Mutex::new(crate::ranks::MODEL_MAILBOX, 0),
         cv: Condvar::new(),
     });
     let mb = mailbox.clone();
@@ -80,6 +80,7 @@ impl App {
             let n = wait_for(
                 false,
                 None,
+                &Default::default(),
                 |how| self.pipe.write(data, how),
                 |sig| self.pipe.unblock_thread(sig),
                 |_: Stall| super::error::WriteError::TimedOut,
@@ -98,6 +99,7 @@ impl App {
         wait_for(
             false,
             None,
+            &Default::default(),
             |how| self.pipe.read(out, how),
             |sig| self.pipe.unblock_thread(sig),
             |_: Stall| super::error::ReadError::TimedOut,
@@ -114,6 +116,7 @@ impl App {
         wait_for(
             false,
             None,
+            &Default::default(),
             |how| self.pipe.read(out, how),
             |sig| self.pipe.unblock_thread(sig),
             |_: Stall| super::error::ReadError::TimedOut,
@@ -168,11 +171,7 @@ impl Shard {
     pub fn wait_post(&mut self) {
         let mut posts = lock(&self.mailbox.posts);
         while *posts == self.seen {
-            posts = self
-                .mailbox
-                .cv
-                .wait(posts)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            posts = self.mailbox.cv.wait(posts);
         }
         self.seen = *posts;
         drop(posts);

@@ -121,7 +121,7 @@ impl Poller {
         Ok(Self {
             shared: Arc::new(PollerShared {
                 fd,
-                ready: Mutex::new(Vec::new()),
+                ready: Mutex::new(crate::ranks::POLLER, Vec::new()),
             }),
         })
     }

@@ -27,19 +27,38 @@ use super::sync::{lock, Condvar, Mutex};
 pub(crate) struct ThreadSignal {
     fired: Mutex<bool>,
     cv: Condvar,
+    /// Direct backend: set while this thread drives the engine (blocked in its poll rather than
+    /// on `cv`), so a notification from another thread interrupts the poll.
+    poke: std::sync::OnceLock<Arc<mio::Waker>>,
 }
 
 impl ThreadSignal {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
-            fired: Mutex::new(false),
+            fired: Mutex::new(crate::ranks::SIGNAL, false),
             cv: Condvar::new(),
+            poke: std::sync::OnceLock::new(),
         })
     }
 
     pub(crate) fn notify(&self) {
         *lock(&self.fired) = true;
         self.cv.notify_one();
+        if let Some(w) = self.poke.get() {
+            if let Err(e) = w.wake() {
+                tracing::warn!(error = %e, "direct driver waker failed");
+            }
+        }
+    }
+
+    /// Makes [`ThreadSignal::notify`] also wake `waker` (the direct driver's poll).
+    pub(crate) fn set_poke(&self, waker: &Arc<mio::Waker>) {
+        let _ = self.poke.set(waker.clone());
+    }
+
+    /// Whether the signal fired (and resets it), without waiting.
+    pub(crate) fn take_fired(&self) -> bool {
+        std::mem::take(&mut *lock(&self.fired))
     }
 
     /// Waits until notified (`true`, and the flag is reset) or `deadline` passes (`false`).
@@ -51,19 +70,13 @@ impl ThreadSignal {
                 return true;
             }
             fired = match deadline {
-                None => self
-                    .cv
-                    .wait(fired)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+                None => self.cv.wait(fired),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         return false;
                     }
-                    self.cv
-                        .wait_timeout(fired, d - now)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .0
+                    self.cv.wait_timeout(fired, d - now).0
                 }
             };
         }
@@ -182,7 +195,14 @@ pub(crate) type PostFn = Box<dyn Fn() -> bool + Send + Sync>;
 pub(crate) struct ShardQueue {
     state: Mutex<QueueState>,
     post: PostFn,
+    /// How a blocked app thread drives the shard itself (direct backend; unset otherwise).
+    direct: DirectLink,
 }
+
+/// Where the direct backend's driver is, once an engine in that mode started (see
+/// `crate::direct`); never set for the worker backend. Weak: the driver owns the shards, whose
+/// handlers own the queues holding this.
+pub(crate) type DirectLink = Arc<std::sync::OnceLock<std::sync::Weak<crate::direct::Direct>>>;
 
 #[derive(Default)]
 struct QueueState {
@@ -193,9 +213,20 @@ struct QueueState {
 impl ShardQueue {
     pub(crate) fn new(post: PostFn) -> Self {
         Self {
-            state: Mutex::new(QueueState::default()),
+            state: Mutex::new(crate::ranks::SHARD_QUEUE, QueueState::default()),
             post,
+            direct: DirectLink::default(),
         }
+    }
+
+    /// Blocked waits on this shard's objects drive it through `direct` when that is set.
+    pub(crate) fn with_direct(mut self, direct: DirectLink) -> Self {
+        self.direct = direct;
+        self
+    }
+
+    pub(crate) fn direct(&self) -> &DirectLink {
+        &self.direct
     }
 
     /// Queues `item` (the caller already checked the item is not queued: its `pending` flag).
@@ -243,12 +274,15 @@ pub(crate) struct Canceled;
 impl<T> Slot<T> {
     pub(crate) fn new() -> (Arc<Self>, Responder<T>) {
         let slot = Arc::new(Self {
-            state: Mutex::new(SlotState {
-                value: None,
-                canceled: false,
-                abandoned: false,
-                waiters: Waiters::default(),
-            }),
+            state: Mutex::new(
+                crate::ranks::SLOT,
+                SlotState {
+                    value: None,
+                    canceled: false,
+                    abandoned: false,
+                    waiters: Waiters::default(),
+                },
+            ),
         });
         (slot.clone(), Responder(Some(slot)))
     }

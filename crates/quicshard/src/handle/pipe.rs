@@ -192,12 +192,17 @@ impl StreamPipe {
             dir,
             cap: cap.max(1),
             queue,
-            state: Mutex::new(PipeState::default()),
+            state: Mutex::new(crate::ranks::PIPE, PipeState::default()),
         })
     }
 
     fn kick(self: &Arc<Self>) {
         self.queue.kick(Ready::Pipe(self.clone()));
+    }
+
+    /// See [`ShardQueue::direct`].
+    pub(crate) fn direct(&self) -> &super::notify::DirectLink {
+        self.queue.direct()
     }
 
     // ----- app side -----

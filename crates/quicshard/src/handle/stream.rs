@@ -106,6 +106,7 @@ impl SendStream {
         wait_for(
             self.opts.nonblocking(),
             self.opts.deadline(deadline),
+            p.direct(),
             |how| p.write(data, how),
             |sig| p.unblock_thread(sig),
             wstall,
@@ -193,6 +194,7 @@ impl RecvStream {
         wait_for(
             self.opts.nonblocking(),
             self.opts.deadline(deadline),
+            p.direct(),
             |how| p.read(out, how),
             |sig| p.unblock_thread(sig),
             rstall,

@@ -28,6 +28,8 @@ pub(crate) struct Entry {
     pub(crate) drained: bool,
     /// An accepted (server side) connection whose handshake has not completed.
     handshaking: bool,
+    /// Its accepted 0-RTT was counted.
+    pub(crate) zero_rtt_counted: bool,
 }
 
 struct Slot {
@@ -68,6 +70,7 @@ impl ConnTable {
             closed_reported: false,
             drained: false,
             handshaking: false,
+            zero_rtt_counted: false,
         });
         self.live += 1;
         // slot < endpoint slab size, which is far below u32::MAX connections

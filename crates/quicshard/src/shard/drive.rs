@@ -65,6 +65,11 @@ impl<H: Handler> Shard<H> {
                 .store(core.conns.len() as u64, Relaxed);
             return;
         }
+        // a server connection knows once it read the ClientHello whether it took early data
+        if !e.zero_rtt_counted && e.conn.has_0rtt() && e.conn.side().is_server() {
+            e.zero_rtt_counted = true;
+            core.stats.zero_rtt_accepted.fetch_add(1, Relaxed);
+        }
         let t = e.conn.poll_timeout();
         if t != e.timer {
             e.timer = t;

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::BytesMut;
 use quinn_proto::{ConnectionId, ConnectionIdGenerator, DatagramEvent, EcnCodepoint, Incoming};
 
-use super::io::LISTEN;
+use super::io::{CLIENT, LISTEN};
 use super::mailbox::{Handoff, Msg, SendError};
 use super::{Handler, Shard, RECV_CALLS_PER_ITER};
 use crate::steer;
@@ -148,6 +148,15 @@ impl<H: Handler> Shard<H> {
                 let slot = ch.0 as u32;
                 if let Some(e) = core.conns.get_mut(slot) {
                     e.conn.handle_event(ev);
+                    // a server connection answers from the socket its peer now uses: the
+                    // listen port, or this shard's own port once the client moved to the
+                    // preferred address
+                    if s != e.sock && e.conn.side().is_server() {
+                        if s == CLIENT {
+                            core.stats.preferred_address_moves.fetch_add(1, Relaxed);
+                        }
+                        e.sock = s;
+                    }
                     core.conns.mark_dirty(slot);
                 }
             }

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use quinn_udp::{EcnCodepoint, RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
 
+use super::mem::{MemPort, MEM_GSO_SEGMENTS};
 use super::sys::{MmsgBufs, OutMsg, TX_BATCH};
 use crate::stats::Counters;
 
@@ -56,19 +57,32 @@ const GRO_SEGMENT_BYTES: usize = 1500;
 /// batch keep their larger capacity for the next one.
 const TX_BUF_BYTES: usize = 1500;
 
-/// One UDP socket with its quinn-udp state, transmit queue and readiness bookkeeping.
+/// One socket (UDP, or one end of an in-memory link) with its transmit queue and readiness
+/// bookkeeping.
 pub(crate) struct Sock {
-    pub(crate) socket: mio::net::UdpSocket,
-    state: UdpSocketState,
+    io: SockIo,
     /// Edge-triggered readiness not yet consumed by a `WouldBlock`.
     pub(crate) readable: bool,
     /// Connection slots waiting for this socket to become writable.
     pub(crate) waiters: Vec<u32>,
     tx: TxQueue,
+    stats: Arc<Counters>,
+}
+
+/// What a [`Sock`] sends through and receives from.
+enum SockIo {
+    Udp(Udp),
+    /// The direct backend's in-memory transport: never blocks, not registered with mio.
+    Mem(MemPort),
+}
+
+/// A UDP socket with its quinn-udp state.
+struct Udp {
+    socket: mio::net::UdpSocket,
+    state: UdpSocketState,
     mmsg: MmsgBufs,
     /// `false` once `sendmmsg` was refused with `EINVAL`/`EIO`: quinn-udp sends everything.
     mmsg_ok: bool,
-    stats: Arc<Counters>,
 }
 
 /// Queued transmits `entries[head..len]`; `entries` always holds `TX_BATCH` reusable buffers.
@@ -111,6 +125,21 @@ impl Sock {
     pub(crate) fn new(socket: std::net::UdpSocket, stats: Arc<Counters>) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
+        let udp = Udp {
+            socket: mio::net::UdpSocket::from_std(socket),
+            state,
+            mmsg: MmsgBufs::new(),
+            mmsg_ok: true,
+        };
+        Ok(Self::with_io(SockIo::Udp(udp), stats))
+    }
+
+    /// One end of an in-memory link (the direct backend's memory transport).
+    pub(crate) fn memory(port: MemPort, stats: Arc<Counters>) -> Self {
+        Self::with_io(SockIo::Mem(port), stats)
+    }
+
+    fn with_io(io: SockIo, stats: Arc<Counters>) -> Self {
         let entries = (0..TX_BATCH)
             .map(|_| TxEntry {
                 buf: Vec::with_capacity(TX_BUF_BYTES),
@@ -120,9 +149,8 @@ impl Sock {
                 src_ip: None,
             })
             .collect();
-        Ok(Self {
-            socket: mio::net::UdpSocket::from_std(socket),
-            state,
+        Self {
+            io,
             readable: true,
             waiters: Vec::new(),
             tx: TxQueue {
@@ -131,20 +159,52 @@ impl Sock {
                 len: 0,
                 blocked: false,
             },
-            mmsg: MmsgBufs::new(),
-            mmsg_ok: true,
             stats,
-        })
+        }
+    }
+
+    /// Registers a UDP socket with `registry` (a memory port has nothing to register).
+    pub(crate) fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+    ) -> io::Result<()> {
+        match &mut self.io {
+            SockIo::Udp(u) => registry.register(
+                &mut u.socket,
+                token,
+                mio::Interest::READABLE | mio::Interest::WRITABLE,
+            ),
+            SockIo::Mem(_) => Ok(()),
+        }
+    }
+
+    /// Whether this is a memory port with datagrams waiting.
+    pub(crate) fn has_memory_input(&self) -> bool {
+        matches!(&self.io, SockIo::Mem(m) if m.has_inbound())
+    }
+
+    /// For a memory port, which has no readiness events: readable while datagrams wait.
+    pub(crate) fn refresh_readable(&mut self) {
+        if let SockIo::Mem(m) = &self.io {
+            self.readable = m.has_inbound();
+        }
     }
 
     /// GSO segments per send (1 without GSO).
     pub(crate) fn max_gso_segments(&self) -> usize {
-        self.state.max_gso_segments().max(1)
+        match &self.io {
+            SockIo::Udp(u) => u.state.max_gso_segments().max(1),
+            SockIo::Mem(_) => MEM_GSO_SEGMENTS,
+        }
     }
 
     /// GRO segments per receive (1 without GRO).
     pub(crate) fn gro_segments(&self) -> usize {
-        self.state.gro_segments().max(1)
+        match &self.io {
+            SockIo::Udp(u) => u.state.gro_segments().max(1),
+            SockIo::Mem(_) => 1,
+        }
     }
 
     /// Whether unsent transmits wait for the socket to become writable.
@@ -154,13 +214,17 @@ impl Sock {
 
     /// One `recvmmsg` into `rx`; returns the number of messages (each maybe GRO-coalesced).
     pub(crate) fn recv(&self, rx: &mut RxBufs) -> io::Result<usize> {
+        let u = match &self.io {
+            SockIo::Udp(u) => u,
+            SockIo::Mem(m) => return m.recv(rx),
+        };
         let stride = rx.buf_len;
         let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] = {
             let mut chunks = rx.bufs.chunks_mut(stride);
             std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()))
         };
-        self.state
-            .recv(UdpSockRef::from(&self.socket), &mut iovs, &mut rx.metas)
+        u.state
+            .recv(UdpSockRef::from(&u.socket), &mut iovs, &mut rx.metas)
     }
 
     /// Makes room for one more transmit (flushing a full queue); `false` if the socket is
@@ -204,8 +268,24 @@ impl Sock {
     /// Sends queued transmits until the queue is empty (`true`) or the kernel would block
     /// (`false`; the rest stays queued and the socket is blocked).
     pub(crate) fn flush(&mut self) -> bool {
-        let stats = &*self.stats;
-        let q = &mut self.tx;
+        match &mut self.io {
+            SockIo::Udp(u) => u.flush(&mut self.tx, &self.stats),
+            SockIo::Mem(m) => {
+                let q = &mut self.tx;
+                for e in &q.entries[q.head..q.len] {
+                    m.send(e.destination, &e.buf, e.segment_size, &self.stats);
+                }
+                q.head = 0;
+                q.len = 0;
+                true
+            }
+        }
+    }
+}
+
+impl Udp {
+    /// [`Sock::flush`] for a UDP socket.
+    fn flush(&mut self, q: &mut TxQueue, stats: &Counters) -> bool {
         while q.head < q.len {
             let e = &q.entries[q.head];
             if e.segment_size.is_some() || !self.mmsg_ok {
@@ -308,6 +388,12 @@ impl RxBufs {
             buf_len,
             metas: [RecvMeta::default(); BATCH_SIZE],
         }
+    }
+
+    /// The whole buffer of message `i`, to receive into.
+    pub(super) fn buf_mut(&mut self, i: usize) -> &mut [u8] {
+        let start = i * self.buf_len;
+        &mut self.bufs[start..start + self.buf_len]
     }
 
     /// The bytes of message `i` (its first `metas[i].len` bytes).
@@ -418,7 +504,7 @@ mod tests {
         queue(&mut sock, "127.0.0.1:0".parse().unwrap(), b"bad", None);
         assert!(sock.flush());
         assert!(
-            sock.mmsg_ok,
+            matches!(&sock.io, SockIo::Udp(u) if u.mmsg_ok),
             "the datagram was bad, not our control messages"
         );
         queue(&mut sock, to, b"x", None);

@@ -21,6 +21,7 @@ mod drive;
 pub(crate) mod inbound;
 pub(crate) mod io;
 pub(crate) mod mailbox;
+pub(crate) mod mem;
 mod sys;
 pub(crate) mod timers;
 
@@ -91,9 +92,44 @@ pub(crate) fn count_resumption() {
     });
 }
 
+/// Counts a refused single-use ticket on the calling shard (no-op off shard threads).
+pub(crate) fn count_ticket_refused() {
+    SHARD_COUNTERS.with(|c| {
+        if let Some(c) = &*c.borrow() {
+            c.tickets_refused.fetch_add(1, Relaxed);
+        }
+    });
+}
+
 /// The shard index if the calling thread is a shard thread.
 pub(crate) fn current_shard() -> Option<usize> {
     CURRENT_SHARD.with(|c| c.get())
+}
+
+/// Marks the calling thread as running shard `id` (for `current_shard` and the counters of deep
+/// callbacks) until dropped, then restores what was there: a shard thread enters once, the
+/// direct backend's driver around every iteration.
+pub(crate) struct ShardScope {
+    prev: Option<usize>,
+    prev_counters: Option<Arc<Counters>>,
+}
+
+impl ShardScope {
+    pub(crate) fn enter(id: usize, stats: &Arc<Counters>) -> Self {
+        let prev = CURRENT_SHARD.with(|c| c.replace(Some(id)));
+        let prev_counters = SHARD_COUNTERS.with(|c| c.borrow_mut().replace(stats.clone()));
+        Self {
+            prev,
+            prev_counters,
+        }
+    }
+}
+
+impl Drop for ShardScope {
+    fn drop(&mut self) {
+        CURRENT_SHARD.with(|c| c.set(self.prev));
+        SHARD_COUNTERS.with(|c| *c.borrow_mut() = self.prev_counters.take());
+    }
 }
 
 /// Shard state reachable from handler callbacks through [`ShardCtx`].
@@ -114,6 +150,8 @@ pub(crate) struct Core {
     pub(crate) cid_check: ShardCidGenerator,
     /// Scratch buffer for endpoint responses (Retry, version negotiation, resets, refusals).
     pub(crate) resp_buf: Vec<u8>,
+    /// The socket `connect` uses: [`CLIENT`], or [`LISTEN`] on a memory link (one port).
+    pub(crate) client_sock: usize,
 }
 
 impl Core {
@@ -146,7 +184,7 @@ impl Core {
         let cfg = self.shared.client_config.clone();
         let (ch, conn) = self.endpoint.connect(self.now, cfg, addr, server_name)?;
         let slot = ch.0 as u32;
-        self.conns.insert(ch.0, conn, CLIENT);
+        self.conns.insert(ch.0, conn, self.client_sock);
         self.stats.connections_initiated.fetch_add(1, Relaxed);
         self.stats
             .connections_open
@@ -168,23 +206,78 @@ pub(crate) struct Shard<H> {
     /// Mail may be waiting (the waker fired and we have not seen the mailbox empty since).
     mail_pending: bool,
     peers: Arc<[MailboxTx<H>]>,
+    /// The last iteration left work behind (a budget stopped it, or a flush unblocked
+    /// connections): the next one must not block.
+    carry: bool,
 }
 
 /// What `start` prepares for one shard on the main thread before spawning it.
 pub(crate) struct ShardParts<H> {
     pub(crate) id: usize,
     pub(crate) poll: mio::Poll,
-    pub(crate) listen: std::net::UdpSocket,
-    pub(crate) client: std::net::UdpSocket,
+    /// [`LISTEN`] and [`CLIENT`].
+    pub(crate) socks: [Sock; 2],
+    /// Which of `socks` client connections use.
+    pub(crate) client_sock: usize,
+    /// The address this shard advertises as its preferred address (its own socket), if any.
+    pub(crate) preferred: Option<SocketAddr>,
     pub(crate) mailbox: MailboxRx<H>,
     pub(crate) peers: Arc<[MailboxTx<H>]>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) stats: Arc<Counters>,
 }
 
+impl<H: Handler> ShardParts<H> {
+    fn register(&mut self) -> std::io::Result<()> {
+        let registry = self.poll.registry();
+        self.socks[LISTEN].register(registry, LISTEN_TOKEN)?;
+        self.socks[CLIENT].register(registry, CLIENT_TOKEN)
+    }
+
+    /// The shard, on the calling thread (which must be inside a [`ShardScope`] for `id`).
+    fn build(self, handler: H) -> Shard<H> {
+        let id = self.id;
+        let shared = self.shared;
+        let endpoint_config = shared.endpoint_config_for(id);
+        let server_config = shared.server_config_for(self.preferred);
+        let endpoint = Endpoint::new(endpoint_config, server_config, true, None);
+        let gro = self.socks[LISTEN]
+            .gro_segments()
+            .max(self.socks[CLIENT].gro_segments());
+        let core = Core {
+            id,
+            owner: std::thread::current().id(),
+            now: Instant::now(),
+            endpoint,
+            conns: ConnTable::default(),
+            timers: Timers::default(),
+            cid_check: shared.cid.generator(id),
+            shared,
+            stats: self.stats,
+            stopping: None,
+            driving: None,
+            resp_buf: Vec::new(),
+            client_sock: self.client_sock,
+        };
+        Shard {
+            core,
+            handler,
+            poll: self.poll,
+            socks: self.socks,
+            rx: RxBufs::new(gro),
+            arena: Arena::default(),
+            events_buf: Vec::new(),
+            mailbox: self.mailbox,
+            mail_pending: true,
+            peers: self.peers,
+            carry: true,
+        }
+    }
+}
+
 /// Spawns the shard thread; the handler is created on it by `factory`.
 pub(crate) fn spawn<H, F>(
-    parts: ShardParts<H>,
+    mut parts: ShardParts<H>,
     factory: Arc<F>,
 ) -> std::io::Result<std::thread::JoinHandle<()>>
 where
@@ -192,135 +285,147 @@ where
     F: Fn(ShardId) -> H + Send + Sync + ?Sized + 'static,
 {
     let id = parts.id;
-    let mut socks = [
-        Sock::new(parts.listen, parts.stats.clone())?,
-        Sock::new(parts.client, parts.stats.clone())?,
-    ];
-    let registry = parts.poll.registry();
-    let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
-    registry.register(&mut socks[LISTEN].socket, LISTEN_TOKEN, interest)?;
-    registry.register(&mut socks[CLIENT].socket, CLIENT_TOKEN, interest)?;
+    parts.register()?;
     std::thread::Builder::new()
         .name(format!("quicshard-{id}"))
         .spawn(move || {
-            CURRENT_SHARD.with(|c| c.set(Some(id)));
-            SHARD_COUNTERS.with(|c| *c.borrow_mut() = Some(parts.stats.clone()));
+            let _scope = ShardScope::enter(id, &parts.stats);
             let handler = factory(ShardId(id));
-            let shared = parts.shared;
-            let endpoint_config = shared.endpoint_config_for(id);
-            let endpoint = Endpoint::new(endpoint_config, shared.server_config.clone(), true, None);
-            let gro = socks[LISTEN]
-                .gro_segments()
-                .max(socks[CLIENT].gro_segments());
-            let core = Core {
-                id,
-                owner: std::thread::current().id(),
-                now: Instant::now(),
-                endpoint,
-                conns: ConnTable::default(),
-                timers: Timers::default(),
-                cid_check: shared.cid.generator(id),
-                shared,
-                stats: parts.stats,
-                stopping: None,
-                driving: None,
-                resp_buf: Vec::new(),
-            };
-            let shard = Shard {
-                core,
-                handler,
-                poll: parts.poll,
-                socks,
-                rx: RxBufs::new(gro),
-                arena: Arena::default(),
-                events_buf: Vec::new(),
-                mailbox: parts.mailbox,
-                mail_pending: true,
-                peers: parts.peers,
-            };
-            shard.run();
+            parts.build(handler).run();
         })
+}
+
+/// A shard without a thread, for the direct backend: the caller drives it with
+/// [`Shard::iterate`] inside a [`ShardScope`].
+pub(crate) fn build_unspawned<H: Handler>(
+    mut parts: ShardParts<H>,
+    handler: H,
+) -> std::io::Result<Shard<H>> {
+    parts.register()?;
+    let _scope = ShardScope::enter(parts.id, &parts.stats);
+    Ok(parts.build(handler))
 }
 
 impl<H: Handler> Shard<H> {
     fn run(mut self) {
         let mut events = mio::Events::with_capacity(16);
-        let mut more = true;
-        // connections a flush at the end of the last iteration unblocked: drive them now
-        let mut woke = false;
-        loop {
-            let timeout = if more || woke {
-                Some(Duration::ZERO)
-            } else {
-                self.next_timeout()
-            };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    tracing::error!(shard = self.core.id, error = %e, "poll failed; shard exits");
-                    break;
-                }
+        while self.iterate(&mut events, None) {}
+        self.finish();
+    }
+
+    /// One turn of the loop (see the module docs): blocks in `poll` for at most `max_wait`
+    /// (`None`: until the next deadline; never when work was left over), then drains inputs and
+    /// drives outputs. Returns `false` once the shard has shut down.
+    pub(crate) fn iterate(&mut self, events: &mut mio::Events, max_wait: Option<Duration>) -> bool {
+        let timeout = if self.carry {
+            Some(Duration::ZERO)
+        } else {
+            match (self.next_timeout(), max_wait) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             }
-            self.core.now = Instant::now();
-            let mut writable = [false; 2];
-            for ev in events.iter() {
-                match ev.token() {
-                    WAKER_TOKEN => self.mail_pending = true,
-                    t => {
-                        let s = t.0;
-                        if s < 2 {
-                            self.socks[s].readable |= ev.is_readable() || ev.is_error();
-                            writable[s] |= ev.is_writable();
-                        }
+        };
+        if let Err(e) = self.poll.poll(events, timeout) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                tracing::error!(shard = self.core.id, error = %e, "poll failed; shard exits");
+                return false;
+            }
+        }
+        self.core.now = Instant::now();
+        self.core.owner = std::thread::current().id();
+        let mut writable = [false; 2];
+        for ev in events.iter() {
+            match ev.token() {
+                WAKER_TOKEN => self.mail_pending = true,
+                t => {
+                    let s = t.0;
+                    if s < 2 {
+                        self.socks[s].readable |= ev.is_readable() || ev.is_error();
+                        writable[s] |= ev.is_writable();
                     }
                 }
             }
-            more = false;
-            for (s, w) in writable.into_iter().enumerate() {
-                if w || self.socks[s].is_blocked() {
-                    self.flush_socket(s);
-                }
-            }
-            // inputs
-            for s in [LISTEN, CLIENT] {
-                if self.socks[s].readable && !self.recv_socket(s) {
-                    more = true;
-                }
-            }
-            if self.mail_pending && !self.drain_mailbox() {
-                more = true;
-            }
-            if !self.fire_timers() {
-                more = true;
-            }
-            // outputs
-            if !self.drive_dirty() {
-                more = true;
-            }
-            woke = false;
-            for s in [LISTEN, CLIENT] {
-                woke |= self.flush_socket(s);
-            }
-            if let Some(deadline) = self.core.stopping {
-                if self.core.conns.len() == 0 || self.core.now >= deadline {
-                    break;
-                }
-            }
-            if more {
-                self.core.stats.budget_exhausted.fetch_add(1, Relaxed);
-            }
-            let busy = self.core.now.elapsed();
-            self.core
-                .stats
-                .busy_micros
-                .fetch_add(busy.as_micros() as u64, Relaxed);
-            if busy > STALL_WARNING {
-                tracing::warn!(shard = self.core.id, ?busy, "shard loop iteration stalled");
+        }
+        let mut more = false;
+        for (s, w) in writable.into_iter().enumerate() {
+            if w || self.socks[s].is_blocked() {
+                self.flush_socket(s);
             }
         }
+        // inputs
+        for s in [LISTEN, CLIENT] {
+            self.socks[s].refresh_readable();
+            if self.socks[s].readable && !self.recv_socket(s) {
+                more = true;
+            }
+        }
+        if self.mail_pending && !self.drain_mailbox() {
+            more = true;
+        }
+        if !self.fire_timers() {
+            more = true;
+        }
+        // outputs
+        if !self.drive_dirty() {
+            more = true;
+        }
+        // connections a flush unblocked must be driven next time
+        let mut woke = false;
+        for s in [LISTEN, CLIENT] {
+            woke |= self.flush_socket(s);
+        }
+        self.carry = more || woke;
+        if let Some(deadline) = self.core.stopping {
+            if self.core.conns.len() == 0 || self.core.now >= deadline {
+                return false;
+            }
+        }
+        if more {
+            self.core.stats.budget_exhausted.fetch_add(1, Relaxed);
+        }
+        let busy = self.core.now.elapsed();
+        self.core
+            .stats
+            .busy_micros
+            .fetch_add(busy.as_micros() as u64, Relaxed);
+        if busy > STALL_WARNING {
+            tracing::warn!(shard = self.core.id, ?busy, "shard loop iteration stalled");
+        }
+        true
+    }
+
+    /// Publishes the final gauge once the shard stopped.
+    pub(crate) fn finish(&mut self) {
         self.core
             .stats
             .connections_open
             .store(self.core.conns.len() as u64, Relaxed);
+    }
+
+    /// When the shard next needs a turn without new input: now if work was left over, else the
+    /// next timer or the shutdown deadline.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        if self.carry || self.socks.iter().any(|s| s.has_memory_input()) {
+            return Some(self.core.now);
+        }
+        match (self.core.timers.next_deadline(), self.core.stopping) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub(crate) fn id(&self) -> usize {
+        self.core.id
+    }
+
+    pub(crate) fn stats(&self) -> &Arc<Counters> {
+        &self.core.stats
+    }
+
+    /// The shard's `mio::Poll`, readable from outside while events wait (the direct driver
+    /// watches it).
+    pub(crate) fn poll(&self) -> &mio::Poll {
+        &self.poll
     }
 
     /// Flushes socket `s`'s transmit queue; once it is empty, re-queues the connections that
@@ -338,10 +443,7 @@ impl<H: Handler> Shard<H> {
 
     /// How long `poll` may block: until the next timer or the shutdown deadline.
     fn next_timeout(&self) -> Option<Duration> {
-        let next = match (self.core.timers.next_deadline(), self.core.stopping) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }?;
+        let next = self.next_deadline()?;
         Some(next.saturating_duration_since(Instant::now()))
     }
 

@@ -2,6 +2,9 @@
 //! on another shard's endpoint (one token key in the shared `ServerConfig`), and does not validate
 //! on an endpoint whose `ServerConfig` has another key.
 //!
+//! With 0-RTT on, one single-use ticket store shared by the shards' configs lets a ticket resume
+//! on any shard once: a 0-RTT flight replayed to a second shard falls back to a full handshake.
+//!
 //! In a running engine, the client's second Initial carries the Retry's source CID as its DCID,
 //! and that CID has the issuing shard's shard byte, so steering (BPF or handoff) takes it back to
 //! the same shard. A second Initial reaches another shard only when steering cannot apply (another
@@ -14,18 +17,25 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use quinn_proto::{
-    Connection, ConnectionHandle, DatagramEvent, Endpoint, EndpointConfig, Event, Incoming,
+    Connection, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event, Incoming,
     ServerConfig, TransportConfig,
 };
 
-use super::{build_server_config, Shared};
+use super::{build_server_config, Shared, Tickets};
 use crate::cid::CidConfig;
 use crate::steer::owner_shard;
+use crate::tickets::TicketStore;
 use crate::tls;
 
 const SHARDS: usize = 2;
 /// Shuttle rounds before the handshake must have completed (it needs about 4 without loss).
 const MAX_ROUNDS: usize = 50;
+
+fn stateless() -> Tickets {
+    Tickets::Stateless {
+        key_lifetime: crate::tickets::DEFAULT_TICKET_KEY_LIFETIME,
+    }
+}
 
 fn client_addr() -> SocketAddr {
     "127.0.0.1:40000".parse().unwrap()
@@ -39,7 +49,7 @@ fn shared() -> (Shared, rustls::ServerConfig) {
     let (chain, key) = tls::self_signed(&["localhost"]).unwrap();
     let server_tls = tls::server_config(chain.clone(), key.clone_key(), &[]).unwrap();
     let other_tls = tls::server_config(chain.clone(), key, &[]).unwrap();
-    let server_config = build_server_config(server_tls, Arc::default()).unwrap();
+    let server_config = build_server_config(server_tls, Arc::default(), &stateless()).unwrap();
     let shared = Shared {
         server_config: Some(server_config),
         endpoint_config: EndpointConfig::default(),
@@ -48,6 +58,7 @@ fn shared() -> (Shared, rustls::ServerConfig) {
         retry: true,
         retry_threshold: None,
         max_connections: 16,
+        tickets: stateless(),
     };
     (shared, other_tls)
 }
@@ -109,6 +120,35 @@ impl Side {
                 _ => {}
             }
         }
+    }
+}
+
+/// Moves datagrams both ways (`check` sees each, and whether the server sent it) until both sides
+/// are connected and nothing is in flight, or `MAX_ROUNDS` passed.
+fn shuttle(
+    client: &mut Side,
+    server: &mut Side,
+    now: &mut Instant,
+    mut check: impl FnMut(&[u8], bool),
+) {
+    for _ in 0..MAX_ROUNDS {
+        let mut moved = false;
+        for d in client.transmits(*now) {
+            check(&d, false);
+            moved = true;
+            server.receive(*now, client_addr(), &d);
+        }
+        for d in server.transmits(*now) {
+            check(&d, true);
+            moved = true;
+            client.receive(*now, server_addr(), &d);
+        }
+        if !moved && client.connected && server.connected {
+            return;
+        }
+        *now += Duration::from_millis(1);
+        client.pump(*now);
+        server.pump(*now);
     }
 }
 
@@ -200,24 +240,12 @@ fn retry_from_shard_0_is_accepted_on_shard_1() {
     // addresses shard 1's CIDs, which steer to shard 1
     let cid_len = shared.cid.cid_len();
     let mut heard_from_server = false;
-    for _ in 0..MAX_ROUNDS {
-        if client.connected && server.connected {
-            break;
+    shuttle(&mut client, &mut server, &mut now, |d, from_server| {
+        heard_from_server |= from_server;
+        if heard_from_server && !from_server {
+            assert_eq!(owner_shard(d, cid_len, SHARDS), Some(1));
         }
-        for d in client.transmits(now) {
-            if heard_from_server {
-                assert_eq!(owner_shard(&d, cid_len, SHARDS), Some(1));
-            }
-            server.receive(now, client_addr(), &d);
-        }
-        for d in server.transmits(now) {
-            heard_from_server = true;
-            client.receive(now, server_addr(), &d);
-        }
-        now += Duration::from_millis(1);
-        client.pump(now);
-        server.pump(now);
-    }
+    });
     assert!(client.connected, "client handshake did not complete");
     assert!(server.connected, "server handshake did not complete");
     assert_eq!(server.conn.remote_address(), client_addr());
@@ -230,7 +258,12 @@ fn retry_token_does_not_validate_under_another_key() {
     let (_client, second) = retried_by_shard_0(&shared, now);
 
     // same certificate, same shard layout, but a second `build_server_config`: another token key
-    let other = build_server_config(other_tls, Arc::new(TransportConfig::default())).unwrap();
+    let other = build_server_config(
+        other_tls,
+        Arc::new(TransportConfig::default()),
+        &stateless(),
+    )
+    .unwrap();
     let mut stranger = shard_endpoint(&shared, 1, other);
     let inc = incoming(handle(&mut stranger, now, client_addr(), &second));
     assert!(
@@ -246,4 +279,128 @@ fn retry_token_does_not_validate_under_another_key() {
     let inc = incoming(handle(&mut shard1, now, client_addr(), &second));
     assert!(inc.remote_address_validated());
     shard1.ignore(inc);
+}
+
+/// A client endpoint with one connection to `server_addr()`.
+fn client_side(shared: &Shared, now: Instant) -> Side {
+    let mut ep = Endpoint::new(Arc::new(EndpointConfig::default()), None, true, None);
+    let (ch, conn) = ep
+        .connect(
+            now,
+            shared.client_config.clone(),
+            server_addr(),
+            "localhost",
+        )
+        .unwrap();
+    Side {
+        ep,
+        ch,
+        conn,
+        connected: false,
+    }
+}
+
+/// Accepts `flight` (a client's first datagrams) on `ep` as coming from `from`.
+fn accept_flight(mut ep: Endpoint, now: Instant, from: SocketAddr, flight: &[Vec<u8>]) -> Side {
+    let inc = incoming(handle(&mut ep, now, from, &flight[0]));
+    let mut resp = Vec::new();
+    let (ch, conn) = ep
+        .accept(inc, now, &mut resp, None)
+        .unwrap_or_else(|e| panic!("accept failed: {}", e.cause));
+    let mut side = Side {
+        ep,
+        ch,
+        conn,
+        connected: false,
+    };
+    side.pump(now);
+    for d in &flight[1..] {
+        side.receive(now, from, d);
+    }
+    side
+}
+
+#[test]
+fn a_replayed_zero_rtt_flight_falls_back_on_another_shard() {
+    let (chain, key) = tls::self_signed(&["localhost"]).unwrap();
+    let store = Arc::new(TicketStore::new(64));
+    let tickets = Tickets::ZeroRtt(store.clone());
+    let server_tls = tls::server_config(chain.clone(), key, &[]).unwrap();
+    let config = build_server_config(server_tls, Arc::default(), &tickets).unwrap();
+    let shared = Shared {
+        server_config: Some(config.clone()),
+        endpoint_config: EndpointConfig::default(),
+        client_config: tls::client_config_trusting(&chain, &[]).unwrap(),
+        cid: CidConfig::standalone(SHARDS).unwrap(),
+        retry: false,
+        retry_threshold: None,
+        max_connections: 16,
+        tickets,
+    };
+    let mut now = Instant::now();
+
+    // a full handshake with shard 0 leaves the client a ticket
+    let mut client = client_side(&shared, now);
+    let first = client.transmits(now);
+    let mut server = accept_flight(
+        shard_endpoint(&shared, 0, config.clone()),
+        now,
+        client_addr(),
+        &first,
+    );
+    shuttle(&mut client, &mut server, &mut now, |_, _| {});
+    assert!(client.connected && server.connected);
+    assert!(!server.conn.has_0rtt(), "no ticket yet: no 0-RTT");
+    assert!(store.stats().issued >= 1, "{:?}", store.stats());
+
+    // the next connection sends early data in its first flight
+    let mut again = client_side(&shared, now);
+    assert!(again.conn.has_0rtt(), "the client holds a ticket");
+    let id = again.conn.streams().open(Dir::Bi).expect("a 0-RTT stream");
+    again.conn.send_stream(id).write(b"early").unwrap();
+    let flight = again.transmits(now);
+
+    // shard 0 takes the ticket and the early data
+    let a = accept_flight(
+        shard_endpoint(&shared, 0, config.clone()),
+        now,
+        client_addr(),
+        &flight,
+    );
+    assert!(a.conn.has_0rtt(), "shard 0 accepts 0-RTT");
+    assert_eq!(store.stats().resumed, 1);
+
+    // the same flight replayed to shard 1: the ticket is gone, no early data, full handshake
+    let replay_from: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+    let mut b = accept_flight(
+        shard_endpoint(&shared, 1, config),
+        now,
+        replay_from,
+        &flight,
+    );
+    assert!(!b.conn.has_0rtt(), "shard 1 must refuse the replay");
+    assert_eq!(store.stats().refused, 1, "{:?}", store.stats());
+    assert!(
+        b.conn.is_handshaking(),
+        "shard 1 carries on with a full handshake"
+    );
+    assert!(
+        !b.transmits(now).is_empty(),
+        "shard 1 answers (ServerHello and certificate)"
+    );
+
+    // shard 0's connection completes with the early stream delivered
+    let mut a = a;
+    shuttle(&mut again, &mut a, &mut now, |_, _| {});
+    assert!(again.connected && a.connected);
+    assert!(
+        again.conn.accepted_0rtt(),
+        "the client sees its 0-RTT accepted"
+    );
+    let got = a.conn.streams().accept(Dir::Bi).expect("the early stream");
+    let mut recv = a.conn.recv_stream(got);
+    let mut chunks = recv.read(true).unwrap();
+    let data = chunks.next(64).unwrap().expect("early bytes").bytes;
+    assert_eq!(&data[..], b"early");
+    let _ = chunks.finalize();
 }

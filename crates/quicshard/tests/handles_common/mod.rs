@@ -59,6 +59,18 @@ impl Pair {
         Self { server, client }
     }
 
+    /// Two engines on the direct backend, joined by the in-memory link (the client trusts the
+    /// server's certificate).
+    pub fn memory(cfg: HandleConfig, direct: quicshard::direct::DirectConfig) -> Self {
+        let (server, client) = quicshard::direct::memory_pair(
+            Engine::builder_handles_with(cfg.clone()).transport(transport()),
+            Engine::builder_handles_with(cfg).transport(transport()),
+            direct,
+        )
+        .unwrap();
+        Self { server, client }
+    }
+
     /// One connection: (server side, client side).
     pub fn connect(&self) -> (Connection, Connection) {
         let c = self

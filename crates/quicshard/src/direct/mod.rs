@@ -1,0 +1,306 @@
+//! The direct backend (DESIGN §5.3; seed 001's blocking models without background threads): the
+//! same thread-safe handles as [`Engine::builder_handles`], but no shard thread. The engine runs
+//! on the application's threads: a blocking handle call runs the engine's I/O itself until it can
+//! return, and an application that owns its event loop drives it with
+//! [`Engine::poll_fd`], [`Engine::next_deadline`] and [`Engine::tick`].
+//!
+//! - **Transports**: a UDP socket ([`Builder::start_direct`]), or an in-memory datagram pair of
+//!   two engines ([`memory_pair`]; not pollable — the application ticks, and a blocking call on
+//!   either engine drives both).
+//! - **Locking** ([`DirectConfig::locking`], default on): several app threads share the engine;
+//!   whichever is blocked drives it while the others wait for their objects (the contentive
+//!   model). Off, the engine belongs to the first thread that drives it, and a blocking call or
+//!   tick from another thread panics.
+//! - **Timer assist** ([`DirectConfig::timer_assist`]): one helper thread runs the engine when a
+//!   timer is due and no app thread is driving it, so retransmissions and idle timeouts keep time
+//!   while the application computes. Needs locking.
+//!
+//! One shard per engine (no steering, no handoff). The engines' counters are
+//! [`Engine::stats`] as usual.
+//!
+//! # Examples
+//! ```
+//! use quicshard::direct::{memory_pair, DirectConfig};
+//! use quicshard::Engine;
+//! let (server, client) = memory_pair(
+//!     Engine::builder_handles(),
+//!     Engine::builder_handles(),
+//!     DirectConfig::default(),
+//! )
+//! .unwrap();
+//! // no thread was started: this call runs both engines until the handshake completes
+//! let conn = client.connect(server.local_addr(), "localhost").unwrap();
+//! let (mut send, mut recv) = conn.open_bi().unwrap();
+//! send.write_all_until(b"ping", None).unwrap();
+//! send.finish().unwrap();
+//! let peer = server.accept().unwrap();
+//! let (mut back, mut incoming) = peer.accept_bi().unwrap();
+//! assert_eq!(incoming.read_to_end_until(64, None).unwrap(), b"ping");
+//! back.write_all_until(b"pong", None).unwrap();
+//! back.finish().unwrap();
+//! assert_eq!(recv.read_to_end_until(64, None).unwrap(), b"pong");
+//! ```
+
+mod driver;
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub(crate) use driver::Direct;
+
+use crate::engine::{Builder, Engine, StartError};
+use crate::handle::HandleHandler;
+use crate::handler::{Remote, ShardId};
+use crate::shard::io::{Sock, CLIENT, LISTEN};
+use crate::shard::mailbox::{mailbox, MailboxTx, Msg, SendError};
+use crate::shard::{self, mem, ShardParts, WAKER_TOKEN};
+use crate::stats::Counters;
+
+/// Settings of the direct backend (see the [module docs](self)).
+#[derive(Debug, Clone, Copy)]
+pub struct DirectConfig {
+    /// Several app threads may drive the engine (one at a time, handing over). Default on.
+    pub locking: bool,
+    /// Start one thread that runs due timers while no app thread drives. Default off; needs
+    /// `locking`.
+    pub timer_assist: bool,
+}
+
+impl Default for DirectConfig {
+    fn default() -> Self {
+        Self {
+            locking: true,
+            timer_assist: false,
+        }
+    }
+}
+
+/// Address of the first engine of a [`memory_pair`] (TEST-NET-1, never routed).
+pub const MEMORY_ADDR_A: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 443);
+/// Address of the second engine of a [`memory_pair`].
+pub const MEMORY_ADDR_B: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 443);
+
+impl Builder<HandleHandler> {
+    /// Starts the engine on the direct backend over a UDP socket bound to the listen address:
+    /// no thread (unless [`DirectConfig::timer_assist`]); blocking handle calls and
+    /// [`Engine::tick`] run it. The shard count is ignored: a direct engine has one shard.
+    pub fn start_direct(mut self, cfg: DirectConfig) -> Result<Engine<HandleHandler>, StartError> {
+        check(&cfg)?;
+        let listen = UdpSocket::bind(self.listen).map_err(|source| StartError::Bind {
+            addr: self.listen,
+            source,
+        })?;
+        let local_addr = listen.local_addr()?;
+        let client_ip = match local_addr {
+            SocketAddr::V4(_) => std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            SocketAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        let client = UdpSocket::bind(SocketAddr::new(client_ip, 0))?;
+        let stats = Arc::new(Counters::default());
+        let socks = [
+            Sock::new(listen, stats.clone())?,
+            Sock::new(client, stats.clone())?,
+        ];
+        let mut half = self.half(socks, CLIENT, stats, local_addr)?;
+        let direct = Arc::new(Direct::new(
+            vec![half.shard],
+            vec![half.engine.remote.mailboxes[0].clone()],
+            cfg.locking,
+            true,
+        )?);
+        half.engine.direct = Some((direct.clone(), 0));
+        link_hub(&half.engine, &direct);
+        spawn_assist(&cfg, &direct)?;
+        Ok(half.engine)
+    }
+
+    /// Builds one engine's shard on the calling thread.
+    fn half(
+        &mut self,
+        socks: [Sock; 2],
+        client_sock: usize,
+        stats: Arc<Counters>,
+        local_addr: SocketAddr,
+    ) -> Result<Half, StartError> {
+        let (shared, certificate) = self.configure(1)?;
+        let poll = mio::Poll::new()?;
+        let (tx, rx) = mailbox::<HandleHandler>(poll.registry(), WAKER_TOKEN)?;
+        let peers: Arc<[_]> = vec![tx].into();
+        let parts = ShardParts {
+            id: 0,
+            poll,
+            socks,
+            client_sock,
+            preferred: None,
+            mailbox: rx,
+            peers: peers.clone(),
+            shared: shared.clone(),
+            stats: stats.clone(),
+        };
+        let handler = {
+            let _scope = shard::ShardScope::enter(0, &stats);
+            (self.factory)(ShardId(0))
+        };
+        let shard = shard::build_unspawned(parts, handler)?;
+        let engine = Engine {
+            remote: Remote { mailboxes: peers },
+            threads: Vec::new(),
+            stats: vec![stats],
+            local_addr,
+            certificate,
+            bpf_attached: false,
+            cid_len: shared.cid.cid_len(),
+            handles: self.handles.clone(),
+            shared,
+            direct: None,
+        };
+        Ok(Half { engine, shard })
+    }
+}
+
+struct Half {
+    engine: Engine<HandleHandler>,
+    shard: shard::Shard<HandleHandler>,
+}
+
+fn check(cfg: &DirectConfig) -> Result<(), StartError> {
+    if cfg.timer_assist && !cfg.locking {
+        return Err(StartError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the direct backend's timer assist needs locking",
+        )));
+    }
+    Ok(())
+}
+
+/// Points the engine's hub at the driver, so blocked handle calls drive it.
+fn link_hub(engine: &Engine<HandleHandler>, direct: &Arc<Direct>) {
+    let _ = engine.hub().direct.set(Arc::downgrade(direct));
+}
+
+fn spawn_assist(cfg: &DirectConfig, direct: &Arc<Direct>) -> std::io::Result<()> {
+    if cfg.timer_assist {
+        let d = direct.clone();
+        // detached: it ends once every shard of the driver has shut down
+        std::thread::Builder::new()
+            .name("quicshard-assist".into())
+            .spawn(move || d.assist_loop())?;
+    }
+    Ok(())
+}
+
+/// Two engines on the direct backend joined by an in-memory datagram link, at
+/// [`MEMORY_ADDR_A`] and [`MEMORY_ADDR_B`] (their builders' listen addresses are ignored). One
+/// driver runs both: a blocking call on either engine, or [`Engine::tick`] on either, makes both
+/// progress. Unless `b` has its own client config, `b` trusts the certificate `a` generated (the
+/// usual set-up: `a` serves, `b` connects). Datagrams beyond the link's queue (1024 per direction) are dropped and counted in
+/// `dropped_link_full`.
+pub fn memory_pair(
+    mut a: Builder<HandleHandler>,
+    mut b: Builder<HandleHandler>,
+    cfg: DirectConfig,
+) -> Result<(Engine<HandleHandler>, Engine<HandleHandler>), StartError> {
+    check(&cfg)?;
+    let (pa, pb) = mem::link(MEMORY_ADDR_A, MEMORY_ADDR_B);
+    let mut halves: Vec<Half> = Vec::with_capacity(2);
+    for (builder, port) in [(&mut a, pa), (&mut b, pb)] {
+        if let (Some(first), None) = (halves.first(), &builder.client_config) {
+            if let Some(cert) = first.engine.certificate() {
+                let alpn: Vec<&[u8]> = builder.alpn.iter().map(Vec::as_slice).collect();
+                builder.client_config = Some(crate::tls::client_config_trusting(cert, &alpn)?);
+            }
+        }
+        let addr = port.local_addr();
+        // the second socket is never used: client connections share the one port
+        let (unused, _) = mem::link(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), addr);
+        let stats = Arc::new(Counters::default());
+        let socks = [
+            Sock::memory(port, stats.clone()),
+            Sock::memory(unused, stats.clone()),
+        ];
+        halves.push(builder.half(socks, LISTEN, stats, addr)?);
+    }
+    let (hb, ha) = (halves.pop(), halves.pop());
+    let (Some(mut ha), Some(mut hb)) = (ha, hb) else {
+        unreachable!("two halves were built")
+    };
+    let direct = Arc::new(Direct::new(
+        vec![ha.shard, hb.shard],
+        vec![
+            ha.engine.remote.mailboxes[0].clone(),
+            hb.engine.remote.mailboxes[0].clone(),
+        ],
+        cfg.locking,
+        false,
+    )?);
+    ha.engine.direct = Some((direct.clone(), 0));
+    hb.engine.direct = Some((direct.clone(), 1));
+    link_hub(&ha.engine, &direct);
+    link_hub(&hb.engine, &direct);
+    spawn_assist(&cfg, &direct)?;
+    Ok((ha.engine, hb.engine))
+}
+
+impl Direct {
+    /// Queues `msg` for a shard of this driver: if the mailbox is full, runs the engine (or lets
+    /// the thread driving it) drain it first, instead of blocking a thread that may be the only
+    /// one able to drain it.
+    pub(crate) fn send(
+        &self,
+        mb: &MailboxTx<HandleHandler>,
+        mut msg: Msg<HandleHandler>,
+    ) -> Result<(), SendError<Msg<HandleHandler>>> {
+        loop {
+            match mb.try_send(msg) {
+                Err(SendError::Full(m)) => {
+                    msg = m;
+                    if !self.tick() {
+                        std::thread::yield_now();
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Tells shard `index` to stop by `deadline`, and drives until it has.
+    pub(crate) fn shutdown(&self, index: usize, deadline: Instant) {
+        if let Some(mb) = self.mailbox(index) {
+            // a closed mailbox means the shard already stopped
+            let _ = self.send(&mb, Msg::Shutdown { deadline });
+        }
+        self.run_until_stopped(index);
+    }
+}
+
+/// Direct-backend methods (see [`crate::direct`]). On a worker-backend engine they do nothing
+/// useful: `poll_fd` and `next_deadline` are `None` and `tick` returns `false`.
+impl Engine<HandleHandler> {
+    /// Whether this engine runs on the direct backend.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// A file descriptor that becomes readable when the engine has input (UDP direct engines
+    /// only; a memory pair is not pollable). Watch it for reading in your own epoll / mio loop
+    /// and call [`Engine::tick`] when it is readable or [`Engine::next_deadline`] passed.
+    pub fn poll_fd(&self) -> Option<RawFd> {
+        self.direct.as_ref().and_then(|(d, _)| d.poll_fd())
+    }
+
+    /// When the engine next needs [`Engine::tick`] even without input (timers; now if work was
+    /// left over), as of its last turn. `None`: no timer is armed.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.direct.as_ref().and_then(|(d, _)| d.next_deadline())
+    }
+
+    /// Runs the engine's pending work (input, timers, output) without blocking. Returns `false`
+    /// if another thread was driving it at that moment (that thread does the work).
+    pub fn tick(&self) -> bool {
+        self.direct.as_ref().is_some_and(|(d, _)| d.tick())
+    }
+}

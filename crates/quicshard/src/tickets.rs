@@ -1,0 +1,262 @@
+//! Session tickets shared by every shard: the stateless ticketer with key rotation (1-RTT
+//! resumption, the default) and the single-use [`TicketStore`] that makes 0-RTT safe across
+//! shards ([`Builder::zero_rtt`](crate::Builder::zero_rtt)).
+//!
+//! rustls accepts early data only with stateful tickets, and takes a ticket out of the store when
+//! it is used (`StoresServerSessions::take`). One store shared by all shards is therefore the
+//! anti-replay store the engine needs: a 0-RTT ClientHello replayed to any shard finds its ticket
+//! gone, and that handshake falls back to a full one (no early data, no resumption). The store
+//! is bounded (oldest tickets are evicted first) and split into independently locked parts so
+//! shards rarely contend.
+//!
+//! Without 0-RTT, tickets are stateless: encrypted under a key every shard shares, replaced on a
+//! timer (a ticket stays valid for two key lifetimes).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ranked_lock::Mutex;
+use rustls::server::{ProducesTickets, StoresServerSessions};
+
+/// Independently locked parts of the store. Why: a handshake takes one part's lock twice (put,
+/// take); 16 parts keep two shards' handshakes from meeting on a lock most of the time.
+const PARTS: usize = 16;
+
+/// Default capacity of the store. Why: about 64k resumable clients at ~200 bytes each (≈13 MB);
+/// beyond that the oldest tickets go and those clients do a full handshake.
+pub const DEFAULT_TICKET_CAPACITY: usize = 65_536;
+
+/// Default lifetime of a stateless ticket key.
+pub const DEFAULT_TICKET_KEY_LIFETIME: Duration = Duration::from_secs(6 * 60 * 60);
+
+/// Counters of the shared ticket store (see [`Engine::ticket_stats`](crate::Engine)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TicketStats {
+    /// Tickets issued (stored).
+    pub issued: u64,
+    /// Tickets presented and found: resumptions (each at most once).
+    pub resumed: u64,
+    /// Tickets presented and not found: replayed, evicted or unknown. Each such handshake fell
+    /// back to a full one without early data.
+    pub refused: u64,
+    /// Tickets evicted unused to stay within capacity.
+    pub evicted: u64,
+}
+
+/// The single-use ticket store shared by all shards (see the module docs).
+#[derive(Debug)]
+pub struct TicketStore {
+    parts: Box<[Mutex<Part>]>,
+    /// Per part.
+    capacity: usize,
+    issued: AtomicU64,
+    resumed: AtomicU64,
+    refused: AtomicU64,
+    evicted: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Part {
+    map: HashMap<Vec<u8>, Vec<u8>>,
+    /// Insertion order, for eviction; may name tickets already taken (skipped).
+    order: VecDeque<Vec<u8>>,
+}
+
+impl TicketStore {
+    /// A store for about `capacity` tickets.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            parts: (0..PARTS)
+                .map(|_| Mutex::new(crate::ranks::TICKETS, Part::default()))
+                .collect(),
+            capacity: capacity.div_ceil(PARTS).max(1),
+            issued: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+        }
+    }
+
+    fn part(&self, key: &[u8]) -> &Mutex<Part> {
+        // keys are random ticket identifiers: their first byte spreads them evenly
+        let i = key.first().map_or(0, |&b| b as usize % PARTS);
+        &self.parts[i]
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> TicketStats {
+        TicketStats {
+            issued: self.issued.load(Relaxed),
+            resumed: self.resumed.load(Relaxed),
+            refused: self.refused.load(Relaxed),
+            evicted: self.evicted.load(Relaxed),
+        }
+    }
+}
+
+impl StoresServerSessions for TicketStore {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        let mut p = self.part(&key).lock();
+        while p.map.len() >= self.capacity {
+            let Some(old) = p.order.pop_front() else {
+                break;
+            };
+            if p.map.remove(&old).is_some() {
+                self.evicted.fetch_add(1, Relaxed);
+            }
+        }
+        // `order` holds taken keys until they reach the front: bound it too
+        if p.order.len() >= 2 * self.capacity {
+            let Part { map, order } = &mut *p;
+            order.retain(|k| map.contains_key(k));
+        }
+        p.order.push_back(key.clone());
+        p.map.insert(key, value);
+        self.issued.fetch_add(1, Relaxed);
+        true
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        // TLS 1.2 session-ID resumption only (QUIC is TLS 1.3): single use as well
+        self.take(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let v = self.part(key).lock().map.remove(key);
+        if v.is_some() {
+            self.resumed.fetch_add(1, Relaxed);
+            crate::shard::count_resumption();
+        } else {
+            self.refused.fetch_add(1, Relaxed);
+            crate::shard::count_ticket_refused();
+        }
+        v
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
+/// The stateless ticketer every shard shares: a fresh random key every `lifetime` (rustls'
+/// rotator keeps the previous key for decryption), counting each ticket it decrypts on the
+/// calling shard (`ShardStats::resumptions`).
+pub(crate) fn stateless_ticketer(
+    lifetime: Duration,
+) -> Result<Arc<dyn ProducesTickets>, rustls::Error> {
+    let secs = lifetime.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
+    let rotator = rustls::ticketer::TicketRotator::new(secs, fresh_key)?;
+    Ok(Arc::new(Forward(Arc::new(rotator), true)))
+}
+
+/// One ticket key: ring's ticketer, itself a rotator with a 6-hour period that never comes due
+/// before ours replaces it (for lifetimes under 6 hours).
+fn fresh_key() -> Result<Box<dyn ProducesTickets>, rustls::crypto::GetRandomFailed> {
+    rustls::crypto::ring::Ticketer::new()
+        .map(|t| Box::new(Forward(t, false)) as Box<dyn ProducesTickets>)
+        .map_err(|_| rustls::crypto::GetRandomFailed)
+}
+
+/// Forwards to a ticketer; with `.1` set (the outermost one) it counts each ticket it decrypts
+/// as a resumption on the calling shard.
+#[derive(Debug)]
+struct Forward(Arc<dyn ProducesTickets>, bool);
+
+impl ProducesTickets for Forward {
+    fn enabled(&self) -> bool {
+        self.0.enabled()
+    }
+    fn lifetime(&self) -> u32 {
+        self.0.lifetime()
+    }
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.0.encrypt(plain)
+    }
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let plain = self.0.decrypt(cipher);
+        if self.1 && plain.is_some() {
+            crate::shard::count_resumption();
+        }
+        plain
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_is_taken_once() {
+        let s = TicketStore::new(64);
+        assert!(s.put(vec![1; 32], b"session".to_vec()));
+        assert_eq!(s.take(&[1; 32]).as_deref(), Some(&b"session"[..]));
+        assert_eq!(s.take(&[1; 32]), None, "replay");
+        assert_eq!(s.get(&[1; 32]), None);
+        let st = s.stats();
+        assert_eq!((st.issued, st.resumed, st.refused), (1, 1, 2));
+    }
+
+    #[test]
+    fn capacity_evicts_the_oldest_and_stays_bounded() {
+        let s = TicketStore::new(PARTS * 4); // 4 per part
+                                             // every key lands in part 0: first byte 0
+        for i in 0..100u8 {
+            let mut k = vec![0u8; 32];
+            k[1] = i;
+            s.put(k, vec![i]);
+        }
+        let st = s.stats();
+        assert_eq!(st.issued, 100);
+        assert_eq!(st.evicted, 96);
+        let p = s.parts[0].lock();
+        assert_eq!(p.map.len(), 4);
+        assert!(p.order.len() <= 8);
+        drop(p);
+        // the newest four survive
+        for i in 96..100u8 {
+            let mut k = vec![0u8; 32];
+            k[1] = i;
+            assert_eq!(s.take(&k), Some(vec![i]));
+        }
+    }
+
+    #[test]
+    fn taken_keys_do_not_grow_the_order_queue() {
+        let s = TicketStore::new(PARTS * 4);
+        for i in 0..1000u16 {
+            let mut k = vec![0u8; 32];
+            k[1..3].copy_from_slice(&i.to_be_bytes());
+            s.put(k.clone(), vec![1]);
+            assert!(s.take(&k).is_some());
+        }
+        assert!(s.parts[0].lock().order.len() <= 8);
+        assert_eq!(s.stats().evicted, 0);
+    }
+
+    /// Rotation is time-based (rustls rolls the key on the first use after each lifetime), so
+    /// this test waits out two 1-second lifetimes.
+    #[test]
+    fn a_ticket_outlives_one_rotation_but_not_two() {
+        let t = stateless_ticketer(Duration::from_secs(1)).unwrap();
+        let old = t.encrypt(b"old").unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        let _ = t.encrypt(b"rolls once"); // current key becomes the previous one
+        assert_eq!(t.decrypt(&old).as_deref(), Some(&b"old"[..]));
+        std::thread::sleep(Duration::from_millis(1100));
+        let _ = t.encrypt(b"rolls twice");
+        assert_eq!(t.decrypt(&old), None, "two lifetimes later the key is gone");
+    }
+
+    #[test]
+    fn the_stateless_ticketer_rotates_and_decrypts_its_own_tickets() {
+        let t = stateless_ticketer(Duration::from_secs(3600)).unwrap();
+        assert!(t.enabled());
+        let c = t.encrypt(b"plain").unwrap();
+        assert_eq!(t.decrypt(&c).as_deref(), Some(&b"plain"[..]));
+        // another engine's key does not decrypt it
+        let other = stateless_ticketer(Duration::from_secs(3600)).unwrap();
+        assert_eq!(other.decrypt(&c), None);
+    }
+}

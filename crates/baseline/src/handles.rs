@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quicshard::handle::{ConnError, Connection, HandleConfig, RecvStream, SendStream};
+use quicshard::handle::{Connection, HandleConfig, RecvStream, SendStream};
 use quicshard::quinn_proto::VarInt;
 use quicshard::{handle::HandleHandler, Engine};
 
@@ -121,8 +121,8 @@ fn serve_blocking(conn: Connection) {
             Ok((send, recv)) => {
                 std::thread::spawn(move || perf_blocking(send, recv));
             }
-            Err(ConnError::ConnectionLost(_) | ConnError::EngineStopped) => return,
-            Err(_) => continue,
+            // the client closed the connection (or the engine stopped): nothing more to accept
+            Err(_) => return,
         }
     }
 }
@@ -162,8 +162,8 @@ async fn serve_async(conn: Connection) {
             Ok((send, recv)) => {
                 tokio::spawn(perf_async(send, recv));
             }
-            Err(ConnError::ConnectionLost(_) | ConnError::EngineStopped) => return,
-            Err(_) => continue,
+            // the client closed the connection (or the engine stopped): nothing more to accept
+            Err(_) => return,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Send batching: when one loop iteration has datagrams for many connections, they leave in few
-//! `sendmmsg` calls. GSO is off on the server, so every transmit is one datagram and the ratio
-//! `datagrams_out / send_calls` measures `sendmmsg` batching alone.
+//! `sendmmsg` calls (GSO off on the server, so every transmit is one datagram and the ratio
+//! `datagrams_out / send_calls` measures `sendmmsg` batching alone); and with GSO on, no batch
+//! is too big for the kernel.
 
 mod common;
 
@@ -52,4 +53,23 @@ fn many_small_responses_share_send_calls() {
         client.send_calls < client.datagrams_out,
         "no batching on the client: {client:#?}"
     );
+}
+
+/// A bulk download with GSO on: every GSO batch the server builds fits in one UDP datagram
+/// (65,507 bytes), so the kernel refuses none (`EMSGSIZE` used to drop whole 55-segment batches).
+#[test]
+fn gso_batches_fit_a_udp_datagram() {
+    let srv = Engine::builder(|_| Server::default())
+        .shards(1)
+        .transport(transport())
+        .start()
+        .unwrap();
+    let (cli, rx) = client_engine(&srv, 1);
+    start_downloads(&cli.remote(), srv.local_addr(), 1, |_| 32 << 20);
+    for o in collect(&rx, 1, TIMEOUT) {
+        assert_eq!(o.result, Ok(32 << 20), "download {}", o.tag);
+    }
+    let _ = cli.shutdown(Duration::from_secs(5));
+    let server = ShardStats::sum(&srv.shutdown(Duration::from_secs(5)));
+    assert_eq!(server.dropped_send_error, 0, "{server:#?}");
 }

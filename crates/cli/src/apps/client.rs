@@ -16,7 +16,7 @@ use crossbeam_channel::Sender;
 use quicshard::{ConnId, Handler, ShardCtx};
 use quinn_proto::{ConnectionError, Dir, StreamId};
 
-use super::stream::{pattern_byte, read_stream, Body, Outgoing, Pumped};
+use super::stream::{pattern_mismatch, read_stream, Body, Outgoing, Pumped};
 
 /// A client engine for connections to `server` (its sockets bound to the wildcard address of the
 /// server's family), with `shards` shards or one per core.
@@ -66,8 +66,8 @@ pub(crate) fn engine_with(
         conns: HashMap::new(),
         extras: extras.clone(),
     })
-        .listen(local)
-        .client_config(config);
+    .listen(local)
+    .client_config(config);
     if let Some(n) = shards {
         builder = builder.shards(n.clamp(1, 256));
     }
@@ -152,11 +152,14 @@ impl Client {
                         key_updated: !self.extras.key_update,
                     },
                 );
-                let early = self.extras.zero_rtt
-                    && ctx.connection(id).is_some_and(|c| c.has_0rtt());
+                let early =
+                    self.extras.zero_rtt && ctx.connection(id).is_some_and(|c| c.has_0rtt());
                 if let (true, Some(c)) = (early, self.conns.get_mut(&id)) {
                     c.early = true;
-                    self.extras.report.zero_rtt_sent.fetch_add(1, Ordering::Relaxed);
+                    self.extras
+                        .report
+                        .zero_rtt_sent
+                        .fetch_add(1, Ordering::Relaxed);
                     self.open_more(ctx, id);
                 }
             }
@@ -251,13 +254,8 @@ impl Client {
                     *bad = Some(format!("write: {e}"));
                 }
             } else if bad.is_none() {
-                let start = *received;
-                if let Some(i) = bytes
-                    .iter()
-                    .enumerate()
-                    .position(|(i, b)| *b != pattern_byte(start + i as u64))
-                {
-                    *bad = Some(format!("wrong byte at offset {}", start + i as u64));
+                if let Some(at) = pattern_mismatch(*received, bytes) {
+                    *bad = Some(format!("wrong byte at offset {at}"));
                 }
             }
             *received += bytes.len() as u64;

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
@@ -20,10 +20,14 @@ use http::{Method, StatusCode};
 use quicshard::handle::{Connection, HandleHandler};
 use quicshard::Engine;
 use quicshard_h3::client::{self, SendRequest};
+use ranked_lock::{Mutex, Rank};
 
 use super::ALPN_H3;
 use crate::loadgen::{Limit, Params, Report};
 use crate::Failure;
+
+/// The bench report the h3 request tasks share (the only lock of an h3 bench run).
+const REPORT_RANK: Rank = Rank::new(1, "h3 bench report");
 
 /// GETs in flight at once on one connection.
 const PARALLEL: usize = 64;
@@ -199,7 +203,7 @@ pub(crate) fn bench(
         Limit::Requests(n) => n,
         Limit::Duration(_) => u64::MAX,
     }));
-    let report = Arc::new(Mutex::new(Report::new(p.mode)));
+    let report = Arc::new(Mutex::new(REPORT_RANK, Report::new(p.mode)));
     let hard_stop = deadline.unwrap_or(start + Duration::from_secs(3600)) + GRACE;
     rt.block_on(async {
         let conns = (0..p.connections).map(|_| {
@@ -218,7 +222,7 @@ pub(crate) fn bench(
             .await
             .is_err()
         {
-            let mut r = report.lock().expect("report lock");
+            let mut r = report.lock();
             r.first_error
                 .get_or_insert_with(|| "connections did not finish in time".into());
         }
@@ -226,8 +230,7 @@ pub(crate) fn bench(
     drop(rt);
     let mut r = Arc::try_unwrap(report)
         .map_err(|_| Failure::Refused("bench tasks outlived the runtime".into()))?
-        .into_inner()
-        .expect("report lock");
+        .into_inner();
     r.elapsed = start.elapsed();
     if let Ok(e) = Arc::try_unwrap(engine) {
         e.shutdown(Duration::from_secs(1));
@@ -248,7 +251,7 @@ struct Run {
 
 impl Run {
     fn error(&self, e: String) {
-        let mut r = self.report.lock().expect("report lock");
+        let mut r = self.report.lock();
         r.connection_errors += 1;
         r.first_error.get_or_insert(e);
     }
@@ -261,7 +264,7 @@ impl Run {
         };
         let hs = t0.elapsed();
         {
-            let mut r = self.report.lock().expect("report lock");
+            let mut r = self.report.lock();
             r.handshakes += 1;
             let _ = r.handshake.record((hs.as_micros() as u64).max(1));
         }
@@ -292,7 +295,7 @@ impl Run {
             let t = Instant::now();
             let r = client::fetch(&mut send, Method::GET, &authority, &self.path, |_| Ok(())).await;
             let latency = t.elapsed();
-            let mut rep = self.report.lock().expect("report lock");
+            let mut rep = self.report.lock();
             match r {
                 Ok(got) if got.status == StatusCode::OK => {
                     rep.requests += 1;

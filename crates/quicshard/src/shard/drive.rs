@@ -13,6 +13,10 @@ use super::timers::Timer;
 use super::{Shard, EVENT_PASSES_PER_DRIVE, TRANSMITS_PER_DRIVE};
 use crate::handler::{ConnId, Handler, ShardCtx, HANDLER_PANIC_CODE};
 
+/// The largest UDP payload (IPv4: 65,535 − 8-byte UDP header − 20-byte IP header): the bound on
+/// one GSO batch.
+const MAX_UDP_PAYLOAD: usize = 65_507;
+
 impl<H: Handler> Shard<H> {
     /// Flushes everything pending on `slot`.
     pub(super) fn drive(&mut self, slot: u32) {
@@ -191,7 +195,10 @@ impl<H: Handler> Shard<H> {
             return false;
         };
         let sock = &mut self.socks[e.sock];
-        let max = sock.max_gso_segments();
+        // a GSO batch is one UDP datagram to the kernel: at most 65,507 payload bytes (IPv4);
+        // a bigger one fails whole with EMSGSIZE
+        let mtu = usize::from(e.conn.current_mtu()).max(1);
+        let max = sock.max_gso_segments().min((MAX_UDP_PAYLOAD / mtu).max(1));
         for _ in 0..TRANSMITS_PER_DRIVE {
             if !sock.reserve() {
                 sock.waiters.push(slot);

@@ -302,7 +302,7 @@ impl Udp {
                         return false;
                     }
                     Err(err) => {
-                        send_failed(stats, &err, e.destination);
+                        send_failed(stats, &err, e.destination, e.datagrams());
                     }
                 }
                 q.head += 1;
@@ -346,13 +346,13 @@ impl Udp {
                             q.blocked = true;
                             return false;
                         }
-                        Err(e2) => send_failed(stats, &e2, e.destination),
+                        Err(e2) => send_failed(stats, &e2, e.destination, 1),
                     }
                     q.head += 1;
                 }
                 Err(err) => {
                     // that one datagram failed (e.g. EMSGSIZE for an MTU probe): drop it
-                    send_failed(stats, &err, q.entries[q.head].destination);
+                    send_failed(stats, &err, q.entries[q.head].destination, 1);
                     q.head += 1;
                 }
             }
@@ -364,11 +364,15 @@ impl Udp {
     }
 }
 
-/// Counts a dropped transmit; logs it unless it is the expected EMSGSIZE of an MTU probe.
-fn send_failed(stats: &Counters, err: &io::Error, destination: SocketAddr) {
+/// Counts a dropped transmit of `datagrams` (more than one: a GSO batch); logs it unless it is
+/// the expected EMSGSIZE of a single MTU probe. A batch refused with EMSGSIZE is a bug (the
+/// drive caps batches at one UDP datagram's size): warned.
+fn send_failed(stats: &Counters, err: &io::Error, destination: SocketAddr, datagrams: u64) {
     stats.dropped_send_error.fetch_add(1, Relaxed);
     if err.raw_os_error() != Some(libc::EMSGSIZE) {
         tracing::debug!(error = %err, dest = %destination, "send failed");
+    } else if datagrams > 1 {
+        tracing::warn!(dest = %destination, datagrams, "GSO batch refused as too large");
     }
 }
 

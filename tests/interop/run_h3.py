@@ -143,11 +143,8 @@ def ngtcp2_missing():
     return f"{', '.join(missing)} not installed ({how})"
 
 
-def ngtcp2_client(env, names):
-    why = ngtcp2_missing()
-    if why:
-        return why
-
+def gtlsclient_download(env, names):
+    """body(port): gtlsclient downloads `names` from the server on `port`; files compared."""
     def body(port):
         out = env.out()
         r = subprocess.run(["gtlsclient", "-q", "--exit-on-all-streams-close", "--download", out,
@@ -155,7 +152,14 @@ def ngtcp2_client(env, names):
         if r.returncode != 0:
             return f"gtlsclient: exit {r.returncode} {r.stderr.strip()[-300:]}"
         return compare(env.root, out, names)
-    return with_quicshard_server(env, body)
+    return body
+
+
+def ngtcp2_client(env, names):
+    why = ngtcp2_missing()
+    if why:
+        return why
+    return with_quicshard_server(env, gtlsclient_download(env, names))
 
 
 def ngtcp2_client_preferred_address(env, names):
@@ -165,15 +169,7 @@ def ngtcp2_client_preferred_address(env, names):
     if why:
         return why
     stats = os.path.join(env.out(), "stats.json")
-
-    def body(port):
-        out = env.out()
-        r = subprocess.run(["gtlsclient", "-q", "--exit-on-all-streams-close", "--download", out,
-                            "127.0.0.1", str(port)] + urls(port, names), capture_output=True, text=True, timeout=TIMEOUT)
-        if r.returncode != 0:
-            return f"gtlsclient: exit {r.returncode} {r.stderr.strip()[-300:]}"
-        return compare(env.root, out, names)
-    err = with_quicshard_server(env, body, "--preferred-address", "--stats-file", stats)
+    err = with_quicshard_server(env, gtlsclient_download(env, names), "--preferred-address", "--stats-file", stats)
     if err:
         return err
     with open(stats) as f:

@@ -9,6 +9,7 @@ mod get;
 mod impair;
 mod lb;
 mod loadgen;
+mod relay;
 mod serve;
 mod signals;
 mod tlsfiles;
@@ -41,6 +42,8 @@ enum Command {
     Impair(impair::Args),
     /// Encode, decode and generate QUIC-LB connection IDs (draft-ietf-quic-load-balancers-21).
     Cid(cid::Args),
+    /// Pub/sub relay (ALPN `relay`): publishers' messages to every subscriber of the topic.
+    Relay(relay::Args),
 }
 
 /// How a subcommand failed: the message is printed as one line.
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Lb(args) => lb::run(args),
         Command::Impair(args) => impair::run(args),
         Command::Cid(args) => cid::run(args),
+        Command::Relay(args) => relay::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -170,21 +170,7 @@ fn incoming(ev: Option<DatagramEvent>) -> Incoming {
 /// The client's first Initial goes to shard 0, which answers with a Retry; returns the client
 /// and its second Initial (carrying the token).
 fn retried_by_shard_0(shared: &Shared, now: Instant) -> (Side, Vec<u8>) {
-    let mut ep = Endpoint::new(Arc::new(EndpointConfig::default()), None, true, None);
-    let (ch, conn) = ep
-        .connect(
-            now,
-            shared.client_config.clone(),
-            server_addr(),
-            "localhost",
-        )
-        .unwrap();
-    let mut client = Side {
-        ep,
-        ch,
-        conn,
-        connected: false,
-    };
+    let mut client = client_side(shared, now);
     let first = client.transmits(now);
     assert_eq!(first.len(), 1, "one Initial datagram");
 
@@ -224,17 +210,7 @@ fn retry_from_shard_0_is_accepted_on_shard_1() {
         inc.remote_address_validated(),
         "shard 1 validates shard 0's Retry token"
     );
-    let mut resp = Vec::new();
-    let (ch, conn) = shard1
-        .accept(inc, now, &mut resp, None)
-        .unwrap_or_else(|e| panic!("accept failed: {}", e.cause));
-    let mut server = Side {
-        ep: shard1,
-        ch,
-        conn,
-        connected: false,
-    };
-    server.pump(now);
+    let mut server = accept(shard1, inc, now);
 
     // shuttle until both sides are connected; once the client has heard from shard 1, it
     // addresses shard 1's CIDs, which steer to shard 1
@@ -300,9 +276,8 @@ fn client_side(shared: &Shared, now: Instant) -> Side {
     }
 }
 
-/// Accepts `flight` (a client's first datagrams) on `ep` as coming from `from`.
-fn accept_flight(mut ep: Endpoint, now: Instant, from: SocketAddr, flight: &[Vec<u8>]) -> Side {
-    let inc = incoming(handle(&mut ep, now, from, &flight[0]));
+/// The server side of the connection `inc` on `ep`.
+fn accept(mut ep: Endpoint, inc: Incoming, now: Instant) -> Side {
     let mut resp = Vec::new();
     let (ch, conn) = ep
         .accept(inc, now, &mut resp, None)
@@ -314,6 +289,13 @@ fn accept_flight(mut ep: Endpoint, now: Instant, from: SocketAddr, flight: &[Vec
         connected: false,
     };
     side.pump(now);
+    side
+}
+
+/// Accepts `flight` (a client's first datagrams) on `ep` as coming from `from`.
+fn accept_flight(mut ep: Endpoint, now: Instant, from: SocketAddr, flight: &[Vec<u8>]) -> Side {
+    let inc = incoming(handle(&mut ep, now, from, &flight[0]));
+    let mut side = accept(ep, inc, now);
     for d in &flight[1..] {
         side.receive(now, from, d);
     }

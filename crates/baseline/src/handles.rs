@@ -55,7 +55,7 @@ pub struct Args {
     pub no_bpf: bool,
     /// Bytes buffered per stream direction between the app and the shard, in KiB (the engine's
     /// `HandleConfig::pipe_capacity`).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     pub pipe_kib: usize,
 }
 

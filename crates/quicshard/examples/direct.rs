@@ -89,7 +89,10 @@ fn main() {
         .connect_until(server.local_addr(), "localhost", deadline)
         .expect("connect");
     let peer = server.accept_until(deadline).expect("accept");
-    println!("connected to {} over the in-memory link", conn.remote_address());
+    println!(
+        "connected to {} over the in-memory link",
+        conn.remote_address()
+    );
 
     // from here on the thread owns the loop: non-blocking handles and tick()
     conn.set_nonblocking(true);

@@ -395,9 +395,15 @@ fn zero_rtt_tickets_resume_once_each() {
         c.close(VarInt::from_u32(0), b"done");
         let _ = s.closed_until(deadline());
     }
-    let t = server.ticket_stats().expect("0-RTT mode has a ticket store");
+    let t = server
+        .ticket_stats()
+        .expect("0-RTT mode has a ticket store");
     assert!(t.issued >= N as u64, "{t:?}");
-    assert_eq!(t.resumed, N as u64 - 1, "each later connection resumes: {t:?}");
+    assert_eq!(
+        t.resumed,
+        N as u64 - 1,
+        "each later connection resumes: {t:?}"
+    );
     assert_eq!(t.refused, 0, "{t:?}");
     let stats = server.shutdown(Duration::from_secs(1));
     let resumptions: u64 = stats.iter().map(|s| s.resumptions).sum();

@@ -288,7 +288,10 @@ mod tests {
             let _gx = x.lock();
             let _gy = y.lock();
         });
-        assert!(msg.contains("taking lock `b` (rank 2) while holding `b` (rank 2)"), "{msg}");
+        assert!(
+            msg.contains("taking lock `b` (rank 2) while holding `b` (rank 2)"),
+            "{msg}"
+        );
     }
 
     #[test]

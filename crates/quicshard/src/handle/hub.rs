@@ -35,16 +35,18 @@ use crate::shard::mailbox::Msg;
 /// Handle-mode settings.
 #[derive(Debug, Clone)]
 pub struct HandleConfig {
-    /// Bytes per stream direction buffered between the app and the shard. Default 64 KiB. Larger
-    /// pipes mean fewer wake-ups per byte for bulk transfers and more memory per stream (only
-    /// allocated once a pipe carries data).
+    /// Bytes per stream direction buffered between the app and the shard at most. Default
+    /// 256 KiB. Larger pipes mean fewer wake-ups per byte for bulk transfers (256 KiB moved
+    /// about a third more per second than 64 KiB through the handles in `docs/BENCHMARKS.md`).
+    /// Memory follows what a pipe holds, not its capacity: the buffer starts at one page and
+    /// doubles as it fills.
     pub pipe_capacity: usize,
 }
 
 impl Default for HandleConfig {
     fn default() -> Self {
         Self {
-            pipe_capacity: 64 * 1024,
+            pipe_capacity: 256 * 1024,
         }
     }
 }

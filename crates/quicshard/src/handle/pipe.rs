@@ -45,7 +45,9 @@ pub(crate) enum PipeDir {
     Recv,
 }
 
-/// A fixed-capacity byte ring, allocated on first use and freed when the pipe ends.
+/// A byte ring of at most `cap` bytes (the pipe's capacity), allocated on first use, grown by
+/// doubling while it fills (so a pipe holds only about as much memory as it has buffered, not
+/// its capacity), and freed when the pipe ends.
 #[derive(Default)]
 struct Ring {
     buf: Box<[u8]>,
@@ -53,19 +55,46 @@ struct Ring {
     len: usize,
 }
 
+/// The first allocation of a ring. Why: one page holds a typical request or response; a bulk
+/// stream doubles its way up to the pipe capacity in a handful of steps.
+const RING_START: usize = 4096;
+
 impl Ring {
     /// Appends as much of `data` as fits in `cap`; returns how much.
     fn push(&mut self, data: &[u8], cap: usize) -> usize {
-        if self.buf.is_empty() {
-            self.buf = vec![0; cap].into_boxed_slice();
+        let n = data.len().min(cap.saturating_sub(self.len));
+        if self.len + n > self.buf.len() {
+            self.grow(
+                (self.len + n)
+                    .max(2 * self.buf.len())
+                    .max(RING_START)
+                    .min(cap),
+            );
         }
-        let n = data.len().min(cap - self.len);
-        let tail = (self.head + self.len) % cap;
-        let first = n.min(cap - tail);
+        let size = self.buf.len();
+        let tail = (self.head + self.len) % size;
+        let first = n.min(size - tail);
         self.buf[tail..tail + first].copy_from_slice(&data[..first]);
         self.buf[..n - first].copy_from_slice(&data[first..n]);
         self.len += n;
         n
+    }
+
+    /// Reallocates to `size` bytes (at least `len`), the contents moved to the front.
+    fn grow(&mut self, size: usize) {
+        let mut buf = vec![0; size].into_boxed_slice();
+        let len = self.len;
+        let mut done = 0;
+        while done < len {
+            let s = self.front();
+            buf[done..done + s.len()].copy_from_slice(s);
+            let k = s.len();
+            self.consume_keep(k);
+            done += k;
+        }
+        self.buf = buf;
+        self.head = 0;
+        self.len = done;
     }
 
     /// Moves up to `out.len()` bytes out; returns how many.
@@ -96,6 +125,12 @@ impl Ring {
         } else {
             (self.head + n) % self.buf.len()
         };
+    }
+
+    /// [`Ring::consume`] without resetting `head` when empty (for [`Ring::grow`]'s walk).
+    fn consume_keep(&mut self, n: usize) {
+        self.len -= n;
+        self.head = (self.head + n) % self.buf.len();
     }
 
     fn clear(&mut self) {
@@ -576,5 +611,32 @@ mod tests {
         assert_eq!(r.pop(&mut out), 8);
         assert_eq!(&out, b"efghijkl");
         assert_eq!(r.len, 0);
+    }
+
+    /// The ring grows with what it holds (doubling, from one page, up to the capacity), keeps
+    /// the byte order across a wrapped growth, and never exceeds the capacity.
+    #[test]
+    fn ring_grows_with_its_contents_up_to_the_capacity() {
+        let cap = 64 * 1024;
+        let mut r = Ring::default();
+        assert_eq!(r.push(&[1; 3000], cap), 3000);
+        assert_eq!(r.buf.len(), RING_START, "a small stream holds one page");
+        // wrap the ring, then grow it while wrapped
+        let mut out = vec![0u8; 3000];
+        assert_eq!(r.pop(&mut out[..2000]), 2000);
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
+        assert_eq!(r.push(&data[..3000], cap), 3000);
+        assert!(r.head + r.len > r.buf.len(), "wrapped before growing");
+        assert_eq!(r.push(&data[3000..], cap), 17_000);
+        assert!(r.buf.len() >= 21_000 && r.buf.len() <= cap);
+        assert_eq!(r.pop(&mut out[..1000]), 1000);
+        assert!(out[..1000].iter().all(|&b| b == 1));
+        let mut out = vec![0u8; 20_000];
+        assert_eq!(r.pop(&mut out), 20_000);
+        assert!(out == data, "order kept across growth");
+        // never beyond the capacity
+        assert_eq!(r.push(&vec![7; 2 * cap], cap), cap);
+        assert_eq!(r.buf.len(), cap);
+        assert_eq!(r.push(b"x", cap), 0);
     }
 }

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import cases as casemod  # noqa: E402
@@ -121,7 +122,8 @@ def run_cell(env, case, server_name, client_name, quick):
 
 
 def versions(qs):
-    out = {"quicshard": subprocess.run([qs, "--version"], capture_output=True, text=True).stdout.strip()}
+    v = subprocess.run([qs, "--version"], capture_output=True, text=True).stdout.strip()
+    out = {"quicshard": v.removeprefix("quicshard ")}
     try:
         import aioquic
         out["aioquic"] = aioquic.__version__

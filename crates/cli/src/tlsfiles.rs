@@ -91,7 +91,8 @@ pub(crate) fn client_tuned(
             for cert in CertificateDer::pem_file_iter(ca)
                 .map_err(|e| Failure::Usage(format!("--ca {}: {e}", ca.display())))?
             {
-                let cert = cert.map_err(|e| Failure::Usage(format!("--ca {}: {e}", ca.display())))?;
+                let cert =
+                    cert.map_err(|e| Failure::Usage(format!("--ca {}: {e}", ca.display())))?;
                 store.add(cert).map_err(tls_err)?;
             }
             let v = rustls::client::WebPkiServerVerifier::builder_with_provider(

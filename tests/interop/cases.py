@@ -186,6 +186,17 @@ def unsupported_keyupdate(s, c):
     return H3_CLIENT_HQ_ONLY if (s, c) == ("ngtcp2", "quicshard") else None
 
 
+# Not in the quick run (scripts/test): under 30% loss or corruption about one connection in 200
+# stalls past a client's 30 s limit while its probe timeouts back off (1 s, 2 s, 4 s, ...), so a
+# CI-sized run of 10 connections per cell fails now and then whoever is right. The full matrix
+# (scripts/interop, docs/INTEROP.md) runs them with 50 connections.
+QUICK_SKIPPED = {
+    name: "not in the quick run: ~1 connection in 200 outlives a client's 30 s limit under 30% "
+          "impairment (probe timeout backoff); the full matrix in docs/INTEROP.md runs it"
+    for name in ("handshakeloss", "handshakecorruption")
+}
+
+
 def cases(quick):
     short_conns = 10 if quick else 50
     return [

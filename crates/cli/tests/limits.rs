@@ -197,9 +197,6 @@ fn a_connection_past_its_window_is_a_flow_control_error() {
 
 /// Hostile input beyond the limits: a client-opened unidirectional stream on echo.
 #[test]
-#[ignore = "apps/server.rs panics on a client-opened unidirectional stream (quinn-proto asserts \
-            in send_stream): the connection closes with HANDLER_PANIC_CODE instead of the \
-            stream being ignored or stopped"]
 fn a_unidirectional_stream_is_not_a_handler_panic() {
     let (server, stats) = serve("limit-uni", &[]);
     let outcomes = peer(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use quicshard::{ConnId, Handler, ShardCtx};
-use quinn_proto::{Connection, StreamId, VarInt};
+use quinn_proto::{Connection, Dir, StreamId, VarInt};
 
 use super::stream::{read_stream, Body, Outgoing, Pumped, CHUNK};
 use super::{alpn, ALPN_ECHO, ALPN_HQ, ALPN_PERF, BAD_REQUEST, HQ_NOT_FOUND};
@@ -242,6 +242,14 @@ impl Handler for Server {
     }
 
     fn on_stream_opened(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
+        // every protocol here answers on the request's stream: a client's unidirectional stream
+        // has no way back, so it is refused (STOP_SENDING) and never served
+        if stream.dir() == Dir::Uni {
+            if let Some(c) = ctx.connection(conn) {
+                let _ = c.recv_stream(stream).stop(VarInt::from_u32(BAD_REQUEST));
+            }
+            return;
+        }
         self.drive(ctx, conn, stream);
     }
 

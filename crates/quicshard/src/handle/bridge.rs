@@ -8,8 +8,9 @@
 //!
 //! A *mixed* engine (`Engine::builder_handles_mixed`, `mixed.rs`) gives each shard's
 //! `HandleHandler` a [`Fallback`]: a callback [`Handler`] that gets, whole, every connection whose
-//! negotiated ALPN is not one of the handle protocols. The choice is made once, at
-//! `on_connection`; from then on every callback for that `ConnId` is forwarded to the fallback and
+//! negotiated ALPN is not one of the handle protocols. The choice is made once, at the
+//! connection's first callback (`on_connection`, or a stream event carrying 0-RTT data, which
+//! comes earlier); from then on every callback for that `ConnId` is forwarded to the fallback and
 //! the handle side never sees the connection.
 
 use std::collections::{HashMap, HashSet};
@@ -149,37 +150,30 @@ impl HandleHandler {
         h
     }
 
-    /// The fallback handler if `conn` was delegated to it.
-    fn delegated(&mut self, conn: ConnId) -> Option<&mut dyn Handler> {
+    /// The fallback handler if `conn` belongs to it, deciding on the connection's first event:
+    /// an incoming connection (not one of our `connect`s, not already served by handles) whose
+    /// ALPN is not a handle protocol. The first event is `on_connection`, or a stream event of
+    /// 0-RTT data, which comes before the handshake completes; the server knows the ALPN from
+    /// the ClientHello either way.
+    fn delegated(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId) -> Option<&mut dyn Handler> {
         let f = self.fallback.as_mut()?;
-        if f.conns.contains(&conn) {
-            Some(f.handler.as_mut())
-        } else {
-            None
+        if !f.conns.contains(&conn) {
+            if self.connecting.contains_key(&conn) || self.conns.contains_key(&conn) {
+                return None;
+            }
+            let alpn = ctx.connection(conn).and_then(|c| {
+                c.crypto_session()
+                    .handshake_data()?
+                    .downcast::<quinn_proto::crypto::rustls::HandshakeData>()
+                    .ok()?
+                    .protocol
+            });
+            if alpn.is_some_and(|a| f.handle_alpns.contains(&a)) {
+                return None;
+            }
+            f.conns.insert(conn);
         }
-    }
-
-    /// Decides at `on_connection` whether a new connection goes to the fallback handler: an
-    /// incoming connection (not one of our `connect`s) whose ALPN is not a handle protocol.
-    fn delegate_new(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId) -> bool {
-        if self.connecting.contains_key(&conn) {
-            return false;
-        }
-        let Some(f) = self.fallback.as_mut() else {
-            return false;
-        };
-        let alpn = ctx.connection(conn).and_then(|c| {
-            c.crypto_session()
-                .handshake_data()?
-                .downcast::<quinn_proto::crypto::rustls::HandshakeData>()
-                .ok()?
-                .protocol
-        });
-        if alpn.is_some_and(|a| f.handle_alpns.contains(&a)) {
-            return false;
-        }
-        f.conns.insert(conn);
-        true
+        Some(f.handler.as_mut())
     }
 
     /// The connection's side state, created on first sight (`None` for a closed connection).
@@ -389,11 +383,8 @@ impl HandleHandler {
 
 impl Handler for HandleHandler {
     fn on_connection(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId) {
-        if self.delegate_new(ctx, conn) {
-            if let Some(f) = self.delegated(conn) {
-                f.on_connection(ctx, conn);
-            }
-            return;
+        if let Some(f) = self.delegated(ctx, conn) {
+            return f.on_connection(ctx, conn);
         }
         let Some(side) = self.ensure(ctx, conn) else {
             return;
@@ -415,7 +406,7 @@ impl Handler for HandleHandler {
     }
 
     fn on_stream_opened(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
-        if let Some(f) = self.delegated(conn) {
+        if let Some(f) = self.delegated(ctx, conn) {
             return f.on_stream_opened(ctx, conn, stream);
         }
         let Some(side) = self.ensure(ctx, conn) else {
@@ -428,7 +419,7 @@ impl Handler for HandleHandler {
     }
 
     fn on_stream_readable(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
-        if let Some(f) = self.delegated(conn) {
+        if let Some(f) = self.delegated(ctx, conn) {
             return f.on_stream_readable(ctx, conn, stream);
         }
         if let Some(p) = self.pipe(conn, stream, PipeDir::Recv) {
@@ -437,7 +428,7 @@ impl Handler for HandleHandler {
     }
 
     fn on_stream_writable(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
-        if let Some(f) = self.delegated(conn) {
+        if let Some(f) = self.delegated(ctx, conn) {
             return f.on_stream_writable(ctx, conn, stream);
         }
         if let Some(p) = self.pipe(conn, stream, PipeDir::Send) {
@@ -446,14 +437,14 @@ impl Handler for HandleHandler {
     }
 
     fn on_stream_finished(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
-        if let Some(f) = self.delegated(conn) {
+        if let Some(f) = self.delegated(ctx, conn) {
             return f.on_stream_finished(ctx, conn, stream);
         }
         self.check_linger(ctx, conn);
     }
 
     fn on_stream_available(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, dir: Dir) {
-        if let Some(f) = self.delegated(conn) {
+        if let Some(f) = self.delegated(ctx, conn) {
             return f.on_stream_available(ctx, conn, dir);
         }
         if let Some(side) = self.conns.get(&conn) {
@@ -463,7 +454,7 @@ impl Handler for HandleHandler {
     }
 
     fn on_datagram(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, datagram: Bytes) {
-        if let Some(f) = self.delegated(conn) {
+        if let Some(f) = self.delegated(ctx, conn) {
             return f.on_datagram(ctx, conn, datagram);
         }
         if let Some(side) = self.ensure(ctx, conn) {
@@ -472,7 +463,7 @@ impl Handler for HandleHandler {
     }
 
     fn on_closed(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, reason: &ConnectionError) {
-        if let Some(f) = self.delegated(conn) {
+        if let Some(f) = self.delegated(ctx, conn) {
             f.on_closed(ctx, conn, reason);
             if let Some(f) = self.fallback.as_mut() {
                 f.conns.remove(&conn);

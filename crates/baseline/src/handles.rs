@@ -2,18 +2,19 @@
 //! benchmark), to compare with the same protocol on the callback API (`quicshard serve`).
 //!
 //! - `--api blocking`: an acceptor thread, a thread per connection (`accept_bi` until the client
-//!   closes) and a thread per stream using `std::io::Read` / `Write`;
+//!   closes) and a thread per stream using `std::io::Read` and `write_all_bytes_until`;
 //! - `--api async`: a multi-threaded tokio runtime (`--workers` threads), a task per connection
 //!   and per stream using the `*_async` methods.
 //!
-//! Both write the response from a static pattern buffer in chunks of [`proto::CHUNK`] bytes, as
-//! `serve` does. Only `perf` is offered (ALPN `perf`): that is what `quicshard bench` speaks.
+//! Both write the response as `Bytes` slices of a static pattern table in chunks of
+//! [`proto::CHUNK`] bytes, without copying, as `serve` does. Only `perf` is offered (ALPN `perf`): that is what `quicshard bench` speaks.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use quicshard::handle::{Connection, HandleConfig, RecvStream, SendStream};
 use quicshard::quinn_proto::VarInt;
 use quicshard::{handle::HandleHandler, Engine};
@@ -146,8 +147,12 @@ fn perf_blocking(mut send: SendStream, mut recv: RecvStream) {
     }
     let (total, mut sent) = (u64::from_be_bytes(len), 0u64);
     while sent < total {
+        // the static table as `Bytes`: the pipe and quinn-proto keep it without copying
         let chunk = proto::pattern(sent, total - sent);
-        if send.write_all(chunk).is_err() {
+        if send
+            .write_all_bytes_until(Bytes::from_static(chunk), None)
+            .is_err()
+        {
             return;
         }
         sent += chunk.len() as u64;
@@ -190,7 +195,11 @@ async fn perf_async(mut send: SendStream, mut recv: RecvStream) {
     let (total, mut sent) = (u64::from_be_bytes(len), 0u64);
     while sent < total {
         let chunk = proto::pattern(sent, total - sent);
-        if send.write_all_async(chunk).await.is_err() {
+        if send
+            .write_all_bytes_async(Bytes::from_static(chunk))
+            .await
+            .is_err()
+        {
             return;
         }
         sent += chunk.len() as u64;

@@ -74,6 +74,29 @@ mod cases {
         assert_eq!(r.read_to_end_until(64, deadline()).unwrap(), b"hello");
     }
 
+    /// Copied writes and zero-copy `Bytes` writes (large and small) arrive in order.
+    pub(crate) fn write_bytes_in_order(s: Connection, c: Connection) {
+        let big = bytes::Bytes::from(payload(9, 100_000));
+        let (mut send, _recv) = c.open_bi_until(deadline()).unwrap();
+        send.write_all_until(b"head", deadline()).unwrap();
+        send.write_all_bytes_until(big.clone(), deadline()).unwrap();
+        send.write_all_bytes_until(bytes::Bytes::from_static(b"small"), deadline())
+            .unwrap();
+        send.write_all_until(b"tail", deadline()).unwrap();
+        send.finish().unwrap();
+        let (_s, mut recv) = s.accept_bi_until(deadline()).unwrap();
+        let got = recv.read_to_end_until(1 << 20, deadline()).unwrap();
+        let mut want = b"head".to_vec();
+        want.extend_from_slice(&big);
+        want.extend_from_slice(b"smalltail");
+        assert!(
+            got == want,
+            "{} of {} bytes, order lost",
+            got.len(),
+            want.len()
+        );
+    }
+
     pub(crate) fn reset(s: Connection, c: Connection) {
         let (mut send, _recv) = c.open_bi_until(deadline()).unwrap();
         send.write_all_until(&[1; 1000], deadline()).unwrap();
@@ -276,7 +299,7 @@ mod cases {
 
 macro_rules! conformance {
     ($backend:ident, $setup:expr) => {
-        conformance!($backend, $setup; ordering, fin, reset, stop, deadlines,
+        conformance!($backend, $setup; ordering, fin, write_bytes_in_order, reset, stop, deadlines,
             would_block_and_backpressure, read_available_is_monotonic, close_while_blocked,
             block_until_many, datagrams);
     };
@@ -331,5 +354,5 @@ conformance!(direct_locking, direct(true));
 // Without locking only the thread that created the pair may drive it, so the cases that block on
 // a second thread (an echo thread, a waiter, a blocked reader closed from elsewhere) are the
 // locking backend's alone.
-conformance!(direct_no_locking, direct(false); fin, reset, stop, deadlines,
+conformance!(direct_no_locking, direct(false); fin, write_bytes_in_order, reset, stop, deadlines,
     would_block_and_backpressure, read_available_is_monotonic);

@@ -95,6 +95,15 @@ impl SendStream {
         }
         Ok(())
     }
+
+    /// Writes all of `data` without copying it (see [`SendStream::write_bytes`]).
+    pub async fn write_all_bytes_async(&mut self, mut data: Bytes) -> Result<(), WriteError> {
+        while !data.is_empty() {
+            poll_fn(|cx| ready(self.poll_write_bytes_inner(&mut data, Block::Task(cx.waker()))))
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 impl futures_io::AsyncRead for RecvStream {

@@ -66,8 +66,13 @@ struct QuinnSend<'a> {
 }
 
 impl QuicSend for QuinnSend<'_> {
-    fn write(&mut self, data: &[u8]) -> Result<usize, quinn_proto::WriteError> {
-        self.conn.send_stream(self.id).write(data)
+    fn write(&mut self, data: Bytes) -> Result<usize, quinn_proto::WriteError> {
+        // quinn-proto keeps the chunk (shared memory), no copy
+        let mut chunk = [data];
+        self.conn
+            .send_stream(self.id)
+            .write_chunks(&mut chunk)
+            .map(|w| w.bytes)
     }
     fn finish(&mut self) {
         let _ = self.conn.send_stream(self.id).finish();

@@ -49,6 +49,7 @@
 mod async_io;
 mod blocking;
 mod bridge;
+mod buf;
 mod conn;
 mod conn_shared;
 mod error;

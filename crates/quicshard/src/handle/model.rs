@@ -128,8 +128,8 @@ impl App {
 struct Sink<'a>(&'a mut Vec<u8>, &'a mut bool);
 
 impl QuicSend for Sink<'_> {
-    fn write(&mut self, data: &[u8]) -> Result<usize, quinn_proto::WriteError> {
-        self.0.extend_from_slice(data);
+    fn write(&mut self, data: bytes::Bytes) -> Result<usize, quinn_proto::WriteError> {
+        self.0.extend_from_slice(&data);
         Ok(data.len())
     }
     fn finish(&mut self) {

@@ -28,8 +28,10 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use quinn_proto::{ConnectionError, StreamId, VarInt};
 
+use super::buf::{Ring, SendBuf};
 use super::error::{ReadError, WriteError};
 use super::nonblocking::Registration;
 use super::notify::{Block, Ready, ShardQueue, ThreadSignal, Waiters, Wake};
@@ -45,104 +47,11 @@ pub(crate) enum PipeDir {
     Recv,
 }
 
-/// A byte ring of at most `cap` bytes (the pipe's capacity), allocated on first use, grown by
-/// doubling while it fills (so a pipe holds only about as much memory as it has buffered, not
-/// its capacity), and freed when the pipe ends.
-#[derive(Default)]
-struct Ring {
-    buf: Box<[u8]>,
-    head: usize,
-    len: usize,
-}
-
-/// The first allocation of a ring. Why: one page holds a typical request or response; a bulk
-/// stream doubles its way up to the pipe capacity in a handful of steps.
-const RING_START: usize = 4096;
-
-impl Ring {
-    /// Appends as much of `data` as fits in `cap`; returns how much.
-    fn push(&mut self, data: &[u8], cap: usize) -> usize {
-        let n = data.len().min(cap.saturating_sub(self.len));
-        if self.len + n > self.buf.len() {
-            self.grow(
-                (self.len + n)
-                    .max(2 * self.buf.len())
-                    .max(RING_START)
-                    .min(cap),
-            );
-        }
-        let size = self.buf.len();
-        let tail = (self.head + self.len) % size;
-        let first = n.min(size - tail);
-        self.buf[tail..tail + first].copy_from_slice(&data[..first]);
-        self.buf[..n - first].copy_from_slice(&data[first..n]);
-        self.len += n;
-        n
-    }
-
-    /// Reallocates to `size` bytes (at least `len`), the contents moved to the front.
-    fn grow(&mut self, size: usize) {
-        let mut buf = vec![0; size].into_boxed_slice();
-        let len = self.len;
-        let mut done = 0;
-        while done < len {
-            let s = self.front();
-            buf[done..done + s.len()].copy_from_slice(s);
-            let k = s.len();
-            self.consume_keep(k);
-            done += k;
-        }
-        self.buf = buf;
-        self.head = 0;
-        self.len = done;
-    }
-
-    /// Moves up to `out.len()` bytes out; returns how many.
-    fn pop(&mut self, out: &mut [u8]) -> usize {
-        let n = out.len().min(self.len);
-        let mut done = 0;
-        while done < n {
-            let s = self.front();
-            let k = s.len().min(n - done);
-            out[done..done + k].copy_from_slice(&s[..k]);
-            self.consume(k);
-            done += k;
-        }
-        n
-    }
-
-    /// The contiguous bytes at the head.
-    fn front(&self) -> &[u8] {
-        let end = (self.head + self.len).min(self.buf.len());
-        &self.buf[self.head..end]
-    }
-
-    fn consume(&mut self, n: usize) {
-        debug_assert!(n <= self.len);
-        self.len -= n;
-        self.head = if self.len == 0 {
-            0
-        } else {
-            (self.head + n) % self.buf.len()
-        };
-    }
-
-    /// [`Ring::consume`] without resetting `head` when empty (for [`Ring::grow`]'s walk).
-    fn consume_keep(&mut self, n: usize) {
-        self.len -= n;
-        self.head = (self.head + n) % self.buf.len();
-    }
-
-    fn clear(&mut self) {
-        *self = Self::default();
-    }
-}
-
 /// quinn-proto's send side of one stream, as the pipe needs it.
 pub(crate) trait QuicSend {
     /// `Ok(n)` bytes taken; `Blocked` (flow control, a `Writable` event follows), `Stopped`, or
     /// `ClosedStream`.
-    fn write(&mut self, data: &[u8]) -> Result<usize, quinn_proto::WriteError>;
+    fn write(&mut self, data: Bytes) -> Result<usize, quinn_proto::WriteError>;
     fn finish(&mut self);
     fn reset(&mut self, code: VarInt);
     /// The peer's STOP_SENDING code, if it sent one.
@@ -183,7 +92,10 @@ pub(crate) struct StreamPipe {
 
 #[derive(Default)]
 struct PipeState {
+    /// Recv: the bytes the shard moved in.
     ring: Ring,
+    /// Send: the bytes the app wrote.
+    out: SendBuf,
     /// Send: the app finished (FIN follows the buffered bytes). Recv: the peer's FIN arrived
     /// (after the buffered bytes).
     fin: bool,
@@ -248,7 +160,7 @@ impl StreamPipe {
         if s.lost.is_some() || s.stop.is_some() || s.fin || s.reset.is_some() {
             return 0;
         }
-        self.cap - s.ring.len
+        self.cap - s.out.len()
     }
 
     /// Bytes a read can return now without blocking.
@@ -266,6 +178,25 @@ impl StreamPipe {
         data: &[u8],
         how: Block<'_>,
     ) -> Result<Option<usize>, WriteError> {
+        self.write_with(data.is_empty(), how, |out, cap| out.push(data, cap))
+    }
+
+    /// Takes as much of `data` as fits without copying it, advancing `data` past what it took.
+    /// `Ok(None)`: the pipe is full (registered `how`).
+    pub(crate) fn write_bytes(
+        self: &Arc<Self>,
+        data: &mut Bytes,
+        how: Block<'_>,
+    ) -> Result<Option<usize>, WriteError> {
+        self.write_with(data.is_empty(), how, |out, cap| out.push_bytes(data, cap))
+    }
+
+    fn write_with(
+        self: &Arc<Self>,
+        empty: bool,
+        how: Block<'_>,
+        push: impl FnOnce(&mut SendBuf, usize) -> usize,
+    ) -> Result<Option<usize>, WriteError> {
         let mut s = lock(&self.state);
         if let Some(e) = &s.lost {
             return Err(WriteError::ConnectionLost(e.clone()));
@@ -276,11 +207,11 @@ impl StreamPipe {
         if s.fin || s.reset.is_some() {
             return Err(WriteError::ClosedStream);
         }
-        if data.is_empty() {
+        if empty {
             return Ok(Some(0));
         }
-        let was_empty = s.ring.len == 0;
-        let n = s.ring.push(data, self.cap);
+        let was_empty = s.out.len() == 0;
+        let n = push(&mut s.out, self.cap);
         if n == 0 {
             s.waiters.block(how);
             return Ok(None);
@@ -338,7 +269,7 @@ impl StreamPipe {
     fn ready(dir: PipeDir, cap: usize, s: &PipeState) -> bool {
         let terminal = s.lost.is_some() || s.reset.is_some() || s.stop.is_some();
         match dir {
-            PipeDir::Send => terminal || s.fin || s.ring.len < cap,
+            PipeDir::Send => terminal || s.fin || s.out.len() < cap,
             PipeDir::Recv => terminal || s.fin || s.ring.len > 0,
         }
     }
@@ -393,7 +324,7 @@ impl StreamPipe {
                 return Err(WriteError::ClosedStream);
             }
             s.reset = Some(code);
-            s.ring.clear();
+            s.out.clear();
             Ok(())
         })
     }
@@ -472,14 +403,17 @@ impl StreamPipe {
             if s.done {
                 return true;
             }
-            let before = s.ring.len;
+            let before = s.out.len();
             if let Some(code) = q.stopped() {
                 s.stop = Some(code);
             }
-            while s.stop.is_none() && s.ring.len > 0 {
-                match q.write(s.ring.front()) {
+            while s.stop.is_none() {
+                let Some(chunk) = s.out.front() else {
+                    break;
+                };
+                match q.write(chunk) {
                     Ok(0) | Err(quinn_proto::WriteError::Blocked) => break,
-                    Ok(n) => s.ring.consume(n),
+                    Ok(n) => s.out.consume_front(n),
                     Err(quinn_proto::WriteError::Stopped(code)) => s.stop = Some(code),
                     Err(quinn_proto::WriteError::ClosedStream) => {
                         s.stop = Some(VarInt::from_u32(0))
@@ -487,18 +421,19 @@ impl StreamPipe {
                 }
             }
             if s.stop.is_some() {
-                s.ring.clear();
+                s.out.clear();
                 s.done = true;
                 wake = s.waiters.take();
             } else {
-                if s.ring.len == 0 && s.fin {
+                if s.out.len() == 0 && s.fin {
                     q.finish();
                     s.done = true;
-                    s.ring.clear();
+                    s.out.clear();
                 }
-                let free = self.cap - s.ring.len;
-                let freed = s.ring.len < before;
-                wake = if freed && (s.ring.len == 0 || free >= self.cap.div_ceil(2)) {
+                let len = s.out.len();
+                let free = self.cap - len;
+                let freed = len < before;
+                wake = if freed && (len == 0 || free >= self.cap.div_ceil(2)) {
                     s.waiters.take()
                 } else {
                     Wake::default()
@@ -591,52 +526,4 @@ impl StreamPipe {
 fn wake_and(wake: Wake, pipe: &StreamPipe) -> bool {
     wake.wake();
     pipe.is_done()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ring_wraps() {
-        let mut r = Ring::default();
-        let cap = 8;
-        assert_eq!(r.push(b"abcdef", cap), 6);
-        let mut out = [0u8; 4];
-        assert_eq!(r.pop(&mut out), 4);
-        assert_eq!(&out, b"abcd");
-        assert_eq!(r.push(b"ghijklmn", cap), 6);
-        assert_eq!(r.len, 8);
-        let mut out = [0u8; 8];
-        assert_eq!(r.pop(&mut out), 8);
-        assert_eq!(&out, b"efghijkl");
-        assert_eq!(r.len, 0);
-    }
-
-    /// The ring grows with what it holds (doubling, from one page, up to the capacity), keeps
-    /// the byte order across a wrapped growth, and never exceeds the capacity.
-    #[test]
-    fn ring_grows_with_its_contents_up_to_the_capacity() {
-        let cap = 64 * 1024;
-        let mut r = Ring::default();
-        assert_eq!(r.push(&[1; 3000], cap), 3000);
-        assert_eq!(r.buf.len(), RING_START, "a small stream holds one page");
-        // wrap the ring, then grow it while wrapped
-        let mut out = vec![0u8; 3000];
-        assert_eq!(r.pop(&mut out[..2000]), 2000);
-        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
-        assert_eq!(r.push(&data[..3000], cap), 3000);
-        assert!(r.head + r.len > r.buf.len(), "wrapped before growing");
-        assert_eq!(r.push(&data[3000..], cap), 17_000);
-        assert!(r.buf.len() >= 21_000 && r.buf.len() <= cap);
-        assert_eq!(r.pop(&mut out[..1000]), 1000);
-        assert!(out[..1000].iter().all(|&b| b == 1));
-        let mut out = vec![0u8; 20_000];
-        assert_eq!(r.pop(&mut out), 20_000);
-        assert!(out == data, "order kept across growth");
-        // never beyond the capacity
-        assert_eq!(r.push(&vec![7; 2 * cap], cap), cap);
-        assert_eq!(r.buf.len(), cap);
-        assert_eq!(r.push(b"x", cap), 0);
-    }
 }

@@ -11,6 +11,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use quinn_proto::{StreamId, VarInt};
 
 use super::blocking::{sealed, wait_for, Inner, Opts, Pipe, Stall, Target};
@@ -127,6 +128,43 @@ impl SendStream {
         Ok(())
     }
 
+    /// Writes some of `data` without copying it (at least one byte unless `data` is empty),
+    /// waiting for room, and advances `data` past what was taken. The pipe keeps the `Bytes`
+    /// and quinn-proto sends from the same memory; pieces under 1 KiB are copied.
+    pub fn write_bytes(&mut self, data: &mut Bytes) -> Result<usize, WriteError> {
+        let p = &self.pipe;
+        wait_for(
+            self.opts.nonblocking(),
+            self.opts.deadline(None),
+            p.direct(),
+            |how| p.write_bytes(data, how),
+            |sig| p.unblock_thread(sig),
+            wstall,
+        )
+    }
+
+    /// Writes all of `data` without copying it (see [`SendStream::write_bytes`]), waiting until
+    /// `deadline`. On an error some prefix may have been written.
+    pub fn write_all_bytes_until(
+        &mut self,
+        mut data: Bytes,
+        deadline: Option<Instant>,
+    ) -> Result<(), WriteError> {
+        let deadline = self.opts.deadline(deadline);
+        let p = self.pipe.clone();
+        while !data.is_empty() {
+            wait_for(
+                self.opts.nonblocking(),
+                deadline,
+                p.direct(),
+                |how| p.write_bytes(&mut data, how),
+                |sig| p.unblock_thread(sig),
+                wstall,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Ends the stream: FIN goes out after the buffered bytes. Never blocks; idempotent.
     pub fn finish(&mut self) -> Result<(), WriteError> {
         self.pipe.finish()
@@ -143,6 +181,14 @@ impl SendStream {
         how: Block<'_>,
     ) -> Result<Option<usize>, WriteError> {
         self.pipe.write(data, how)
+    }
+
+    pub(crate) fn poll_write_bytes_inner(
+        &self,
+        data: &mut Bytes,
+        how: Block<'_>,
+    ) -> Result<Option<usize>, WriteError> {
+        self.pipe.write_bytes(data, how)
     }
 }
 

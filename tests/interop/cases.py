@@ -82,27 +82,38 @@ def check_retry(run):
     return None
 
 
+def second_handshake(run, key):
+    """Why the aioquic log(s) do not show `key` on the last of two handshakes, or None.
+
+    An aioquic server writes its log when it is stopped, which can be before it has processed
+    the last client flight (quicshard get exits, and the cell stops the server, as soon as its
+    files are in): then its log may miss the second handshake. quicshard get checks the same
+    property on its own side (exit 1 otherwise), so a server log that is merely short is not a
+    failure; a log that has the handshake and says no is.
+    """
+    for side, log in aioquic_logs(run):
+        conns = log.get("connections", [])
+        if side == "server" and run.client == "quicshard" and len(conns) < 2:
+            continue
+        if len(conns) < 2 or not conns[-1][key]:
+            return f"aioquic {side}: last handshake without {key} ({conns})"
+    return None
+
+
 def check_resumed(run):
     n = qs_total(run, "resumptions")
     if n is not None and n < 1:
         return "server decrypted no session ticket"
-    for side, log in aioquic_logs(run):
-        conns = log.get("connections", [])
-        if len(conns) < 2 or not conns[-1]["resumed"]:
-            return f"aioquic {side}: last handshake not resumed ({conns})"
     # quicshard get checks itself: a second handshake without a certificate, else exit 1
-    return None
+    return second_handshake(run, "resumed")
 
 
 def check_zerortt(run):
     n = qs_total(run, "zero_rtt_accepted")
     if n is not None and n < 1:
         return "server accepted no 0-RTT offer (zero_rtt_accepted = 0)"
-    for side, log in aioquic_logs(run):
-        conns = log.get("connections", [])
-        if len(conns) < 2 or not conns[-1]["early_data"]:
-            return f"aioquic {side}: 0-RTT not accepted ({conns})"
-    return None  # quicshard get exits 1 unless its 0-RTT was sent and accepted
+    # quicshard get exits 1 unless its 0-RTT was sent and accepted
+    return second_handshake(run, "early_data")
 
 
 def check_chacha(run):

@@ -90,6 +90,28 @@ def case_echo(qs):
         stop(proc)
 
 
+def run_cases(cases):
+    """Runs (title, run) cases, where run() returns None or why it failed (an exception counts
+    as a failure); prints a PASS/FAIL line each and the `N passed, N failed` total; returns the
+    number failed."""
+    passed = failed = 0
+    for title, run in cases:
+        t = time.monotonic()
+        try:
+            err = run()
+        except Exception as e:
+            err = f"{type(e).__name__}: {e}"
+        dt = time.monotonic() - t
+        if err:
+            failed += 1
+            print(f"FAIL {title} ({dt:.1f} s): {err}", flush=True)
+        else:
+            passed += 1
+            print(f"PASS {title} ({dt:.1f} s)", flush=True)
+    print(f"{passed} passed, {failed} failed", flush=True)
+    return failed
+
+
 def main():
     qs = os.path.abspath(sys.argv[1])
     work = tempfile.mkdtemp(prefix="qs-interop-")
@@ -105,21 +127,7 @@ def main():
         ("quicshard get <- aioquic server", lambda: case_quicshard_client(qs, root, names, work, cert, key, [])),
         ("quicshard get <- aioquic server (retry)", lambda: case_quicshard_client(qs, root, names, work, cert, key, ["--retry"])),
     ]
-    passed = failed = 0
-    for title, run in cases:
-        t = time.monotonic()
-        try:
-            err = run()
-        except Exception as e:
-            err = f"{type(e).__name__}: {e}"
-        dt = time.monotonic() - t
-        if err:
-            failed += 1
-            print(f"FAIL {title} ({dt:.1f} s): {err}")
-        else:
-            passed += 1
-            print(f"PASS {title} ({dt:.1f} s)")
-    print(f"{passed} passed, {failed} failed")
+    failed = run_cases(cases)
     sys.exit(1 if failed else 0)
 
 

@@ -15,12 +15,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from certs import make_cert  # noqa: E402
-from run_aioquic import compare, start_server, stop  # noqa: E402
+from run_aioquic import compare, run_cases, start_server, stop  # noqa: E402
 
 H3_PEER = [sys.executable, os.path.join(HERE, "aioquic_h3.py")]
 TIMEOUT = 60
@@ -219,22 +218,8 @@ def main():
         cases.append((f"{kind}: quicshard get --alpn h3 <- ngtcp2 gtlsserver", lambda n=names: ngtcp2_server(env, n)))
     cases.append(("preferred-address: ngtcp2 gtlsclient migrates <- quicshard serve --preferred-address",
                   lambda: ngtcp2_client_preferred_address(env, ["small.txt", "large.bin"])))
-    passed = failed = 0
-    for title, run in cases:
-        t = time.monotonic()
-        try:
-            err = run()
-        except Exception as e:
-            err = f"{type(e).__name__}: {e}"
-        dt = time.monotonic() - t
-        if err:
-            failed += 1
-            print(f"FAIL {title} ({dt:.1f} s): {err}", flush=True)
-        else:
-            passed += 1
-            print(f"PASS {title} ({dt:.1f} s)", flush=True)
+    failed = run_cases(cases)
     shutil.rmtree(env.work, ignore_errors=True)
-    print(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
 
 

@@ -46,18 +46,12 @@ impl Ring {
     /// Reallocates to `size` bytes (at least `len`), the contents moved to the front.
     fn grow(&mut self, size: usize) {
         let mut buf = vec![0; size].into_boxed_slice();
-        let len = self.len;
-        let mut done = 0;
-        while done < len {
-            let s = self.front();
-            buf[done..done + s.len()].copy_from_slice(s);
-            let k = s.len();
-            self.consume_keep(k);
-            done += k;
-        }
+        // the contents are the front run, then (if the ring wraps) the run from index 0
+        let first = self.front().len();
+        buf[..first].copy_from_slice(self.front());
+        buf[first..self.len].copy_from_slice(&self.buf[..self.len - first]);
         self.buf = buf;
         self.head = 0;
-        self.len = done;
     }
 
     /// Moves up to `out.len()` bytes out; returns how many.
@@ -88,12 +82,6 @@ impl Ring {
         } else {
             (self.head + n) % self.buf.len()
         };
-    }
-
-    /// [`Ring::consume`] without resetting `head` when empty (for [`Ring::grow`]'s walk).
-    fn consume_keep(&mut self, n: usize) {
-        self.len -= n;
-        self.head = (self.head + n) % self.buf.len();
     }
 
     pub(super) fn clear(&mut self) {

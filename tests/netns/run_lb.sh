@@ -14,9 +14,10 @@
 #   qsb2 (backend) eth0 10.99.0.12, lo 10.99.0.100 (VIP, dsr only)
 #   qsnet          bridge br0 joining the four veth peers
 #
-# Cases: proxy, dsr, migration (client address change mid-download), rotation (a new QUIC-LB
-# config id and a new backend added by SIGHUP during a download), down_and_flood (a backend
-# marked down; a 50k-datagram garbage flood during a live download). Every process is started
+# Cases: proxy, dsr (both also with the inline pipeline: proxy_inline, dsr_inline), migration
+# (client address change mid-download), rotation (a new QUIC-LB config id and a new backend added
+# by SIGHUP during a download), down_and_flood (a backend marked down; a 50k-datagram garbage
+# flood during a live download). Every process is started
 # with a deadline and every wait polls a condition with a deadline. The namespaces are deleted
 # on exit (trap).
 set -uo pipefail
@@ -181,6 +182,10 @@ lb_config() {
   {
     echo "listen = \"$listen\""
     echo "mode = \"$mode\""
+    if [ -n "${PIPELINE:-}" ]; then
+      echo "pipeline = \"$PIPELINE\""
+      echo "receivers = 2"
+    fi
     [ -n "$virt" ] && echo "virtual_address = \"$virt\""
     echo "[[quic_lb]]"
     echo "id = 1"
@@ -232,41 +237,43 @@ ready() {
 # --- proxy and dsr: 100 handshakes + three 2 MB downloads --------------------------------------
 spread_case() {
   local mode=$1 target listen virt b1addr b2addr
+  # PIPELINE=inline runs the LB's run-to-completion pipeline with 2 workers
+  local tag=$mode${PIPELINE:+_$PIPELINE}
   if [ "$mode" = proxy ]; then
     target=$LB:4433 listen=$LB:4433 virt="" b1addr=$B1:4433 b2addr=$B2:4433
   else
     target=$VIP:443 listen=$VIP:443 virt=$VIP:443 b1addr=$B1:5443 b2addr=$B2:5443
   fi
-  local conf=$W/$mode.toml
+  local conf=$W/$tag.toml
   lb_config "$conf" "$mode" "$listen" "$virt" "0a01@$b1addr" "0a02@$b2addr"
   if [ "$mode" = proxy ]; then
-    backend ${mode}_b1 qsb1 $B1:4433 0a01 "$conf"
-    backend ${mode}_b2 qsb2 $B2:4433 0a02 "$conf"
+    backend ${tag}_b1 qsb1 $B1:4433 0a01 "$conf"
+    backend ${tag}_b2 qsb2 $B2:4433 0a02 "$conf"
   else
-    backend ${mode}_b1 qsb1 $VIP:443 0a01 "$conf" --decap "$b1addr"
-    backend ${mode}_b2 qsb2 $VIP:443 0a02 "$conf" --decap "$b2addr"
+    backend ${tag}_b1 qsb1 $VIP:443 0a01 "$conf" --decap "$b1addr"
+    backend ${tag}_b2 qsb2 $VIP:443 0a02 "$conf" --decap "$b2addr"
   fi
-  lb ${mode}_lb "$conf"
-  ready ${mode}_b1 ${mode}_b2 ${mode}_lb || return
-  start ${mode}_bench qsc 60 "$BIN" bench --connect "$target" --insecure --mode handshake \
+  lb ${tag}_lb "$conf"
+  ready ${tag}_b1 ${tag}_b2 ${tag}_lb || return
+  start ${tag}_bench qsc 60 "$BIN" bench --connect "$target" --insecure --mode handshake \
     --requests 100 --connections 4 --shards 1 --json
-  finish ${mode}_bench 60
+  finish ${tag}_bench 60
   local rc=$?
-  check "[ $rc = 0 ]" "bench exited $rc: $(tail -c 300 "$W/${mode}_bench.err")"
-  check "[ \"\$(json $W/${mode}_bench.out 'j[\"handshakes\"]')\" = 100 ]" \
-    "bench completed $(json "$W/${mode}_bench.out" 'j["handshakes"]' 2>/dev/null) of 100 handshakes"
+  check "[ $rc = 0 ]" "bench exited $rc: $(tail -c 300 "$W/${tag}_bench.err")"
+  check "[ \"\$(json $W/${tag}_bench.out 'j[\"handshakes\"]')\" = 100 ]" \
+    "bench completed $(json "$W/${tag}_bench.out" 'j["handshakes"]' 2>/dev/null) of 100 handshakes"
   local i
   for i in 1 2 3; do
-    get ${mode}_get$i "https://$target/f2m.bin"
-    finish ${mode}_get$i 60
+    get ${tag}_get$i "https://$target/f2m.bin"
+    finish ${tag}_get$i 60
     rc=$?
-    check "[ $rc = 0 ]" "get $i exited $rc: $(tail -c 300 "$W/${mode}_get$i.err")"
-    check "cmp -s $W/www/f2m.bin $W/${mode}_get$i/f2m.bin" "download $i differs from the original"
+    check "[ $rc = 0 ]" "get $i exited $rc: $(tail -c 300 "$W/${tag}_get$i.err")"
+    check "cmp -s $W/www/f2m.bin $W/${tag}_get$i/f2m.bin" "download $i differs from the original"
   done
-  stop ${mode}_lb
-  stop ${mode}_b1
-  stop ${mode}_b2
-  local f1=$W/${mode}_b1.json f2=$W/${mode}_b2.json
+  stop ${tag}_lb
+  stop ${tag}_b1
+  stop ${tag}_b2
+  local f1=$W/${tag}_b1.json f2=$W/${tag}_b2.json
   check "[ -s $f1 ] && [ -s $f2 ]" "a backend wrote no stats"
   [ -n "$reason" ] && return
   local a1 a2 h1 h2 u1 u2
@@ -278,7 +285,7 @@ spread_case() {
   check "[ $((a1 + a2)) = 103 ]" "accepted $a1 + $a2 != 103 connections"
   check "[ $((h1 + h2)) = 103 ]" "handshakes $h1 + $h2 != 103 connections"
   check "[ $((u1 + u2)) = 0 ]" "backends dropped $u1 + $u2 datagrams with unknown CIDs (a connection was split)"
-  local lbj=$W/${mode}_lb.json by_cid relayed
+  local lbj=$W/${tag}_lb.json by_cid relayed
   by_cid=$(json "$lbj" 'j["routing"]["routed_by_cid"]')
   relayed=$(json "$lbj" 'j["forwarders"]["replies_relayed"]')
   check "[ $by_cid -gt 0 ]" "the LB routed nothing by CID"
@@ -482,12 +489,13 @@ down_flood_case() {
   check "[ $reserved -ge 9000 ]" "the LB counted only $reserved reserved-codepoint CIDs of 10000"
 }
 
-for c in "proxy:spread_case proxy" "dsr:spread_case dsr" "migration:migration_case" \
+for c in "proxy:spread_case proxy" "dsr:spread_case dsr" "proxy_inline:PIPELINE=inline spread_case proxy" \
+  "dsr_inline:PIPELINE=inline spread_case dsr" "migration:migration_case" \
   "rotation:rotation_case" "down_and_flood:down_flood_case"; do
   name=${c%%:*}
   if [ -n "${QS_NETNS_ONLY:-}" ] && [[ " $QS_NETNS_ONLY " != *" $name "* ]]; then continue; fi
   reason=""
-  ${c#*:}
+  eval "${c#*:}"
   verdict "$name"
 done
 echo "$pass passed, $fail failed"

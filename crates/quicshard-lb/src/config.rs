@@ -52,6 +52,20 @@ pub enum ForwardMode {
     Dsr,
 }
 
+/// How the work of one datagram is spread over threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pipeline {
+    /// Receivers → processors → forwarders, each stage its own threads, joined by bounded
+    /// queues. For machines with a core per stage thread.
+    Staged,
+    /// Run to completion: each of `receivers` threads reads a batch, routes it and sends it
+    /// itself (and relays proxy replies); `processors` and `forwarders` are not used. Each
+    /// thread has its own `SO_REUSEPORT` socket. For machines with fewer cores than stage
+    /// threads, where handing batches between threads costs more than the work.
+    Inline,
+}
+
 /// One QUIC-LB configuration (one config rotation codepoint).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuicLbEntry {
@@ -90,7 +104,9 @@ pub struct LbConfig {
     /// The address the backends answer from in DSR mode (`virtual_address`, default `listen`;
     /// must be a specific IP in DSR mode).
     pub virtual_address: SocketAddr,
-    /// Receiver threads (`receivers`, default 1).
+    /// Thread layout (`pipeline`, `"staged"` by default, or `"inline"`).
+    pub pipeline: Pipeline,
+    /// Receiver threads (`receivers`, default 1); in the inline pipeline, the worker threads.
     pub receivers: usize,
     /// Processor threads (`processors`, default 1).
     pub processors: usize,
@@ -119,6 +135,7 @@ const TOP_KEYS: &[&str] = &[
     "listen",
     "mode",
     "virtual_address",
+    "pipeline",
     "receivers",
     "processors",
     "forwarders",
@@ -297,6 +314,16 @@ impl LbConfig {
                 ))
             }
         };
+        let pipeline = match get_str(t, "", "pipeline")? {
+            None | Some("staged") => Pipeline::Staged,
+            Some("inline") => Pipeline::Inline,
+            Some(m) => {
+                return Err(err(
+                    "pipeline",
+                    format!("unknown pipeline {m:?}: expected \"staged\" or \"inline\""),
+                ))
+            }
+        };
         let virtual_address = get_addr(t, "", "virtual_address")?.unwrap_or(listen);
         if mode == ForwardMode::Dsr && virtual_address.ip().is_unspecified() {
             return Err(err(
@@ -332,6 +359,7 @@ impl LbConfig {
             listen,
             mode,
             virtual_address,
+            pipeline,
             receivers: get_count(t, "receivers", 1, MAX_THREADS)?,
             processors: get_count(t, "processors", 1, MAX_THREADS)?,
             forwarders: get_count(t, "forwarders", 1, MAX_THREADS)?,

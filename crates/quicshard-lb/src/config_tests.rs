@@ -45,6 +45,13 @@ fn replace(from: &str, to: &str) -> String {
 fn good_config_and_defaults() {
     let c = LbConfig::from_toml(GOOD).unwrap();
     assert_eq!(c.mode, ForwardMode::Proxy);
+    assert_eq!(c.pipeline, crate::Pipeline::Staged);
+    let inline = replace(
+        "mode = \"proxy\"",
+        "mode = \"proxy\"\npipeline = \"inline\"",
+    );
+    let inline = LbConfig::from_toml(&inline).unwrap();
+    assert_eq!(inline.pipeline, crate::Pipeline::Inline);
     assert_eq!(
         (c.receivers, c.processors, c.forwarders, c.slow_path),
         (2, 1, 1, 1)
@@ -106,6 +113,10 @@ fn errors_are_one_line_and_name_the_key() {
         (
             replace("mode = \"proxy\"", "mode = \"dsr\"\nlisten = \"0.0.0.0:1\""),
             "line",
+        ),
+        (
+            replace("mode = \"proxy\"", "mode = \"proxy\"\npipeline = \"fast\""),
+            "pipeline: unknown pipeline \"fast\"",
         ),
         (
             replace("receivers = 2", "receivers = 0"),

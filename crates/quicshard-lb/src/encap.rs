@@ -312,17 +312,42 @@ fn be16(b: &[u8]) -> u16 {
 }
 
 /// The Internet checksum (RFC 1071) of the concatenated parts.
+///
+/// Sums big-endian 32-bit words into a 64-bit accumulator and folds at the end: since
+/// `2^16 = 1 (mod 2^16 - 1)`, a 32-bit word adds the same as its two 16-bit halves. A part of odd
+/// length carries its last byte over to pair with the next part's first.
 fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum = 0u32;
+    let mut sum = 0u64;
     let mut odd: Option<u8> = None;
-    for b in parts.iter().flat_map(|p| p.iter()) {
-        match odd.take() {
-            Some(hi) => sum += u32::from(u16::from_be_bytes([hi, *b])),
-            None => odd = Some(*b),
+    for part in parts {
+        let mut p = *part;
+        if let Some(hi) = odd.take() {
+            match p.split_first() {
+                Some((&lo, rest)) => {
+                    sum += u64::from(u16::from_be_bytes([hi, lo]));
+                    p = rest;
+                }
+                None => {
+                    odd = Some(hi);
+                    continue;
+                }
+            }
+        }
+        let mut words = p.chunks_exact(4);
+        for w in &mut words {
+            sum += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+        }
+        let mut rest = words.remainder();
+        if let [hi, lo, tail @ ..] = rest {
+            sum += u64::from(u16::from_be_bytes([*hi, *lo]));
+            rest = tail;
+        }
+        if let [b] = rest {
+            odd = Some(*b);
         }
     }
     if let Some(hi) = odd {
-        sum += u32::from(hi) << 8;
+        sum += u64::from(hi) << 8;
     }
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
@@ -382,6 +407,29 @@ mod tests {
         round_trip("[2001:db8::7]:50000", "[2001:db8::1]:443", &[0xab; 1200]);
         round_trip("198.51.100.7:1", "10.0.0.1:2", b"");
         round_trip("198.51.100.7:1", "10.0.0.1:2", b"odd");
+    }
+
+    /// RFC 1071 byte by byte: the reference the word-wise [`checksum`] must match.
+    fn checksum_bytewise(parts: &[&[u8]]) -> u16 {
+        let bytes: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+        let mut sum = 0u32;
+        for pair in bytes.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn checksum_matches_bytewise(
+            parts in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 0..5)
+        ) {
+            let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+            proptest::prop_assert_eq!(checksum(&refs), checksum_bytewise(&refs));
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod route;
 #[allow(unsafe_code)]
 mod sys;
 
-pub use config::{ConfigError, ForwardMode, LbConfig};
+pub use config::{ConfigError, ForwardMode, LbConfig, Pipeline};
 pub use pipeline::{
     Error, ForwarderStats, Lb, ProcessorStats, ReceiverStats, SlowPathStats, Stats,
 };

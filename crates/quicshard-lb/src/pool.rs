@@ -15,6 +15,12 @@
 //!      + forwarders * (forward_queue + write_batch) + slow_path * (slow_queue + 1)
 //! ```
 //! The last term is ours: the router's slow path copies packets, ours holds pool buffers.
+//!
+//! The inline pipeline (no processors or forwarders; each receiver routes and sends its own
+//! batch, and takes the slow path's routed packets from a queue of `forward_queue = read_batch`):
+//! ```text
+//! pool = receivers * (read_batch + forward_queue) + slow_path * (slow_queue + 1)
+//! ```
 
 use std::net::SocketAddr;
 
@@ -71,16 +77,30 @@ impl Sizes {
         }
     }
 
+    /// Computes the sizes of the inline pipeline (see the module doc); `processor_queue` is 0.
+    pub fn compute_inline(receivers: usize, slow_path: usize, read_batch: usize) -> Self {
+        let [r, rb] = [receivers, read_batch].map(|v| v.max(1));
+        Self {
+            processor_queue: 0,
+            forward_queue: rb,
+            slow_queue: rb,
+            pool: r * 2 * rb + slow_path * (rb + 1),
+        }
+    }
+
     /// The sizes for a configuration.
     pub fn for_config(c: &crate::LbConfig) -> Self {
-        Self::compute(
-            c.receivers,
-            c.processors,
-            c.forwarders,
-            c.slow_path,
-            c.read_batch,
-            c.write_batch,
-        )
+        match c.pipeline {
+            crate::Pipeline::Staged => Self::compute(
+                c.receivers,
+                c.processors,
+                c.forwarders,
+                c.slow_path,
+                c.read_batch,
+                c.write_batch,
+            ),
+            crate::Pipeline::Inline => Self::compute_inline(c.receivers, c.slow_path, c.read_batch),
+        }
     }
 }
 
@@ -92,6 +112,9 @@ pub struct Packet {
     pub client: SocketAddr,
     /// Where the processor decided to send it, once routed.
     pub target: Option<SocketAddr>,
+    /// Inline pipeline: the worker that read it, which also sends it (its proxy sessions live
+    /// there), even when the slow path routed it.
+    pub worker: usize,
 }
 
 impl Packet {
@@ -101,6 +124,7 @@ impl Packet {
             len: 0,
             client: SocketAddr::from(([0, 0, 0, 0], 0)),
             target: None,
+            worker: 0,
         })
     }
 
@@ -218,6 +242,9 @@ mod tests {
         let s = Sizes::compute(1, 8, 1, 2, 10, 5);
         assert_eq!(s.processor_queue, 10);
         assert_eq!(s.pool, 135);
+        // inline, 2 receivers, 1 slow, rb 64: pool = 2*(64+64) + 65 = 321
+        let s = Sizes::compute_inline(2, 1, 64);
+        assert_eq!((s.processor_queue, s.forward_queue, s.pool), (0, 64, 321));
     }
 
     #[test]

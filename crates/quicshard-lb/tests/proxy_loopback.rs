@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use quic_lb::{Codec, Config};
-use quicshard_lb::{encap, Lb, LbConfig, Stats};
+use quicshard_lb::{encap, Lb, LbConfig, Pipeline, Stats};
 
 const KEY: &str = "8f95f09245765f80256934e50c66207f";
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -59,11 +59,16 @@ impl Backend {
     }
 }
 
-fn config(mode: &str, a: SocketAddr, b: SocketAddr) -> LbConfig {
+/// A two-backend config; `pipeline` is `"staged"` (2 processors) or `"inline"` (2 workers on
+/// `SO_REUSEPORT` sockets).
+fn config(mode: &str, pipeline: &str, a: SocketAddr, b: SocketAddr) -> LbConfig {
+    let receivers = if pipeline == "inline" { 2 } else { 1 };
     LbConfig::from_toml(&format!(
         r#"
 listen = "127.0.0.1:0"
 mode = "{mode}"
+pipeline = "{pipeline}"
+receivers = {receivers}
 virtual_address = "127.0.0.1:4433"
 processors = 2
 read_batch = 8
@@ -129,12 +134,26 @@ fn wait_stats(lb: &Lb, what: &str, ok: impl Fn(&Stats) -> bool) -> Stats {
 
 #[test]
 fn proxy_routes_by_cid_falls_back_and_drops_garbage() {
+    proxy_case("staged");
+}
+
+#[test]
+fn inline_proxy_routes_by_cid_falls_back_and_drops_garbage() {
+    proxy_case("inline");
+}
+
+fn proxy_case(pipeline: &str) {
     let (a, b) = (Backend::start(b'A'), Backend::start(b'B'));
-    let cfg = config("proxy", a.addr, b.addr);
+    let cfg = config("proxy", pipeline, a.addr, b.addr);
     let qcfg = cfg.quic_lb[0].config;
     let lb = Lb::start(cfg.clone()).unwrap();
     let addr = lb.local_addr();
-    assert_eq!(lb.sizes().processor_queue, 8);
+    let sizes = lb.sizes();
+    let queue = match cfg.pipeline {
+        Pipeline::Staged => sizes.processor_queue,
+        Pipeline::Inline => sizes.forward_queue,
+    };
+    assert_eq!(queue, 8);
 
     // Routable CIDs reach their backend; the echo comes back from the LB's address.
     let c = client();
@@ -196,6 +215,8 @@ fn proxy_routes_by_cid_falls_back_and_drops_garbage() {
     ))
     .unwrap();
     cfg2.listen = cfg.listen;
+    cfg2.pipeline = cfg.pipeline;
+    cfg2.receivers = cfg.receivers;
     lb.reload(cfg2.clone()).unwrap();
     let q1 = cfg2.quic_lb[1].config;
     let mut cid = [0u8; 20];
@@ -228,11 +249,20 @@ fn proxy_routes_by_cid_falls_back_and_drops_garbage() {
 
 #[test]
 fn dsr_encapsulates_with_client_and_virtual_address() {
+    dsr_case("staged");
+}
+
+#[test]
+fn inline_dsr_encapsulates_with_client_and_virtual_address() {
+    dsr_case("inline");
+}
+
+fn dsr_case(pipeline: &str) {
     let a = Backend::start(b'A');
     let b = UdpSocket::bind("127.0.0.1:0").unwrap();
     b.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let cfg = config("dsr", a.addr, b.local_addr().unwrap());
+    let cfg = config("dsr", pipeline, a.addr, b.local_addr().unwrap());
     let qcfg = cfg.quic_lb[0].config;
     let lb = Lb::start(cfg).unwrap();
     let c = client();

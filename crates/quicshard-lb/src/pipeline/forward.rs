@@ -2,7 +2,9 @@
 //!
 //! This module owns [`Forwarder`], one thread each. Its loop is a `mio::Poll` with one
 //! [`mio::Waker`] (rung by processors once per batch) and, in proxy mode, one registered socket
-//! per client session. Each iteration: drain up to `write_batch` queued packets and send them;
+//! per client session. In the inline pipeline the poll also watches the worker's listen socket
+//! ([`super::inline::Source`]), whose routed batches join the send batch. Each iteration: read
+//! and route a batch (inline); drain up to `write_batch` queued packets and send them;
 //! relay up to `write_batch` replies per readable session; close sessions idle for
 //! `session_idle`; block until woken, a session is readable, or [`super::STOP_CHECK`].
 //!
@@ -29,8 +31,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::inline::Source;
 use super::stats::{add, ForwarderCounters};
 use super::{io_err, relays, Error, Shared, STOP_CHECK};
 use crate::config::{ForwardMode, LbConfig};
@@ -40,6 +44,8 @@ use crate::sys::BatchIo;
 
 /// Token of the waker; sessions use their slot index.
 const WAKER: Token = Token(usize::MAX);
+/// Token of the inline pipeline's listen socket.
+const LISTEN: Token = Token(usize::MAX - 1);
 /// How often idle sessions are looked for.
 const SESSION_SWEEP: Duration = Duration::from_millis(500);
 /// Readiness events handled per poll.
@@ -57,6 +63,8 @@ struct Session {
 pub(super) struct Forwarder {
     shared: Arc<Shared>,
     rx: Receiver<Box<Packet>>,
+    /// Inline pipeline: the listen socket this thread reads and routes itself.
+    source: Option<Source>,
     poll: Poll,
     waker: Arc<Waker>,
     listen: UdpSocket,
@@ -92,12 +100,21 @@ impl Forwarder {
         shared: Arc<Shared>,
         listen: &UdpSocket,
         rx: Receiver<Box<Packet>>,
+        source: Option<Source>,
     ) -> Result<Self, Error> {
         let poll = Poll::new().map_err(io_err("create poll"))?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_err("create waker"))?);
+        if let Some(src) = &source {
+            poll.registry()
+                .register(&mut SourceFd(&src.fd()), LISTEN, Interest::READABLE)
+                .map_err(io_err("register listen socket"))?;
+        }
+        // An inline batch is a read batch plus what the slow path queued.
+        let batch = config.write_batch + source.as_ref().map_or(0, |_| config.read_batch);
         Ok(Self {
             shared,
             rx,
+            source,
             poll,
             waker,
             listen: listen.try_clone().map_err(io_err("clone listen socket"))?,
@@ -110,10 +127,10 @@ impl Forwarder {
             free: Vec::new(),
             by_flow: HashMap::new(),
             dsr: [None, None],
-            io: BatchIo::new(config.write_batch),
-            batch: Vec::with_capacity(config.write_batch),
-            prefix: Vec::with_capacity(config.write_batch),
-            family: Vec::with_capacity(config.write_batch),
+            io: BatchIo::new(batch),
+            batch: Vec::with_capacity(batch),
+            prefix: Vec::with_capacity(batch),
+            family: Vec::with_capacity(batch),
             replies: match config.mode {
                 ForwardMode::Proxy => vec![0; config.write_batch * MAX_PAYLOAD],
                 ForwardMode::Dsr => Vec::new(),
@@ -131,7 +148,9 @@ impl Forwarder {
         let mut events = Events::with_capacity(EVENTS);
         let mut next_sweep = Instant::now() + SESSION_SWEEP;
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let busy = !self.ready.is_empty() || !self.rx.is_empty();
+            let busy = !self.ready.is_empty()
+                || !self.rx.is_empty()
+                || self.source.as_ref().is_some_and(|s| s.more);
             let timeout = if busy { Duration::ZERO } else { STOP_CHECK };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -140,17 +159,29 @@ impl Forwarder {
                 }
             }
             for ev in events.iter() {
-                if ev.token() != WAKER {
-                    self.ready.push(ev.token().0);
+                match ev.token() {
+                    WAKER => {}
+                    LISTEN => {
+                        if let Some(src) = &mut self.source {
+                            src.more = true;
+                        }
+                    }
+                    Token(i) => self.ready.push(i),
                 }
             }
             let now = Instant::now();
+            if let Some(src) = self.source.as_mut().filter(|s| s.more) {
+                src.read(&self.shared, now, &mut self.batch);
+            }
             self.send_queued(now);
             self.relay_replies(now);
             if now >= next_sweep {
                 self.expire_sessions(now);
                 next_sweep = now + SESSION_SWEEP;
             }
+        }
+        if let Some(src) = &mut self.source {
+            src.release(&self.shared);
         }
         let n = self.by_flow.len() as u64;
         self.shared

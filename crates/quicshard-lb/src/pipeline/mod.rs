@@ -22,6 +22,9 @@
 //! one CID decode per packet. Batched socket calls live in [`crate::sys`].
 
 mod forward;
+mod inline;
+mod read;
+mod staged;
 mod stats;
 
 use std::io;
@@ -38,11 +41,11 @@ use quic_lb::ServerId;
 
 pub use stats::{ForwarderStats, ProcessorStats, ReceiverStats, SlowPathStats, Stats};
 
-use crate::config::{ForwardMode, LbConfig};
-use crate::parse::{self, classify, Malformed, Path, SlowReason};
+use crate::config::{ForwardMode, LbConfig, Pipeline};
+use crate::parse::{classify, Malformed, Path, SlowReason};
 use crate::pool::{Packet, Pool, Sizes, MAX_PAYLOAD};
 use crate::route::{fnv1a, FourTuple, Router};
-use crate::sys::BatchIo;
+use crate::sys::Received;
 use stats::{add, Counters};
 
 /// How long a blocked thread waits before checking for shutdown: bounds shutdown latency.
@@ -93,41 +96,6 @@ impl CidLens {
     }
 }
 
-/// How a processor sleeps and is woken: at most one wake-up per receiver batch, not one per
-/// packet. Why: a processor blocked in the queue's own blocking receive is woken by every
-/// `try_send`; with datagrams trickling in a few at a time, that is a context switch per packet,
-/// which dominated the load balancer's CPU per packet (`scripts/bench-lb`).
-///
-/// The processor sets `sleeping`, looks at its queue once more, then parks; a receiver, after
-/// dispatching a whole batch, unparks each processor it fed whose flag it flips from true to
-/// false. Both flag operations are `SeqCst` read-modify-writes and `unpark` before `park` makes
-/// the park return at once, so a packet queued before the receiver saw `sleeping == false` is
-/// always seen by the processor's re-check.
-#[derive(Default)]
-struct Wake {
-    sleeping: AtomicBool,
-    thread: std::sync::OnceLock<std::thread::Thread>,
-}
-
-impl Wake {
-    fn wake(&self) {
-        if self.sleeping.swap(false, Ordering::SeqCst) {
-            if let Some(t) = self.thread.get() {
-                t.unpark();
-            }
-        }
-    }
-
-    /// Parks until woken or `STOP_CHECK` passed, unless `ready()` says there is work.
-    fn sleep(&self, ready: impl Fn() -> bool) {
-        self.sleeping.store(true, Ordering::SeqCst);
-        if !ready() {
-            std::thread::park_timeout(STOP_CHECK);
-        }
-        self.sleeping.store(false, Ordering::SeqCst);
-    }
-}
-
 /// State shared by every pipeline thread.
 /// Lock order (ranked_lock): a reload holds the configuration while it updates the router.
 const CONFIG_RANK: Rank = Rank::new(10, "lb configuration");
@@ -166,6 +134,7 @@ impl Lb {
     pub fn start(config: LbConfig) -> Result<Self, Error> {
         let sizes = Sizes::for_config(&config);
         tracing::info!(
+            pipeline = ?config.pipeline,
             receivers = config.receivers,
             processors = config.processors,
             forwarders = config.forwarders,
@@ -178,7 +147,7 @@ impl Lb {
             pool = sizes.pool,
             "load balancer sizes"
         );
-        let socket = bind_listen(config.listen)?;
+        let socket = bind_listen(config.listen, config.pipeline == Pipeline::Inline)?;
         let local = socket
             .local_addr()
             .map_err(io_err("listen socket address"))?;
@@ -201,44 +170,14 @@ impl Lb {
             threads: Vec::new(),
             wakers: Vec::new(),
         };
-        let (proc_tx, proc_rx): (Vec<_>, Vec<_>) = (0..config.processors)
-            .map(|_| bounded(sizes.processor_queue))
-            .unzip();
         let (slow_tx, slow_rx) = bounded(sizes.slow_queue * config.slow_path);
-        let mut fwd_tx = Vec::new();
-        for i in 0..config.forwarders {
-            let (tx, rx) = bounded(sizes.forward_queue);
-            let f = forward::Forwarder::new(&config, shared.clone(), &socket, rx)?;
-            lb.wakers.push(f.waker());
-            fwd_tx.push(tx);
-            lb.spawn(format!("lb-fwd-{i}"), move || f.run())?;
-        }
-        let fwd = Forwarders {
-            tx: fwd_tx,
-            wakers: lb.wakers.clone(),
+        let fwd = match config.pipeline {
+            Pipeline::Staged => staged::start(&mut lb, &config, &socket, &slow_tx)?,
+            Pipeline::Inline => inline::start(&mut lb, &config, socket, &slow_tx)?,
         };
-        let wakes: Arc<[Wake]> = (0..config.processors).map(|_| Wake::default()).collect();
-        for (i, rx) in proc_rx.into_iter().enumerate() {
-            let (s, fwd, slow) = (shared.clone(), fwd.clone(), slow_tx.clone());
-            let batch = config.read_batch;
-            let wakes = wakes.clone();
-            lb.spawn(format!("lb-proc-{i}"), move || {
-                let _ = wakes[i].thread.set(std::thread::current());
-                processor(&s, &rx, &wakes[i], &fwd, &slow, batch)
-            })?;
-        }
         for i in 0..config.slow_path {
             let (s, fwd, rx) = (shared.clone(), fwd.clone(), slow_rx.clone());
             lb.spawn(format!("lb-slow-{i}"), move || slow_path(&s, &rx, &fwd))?;
-        }
-        for i in 0..config.receivers {
-            let sock = socket.try_clone().map_err(io_err("clone listen socket"))?;
-            let (s, txs, slow) = (shared.clone(), proc_tx.clone(), slow_tx.clone());
-            let batch = config.read_batch;
-            let wakes = wakes.clone();
-            lb.spawn(format!("lb-recv-{i}"), move || {
-                receiver(&s, &sock, &txs, &wakes, &slow, batch)
-            })?;
         }
         tracing::info!(%local, mode = ?config.mode, "load balancer started");
         Ok(lb)
@@ -291,6 +230,7 @@ impl Lb {
         let fixed = [
             ("listen", current.listen == config.listen),
             ("mode", current.mode == config.mode),
+            ("pipeline", current.pipeline == config.pipeline),
             (
                 "virtual_address",
                 current.virtual_address == config.virtual_address,
@@ -348,7 +288,9 @@ impl Drop for Lb {
     }
 }
 
-fn bind_listen(addr: SocketAddr) -> Result<UdpSocket, Error> {
+/// Binds a listen socket; `reuse_port` lets the inline pipeline's workers each bind their own
+/// socket to the same address, the kernel spreading flows over them by 4-tuple hash.
+fn bind_listen(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket, Error> {
     use socket2::{Domain, Protocol, Socket, Type};
     let ctx = || format!("bind {addr}");
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
@@ -356,6 +298,9 @@ fn bind_listen(addr: SocketAddr) -> Result<UdpSocket, Error> {
     // Best effort: the kernel caps these at rmem_max / wmem_max.
     let _ = s.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
     let _ = s.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    if reuse_port {
+        s.set_reuse_port(true).map_err(io_err(ctx()))?;
+    }
     s.bind(&addr.into()).map_err(io_err(ctx()))?;
     let s: UdpSocket = s.into();
     s.set_read_timeout(Some(STOP_CHECK))
@@ -368,19 +313,26 @@ fn bind_listen(addr: SocketAddr) -> Result<UdpSocket, Error> {
 struct Forwarders {
     tx: Vec<Sender<Box<Packet>>>,
     wakers: Vec<Arc<mio::Waker>>,
+    /// Inline pipeline: a packet goes back to the worker that read it ([`Packet::worker`]).
+    by_worker: bool,
 }
 
 impl Forwarders {
-    /// The forwarder of a client: fixed per client so its proxy session lives in one place.
-    fn index(&self, seed: u64, client: &SocketAddr) -> usize {
+    /// The forwarder of a packet: fixed per client so its proxy session lives in one place
+    /// (staged: a hash of the client address; inline: the worker whose socket the kernel chose
+    /// for the client).
+    fn index(&self, seed: u64, p: &Packet) -> usize {
+        if self.by_worker {
+            return p.worker % self.tx.len();
+        }
         let mut b = [0; 18];
-        let n = crate::route::addr_bytes(client, &mut b);
+        let n = crate::route::addr_bytes(&p.client, &mut b);
         (fnv1a(seed, &[&b[..n]]) % self.tx.len() as u64) as usize
     }
 
     /// Queues a routed packet; on a full queue returns it.
     fn push(&self, seed: u64, p: Box<Packet>) -> Result<usize, Box<Packet>> {
-        let i = self.index(seed, &p.client);
+        let i = self.index(seed, &p);
         match self.tx[i].try_send(p) {
             Ok(()) => Ok(i),
             Err(TrySendError::Full(p) | TrySendError::Disconnected(p)) => Err(p),
@@ -396,170 +348,59 @@ impl Forwarders {
     }
 }
 
-fn receiver(
-    s: &Shared,
-    sock: &UdpSocket,
-    procs: &[Sender<Box<Packet>>],
-    wakes: &[Wake],
-    slow: &Sender<Box<Packet>>,
-    batch: usize,
-) {
+/// Fills in a received packet's length and sender, or drops it (counted) if the kernel gave no
+/// usable address or it may have been truncated.
+fn accept(s: &Shared, mut p: Box<Packet>, r: &Received) -> Option<Box<Packet>> {
     let c = &s.counters.receivers;
-    let mut touched = vec![false; procs.len()];
-    let mut io = BatchIo::new(batch);
-    // Buffers this receiver holds for its next read: `read_batch` of them, as the pool's
-    // sizing formula assumes.
-    let mut held: Vec<Box<Packet>> = Vec::with_capacity(batch);
-    let mut got = Vec::with_capacity(batch);
-    let mut scratch = [0u8; 64];
-    while !s.stop.load(Ordering::Relaxed) {
-        while held.len() < batch {
-            match s.pool.get() {
-                Some(p) => held.push(p),
-                None => break,
-            }
-        }
-        if held.is_empty() {
-            // No buffer at all: read a datagram into a scratch buffer and drop it, so the
-            // socket keeps draining and the drop is counted.
-            if sock.recv_from(&mut scratch).is_ok() {
-                add(&c.received, 1);
-                add(&c.dropped_pool_empty, 1);
-            }
-            continue;
-        }
-        got.clear();
-        if let Err(e) = io.recv(sock, held.iter_mut().map(|p| p.recv_area()), &mut got) {
-            if !matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) {
-                add(&c.recv_errors, 1);
-            }
-            continue;
-        }
-        add(&c.received, got.len() as u64);
-        for (mut p, r) in held.drain(..got.len()).zip(&got) {
-            let Some(from) = r.from else {
-                add(&c.recv_errors, 1);
-                s.pool.put(p);
-                continue;
-            };
-            if r.truncated || r.len > MAX_PAYLOAD {
-                add(&c.dropped_oversize, 1);
-                s.pool.put(p);
-                continue;
-            }
-            p.set_len(r.len);
-            p.client = from;
-            if let Some(i) = dispatch(s, p, procs, slow) {
-                touched[i] = true;
-            }
-        }
-        for (i, t) in touched.iter_mut().enumerate() {
-            if std::mem::take(t) {
-                wakes[i].wake();
-            }
-        }
-    }
-    for p in held {
+    let Some(from) = r.from else {
+        add(&c.recv_errors, 1);
         s.pool.put(p);
+        return None;
+    };
+    if r.truncated || r.len > MAX_PAYLOAD {
+        add(&c.dropped_oversize, 1);
+        s.pool.put(p);
+        return None;
     }
+    p.set_len(r.len);
+    p.client = from;
+    Some(p)
 }
 
-/// Hashes a received packet onto a processor queue, or the slow path if its header is
-/// malformed or unusual. A full queue drops it (counted). Returns the processor it was queued
-/// for (to be woken after the batch).
-fn dispatch(
+/// Routes one packet with the router held: returns it with its target set, or `None` if it
+/// went to the slow path (unusual or malformed) or was dropped for want of a backend (counted).
+fn route_packet(
     s: &Shared,
-    p: Box<Packet>,
-    procs: &[Sender<Box<Packet>>],
+    router: &mut Router,
+    now: Instant,
+    mut p: Box<Packet>,
     slow: &Sender<Box<Packet>>,
-) -> Option<usize> {
-    let c = &s.counters.receivers;
-    let hdr = parse::parse(p.payload(), |first| s.lens.get(first));
-    let proc_index = match hdr.map(|h| (classify(&h), h.dcid())) {
-        Ok((Path::Fast, dcid)) => {
-            let mut b = [0; 18];
-            let k = crate::route::addr_bytes(&p.client, &mut b);
-            Some((fnv1a(s.seed, &[dcid, &b[..k]]) % procs.len() as u64) as usize)
-        }
-        _ => None,
-    };
-    let (q, ok, full) = match proc_index {
-        Some(i) => (&procs[i], &c.to_processors, &c.dropped_processor_queue_full),
-        None => (slow, &c.to_slow_path, &c.dropped_slow_queue_full),
-    };
-    match q.try_send(p) {
-        Ok(()) => {
-            add(ok, 1);
-            proc_index
-        }
-        Err(TrySendError::Full(p) | TrySendError::Disconnected(p)) => {
-            add(full, 1);
-            s.pool.put(p);
-            None
-        }
-    }
-}
-
-fn processor(
-    s: &Shared,
-    rx: &Receiver<Box<Packet>>,
-    wake: &Wake,
-    fwd: &Forwarders,
-    slow: &Sender<Box<Packet>>,
-    batch: usize,
-) {
+) -> Option<Box<Packet>> {
     let c = &s.counters.processors;
-    let mut packets = Vec::with_capacity(batch);
-    let mut touched = vec![false; fwd.tx.len()];
-    let tuple = |client| FourTuple {
-        client,
+    let tuple = FourTuple {
+        client: p.client,
         local: s.local,
     };
-    while !s.stop.load(Ordering::Relaxed) {
-        packets.extend(rx.try_iter().take(batch));
-        if packets.is_empty() {
-            wake.sleep(|| !rx.is_empty());
-            continue;
-        }
-        let now = Instant::now();
-        let mut router = s.router();
-        for mut p in packets.drain(..) {
-            let decision = match router.parse(p.payload()) {
-                Ok(h) if classify(&h) == Path::Fast => router.route(now, tuple(p.client), &h),
-                _ => {
-                    add(&c.to_slow_path, 1);
-                    if let Err(e) = slow.try_send(p) {
-                        s.pool.put(e.into_inner());
-                    }
-                    continue;
-                }
-            };
-            let Ok(d) = decision else {
-                add(&c.dropped_no_backend, 1);
-                s.pool.put(p);
-                continue;
-            };
-            p.target = Some(d.address);
-            match fwd.push(s.seed, p) {
-                Ok(i) => {
-                    add(&c.routed, 1);
-                    touched[i] = true;
-                }
-                Err(p) => {
-                    add(&c.dropped_forward_queue_full, 1);
-                    s.pool.put(p);
+    let decision = match router.parse(p.payload()) {
+        Ok(h) if classify(&h) == Path::Fast => router.route(now, tuple, &h),
+        _ => {
+            match slow.try_send(p) {
+                Ok(()) => add(&c.to_slow_path, 1),
+                Err(e) => {
+                    add(&c.dropped_slow_queue_full, 1);
+                    s.pool.put(e.into_inner());
                 }
             }
+            return None;
         }
-        if router.poll_timeout().is_some_and(|t| now >= t) {
-            router.poll_expired(now);
-        }
-        drop(router);
-        fwd.wake(&mut touched);
-    }
+    };
+    let Ok(d) = decision else {
+        add(&c.dropped_no_backend, 1);
+        s.pool.put(p);
+        return None;
+    };
+    p.target = Some(d.address);
+    Some(p)
 }
 
 fn slow_path(s: &Shared, rx: &Receiver<Box<Packet>>, fwd: &Forwarders) {
@@ -616,6 +457,13 @@ fn slow_path(s: &Shared, rx: &Receiver<Box<Packet>>, fwd: &Forwarders) {
                 }
             }
         }
+    }
+}
+
+/// Expires idle fallback flows if one is due.
+fn expire(router: &mut Router, now: Instant) {
+    if router.poll_timeout().is_some_and(|t| now >= t) {
+        router.poll_expired(now);
     }
 }
 

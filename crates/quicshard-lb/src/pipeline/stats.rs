@@ -67,8 +67,11 @@ counters! {
         dropped_no_backend,
         /// Dropped: the chosen forwarder's queue was full.
         dropped_forward_queue_full,
-        /// Handed to the slow path because the header no longer parsed (after a reload).
+        /// Handed to the slow path (inline pipeline: malformed or unusual; staged: the header
+        /// no longer parsed after a reload).
         to_slow_path,
+        /// Dropped: the slow path's queue was full.
+        dropped_slow_queue_full,
     }
 }
 

@@ -1,6 +1,8 @@
 //! Unit tests of the receivers' dispatch: queue choice and counted drops.
 
+use super::staged::dispatch;
 use super::*;
+use crossbeam_channel::bounded;
 
 fn shared(pool: usize) -> Shared {
     let config = LbConfig::from_toml(

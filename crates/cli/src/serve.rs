@@ -126,12 +126,13 @@ fn quic_lb(args: &Args) -> Result<Option<(quic_lb::Config, Vec<u8>)>, Failure> {
 
 /// Waits until no hq-interop, perf or echo connection has stream data its client has not
 /// acknowledged, or `timeout` passed, so that every response the server finished reaches the
-/// client before `Engine::shutdown` closes the connections; returns the streams still pending.
+/// client before `Engine::shutdown` closes the connections; returns the streams still pending,
+/// or `None` if a shard did not answer (it is not waited on).
 /// h3 connections are left to the h3 service's own drain (their control streams never end).
 fn drain_responses<H: quicshard::Handler>(
     engine: &quicshard::Engine<H>,
     timeout: Duration,
-) -> usize {
+) -> Option<usize> {
     let deadline = Instant::now() + timeout;
     loop {
         let (tx, rx) = crossbeam_channel::bounded(engine.shards());
@@ -143,7 +144,7 @@ fn drain_responses<H: quicshard::Handler>(
                     let _ = tx.send(unacked_streams(ctx));
                 });
             if asked.is_err() {
-                return 0; // the shard is gone: nothing left to drain there
+                return Some(0); // the shard is gone: nothing left to drain there
             }
         }
         drop(tx);
@@ -151,11 +152,11 @@ fn drain_responses<H: quicshard::Handler>(
         for _ in 0..engine.shards() {
             match rx.recv_timeout(timeout) {
                 Ok(n) => pending += n,
-                Err(_) => return usize::MAX, // a shard did not answer: do not wait on it
+                Err(_) => return None, // a shard did not answer: do not wait on it
             }
         }
         if pending == 0 || Instant::now() >= deadline {
-            return pending;
+            return Some(pending);
         }
         std::thread::sleep(DRAIN_POLL);
     }
@@ -270,12 +271,13 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     tracing::info!(signal = sig, "shutting down");
     // stop feeding the shards before they drain
     let decap = decap.map(decap::Decap::stop);
-    let unacked = drain_responses(&engine, RESPONSE_DRAIN_TIMEOUT);
-    if unacked > 0 {
-        eprintln!(
+    match drain_responses(&engine, RESPONSE_DRAIN_TIMEOUT) {
+        Some(0) => {}
+        Some(unacked) => eprintln!(
             "shutdown: {unacked} stream(s) still unacknowledged after {} s; closing anyway",
             RESPONSE_DRAIN_TIMEOUT.as_secs()
-        );
+        ),
+        None => eprintln!("shutdown: a shard did not answer the drain check; closing anyway"),
     }
     let stats = h3.shutdown(engine, DRAIN_TIMEOUT);
     let mut json = stats_json(&stats);

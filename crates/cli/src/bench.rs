@@ -1,4 +1,5 @@
-//! `quicshard bench`: a load generator on the engine (client connections spread over shards).
+//! `quicshard bench`: a load generator on the engine (client connections spread over shards):
+//! closed loops (`loadgen.rs`), or an open loop at a fixed rate (`--rate`, `loadgen/openloop.rs`).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -28,18 +29,27 @@ pub(crate) struct Args {
     /// Concurrent connections.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Concurrent streams per connection.
+    /// Concurrent streams per connection (closed loops; --rate opens a stream per request).
     #[arg(long, default_value_t = 1)]
     streams: usize,
     /// Bytes per request (bulk: downloaded; rr: each way).
     #[arg(long, default_value_t = 1024)]
     size: u64,
-    /// Run this many seconds.
+    /// Run this many seconds (with --rate: the schedule's length).
     #[arg(long, conflicts_with = "requests")]
     duration: Option<f64>,
-    /// Run this many requests (default 1000 if --duration is absent).
+    /// Run this many requests (default 1000 if --duration is absent; with --rate: schedule this
+    /// many).
     #[arg(long)]
     requests: Option<u64>,
+    /// Open loop (--mode rr, perf): issue this many requests per second in all, on a fixed
+    /// schedule that does not wait for responses (request i is due at start + i/RATE), each on a
+    /// new stream, round-robin over the connections. Latency counts from each request's due time,
+    /// so queueing shows (no coordinated omission). At most 4096 requests are outstanding: due
+    /// requests beyond that are reported as not issued; requests still outstanding 1 s after the
+    /// schedule ends are reported as late.
+    #[arg(long)]
+    rate: Option<f64>,
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Mode::Rr)]
     mode: Mode,
@@ -96,6 +106,17 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     if args.mode == Mode::Idle && !matches!(limit, Limit::Duration(_)) {
         return Err(Failure::Usage("--mode idle needs --duration".into()));
     }
+    match args.rate {
+        Some(r) if !(r > 0.0 && r.is_finite()) => {
+            return Err(Failure::Usage(format!("--rate {r}: must be positive")))
+        }
+        Some(_) if args.mode != Mode::Rr || args.alpn != BenchAlpn::Perf => {
+            return Err(Failure::Usage(
+                "--rate needs --mode rr with --alpn perf".into(),
+            ))
+        }
+        _ => {}
+    }
     let params = Params {
         addr,
         server_name,
@@ -116,7 +137,10 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     } else {
         ProgressBar::new_spinner()
     };
-    let report = loadgen::run(&engine.remote(), &params, &bar);
+    let report = match args.rate {
+        Some(rate) => loadgen::openloop::run(&engine.remote(), &params, rate, &bar),
+        None => loadgen::run(&engine.remote(), &params, &bar),
+    };
     bar.finish_and_clear();
     engine.shutdown(Duration::from_secs(1));
     finish(&args, &report)

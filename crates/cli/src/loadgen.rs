@@ -1,15 +1,18 @@
 //! The load generator behind `bench` and `demo`: plans connections on a client engine's shards,
-//! collects their events, and summarizes them with HDR histograms.
+//! collects their events, and summarizes them with HDR histograms. This file runs the closed
+//! loops; `loadgen/openloop.rs` (`bench --rate`) reuses its launcher, event accounting and report.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::RecvTimeoutError;
+use crossbeam_channel::{RecvTimeoutError, Sender};
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use quicshard::{Remote, RemoteError, ShardId};
 
-use crate::apps::client::{Client, Event, Plan, Request};
+use crate::apps::client::{Client, Event, Plan, Request, Schedule};
+
+pub(crate) mod openloop;
 
 /// What kind of load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -61,6 +64,26 @@ pub(crate) struct Report {
     pub(crate) latency: Histogram<u64>,
     /// Handshake time in microseconds (connect to handshake complete).
     pub(crate) handshake: Histogram<u64>,
+    /// What the open loop (`bench --rate`) scheduled and issued; `None` for closed loops.
+    pub(crate) open_loop: Option<OpenLoop>,
+}
+
+/// The schedule of an open-loop run. Completed requests are `Report::requests`, failed ones
+/// `Report::failed`; `issued` = completed + failed + `late`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct OpenLoop {
+    /// Requests per second asked for.
+    pub(crate) target_per_s: f64,
+    /// Requests due in the run (`--duration` × rate, or `--requests`).
+    pub(crate) scheduled: u64,
+    /// Requests handed to a connection.
+    pub(crate) issued: u64,
+    /// Due requests not issued: the outstanding cap was reached, or no connection was open.
+    pub(crate) not_issued: u64,
+    /// Issued requests still outstanding when the run ended.
+    pub(crate) late: u64,
+    /// The cap on outstanding requests.
+    pub(crate) max_outstanding: u64,
 }
 
 /// Quantiles of the request latency listed in `--json` output.
@@ -74,6 +97,9 @@ const LAUNCH_RETRY: Duration = Duration::from_secs(5);
 
 /// How long a run may go past its limit waiting for stragglers before it gives up.
 const GRACE: Duration = Duration::from_secs(10);
+
+/// Events the client handlers may queue for the load generator's thread.
+pub(crate) const EVENTS_CAPACITY: usize = 1 << 16;
 
 impl Report {
     /// An empty report (also used by the h3 bench, `apps/h3_client.rs`).
@@ -89,7 +115,36 @@ impl Report {
             first_error: None,
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
             handshake: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            open_loop: None,
         }
+    }
+
+    /// Accounts one event from the client handlers; returns whether it closed a connection.
+    pub(crate) fn record(&mut self, ev: Event, bar: &ProgressBar) -> bool {
+        match ev {
+            Event::Connected { handshake } => {
+                self.handshakes += 1;
+                let _ = self.handshake.record((handshake.as_micros() as u64).max(1));
+            }
+            Event::Done { bytes, latency } => {
+                self.requests += 1;
+                self.bytes += bytes;
+                let _ = self.latency.record((latency.as_micros() as u64).max(1));
+                bar.inc(1);
+            }
+            Event::Failed { reason } => {
+                self.failed += 1;
+                self.first_error.get_or_insert(reason);
+            }
+            Event::Closed { error } => {
+                if let Some(e) = error {
+                    self.connection_errors += 1;
+                    self.first_error.get_or_insert(e);
+                }
+                return true;
+            }
+        }
+        false
     }
 
     pub(crate) fn throughput_mbit(&self) -> f64 {
@@ -126,8 +181,19 @@ impl Report {
                 "p50": self.percentile_ms(0.5),
                 "p90": self.percentile_ms(0.9),
                 "p99": self.percentile_ms(0.99),
+                "p999": self.percentile_ms(0.999),
                 "max": self.max_ms(),
             },
+            "open_loop": self.open_loop.map(|o| serde_json::json!({
+                "target_per_s": o.target_per_s,
+                "achieved_per_s": self.per_second(self.requests),
+                "scheduled": o.scheduled,
+                "issued": o.issued,
+                "completed": self.requests,
+                "late": o.late,
+                "not_issued": o.not_issued,
+                "max_outstanding": o.max_outstanding,
+            })),
             // the latency distribution, for plots: [quantile, microseconds]
             "latency_us_quantiles": LATENCY_QUANTILES
                 .iter()
@@ -148,13 +214,28 @@ impl Report {
             self.throughput_mbit()
         );
         println!(
-            "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}; connection errors {}",
+            "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}; connection errors {}",
             self.percentile_ms(0.5),
             self.percentile_ms(0.9),
             self.percentile_ms(0.99),
+            self.percentile_ms(0.999),
             self.max_ms(),
             self.connection_errors
         );
+        if let Some(o) = &self.open_loop {
+            println!(
+                "  open loop: target {:.0} req/s, achieved {:.0}; scheduled {}, issued {}, \
+                 completed {}, late {}, not issued {} (cap {} outstanding)",
+                o.target_per_s,
+                self.per_second(self.requests),
+                o.scheduled,
+                o.issued,
+                self.requests,
+                o.late,
+                o.not_issued,
+                o.max_outstanding
+            );
+        }
         if self.handshakes > 0 {
             println!(
                 "  handshake ms: p50 {:.2}  p99 {:.2}",
@@ -168,19 +249,9 @@ impl Report {
     }
 }
 
-/// Runs `p` on the client engine behind `remote`, spreading connections over its shards.
-pub(crate) fn run(remote: &Remote<Client>, p: &Params, bar: &ProgressBar) -> Report {
-    let (tx, rx) = crossbeam_channel::bounded(1 << 16);
-    let start = Instant::now();
-    let deadline = match p.limit {
-        Limit::Duration(d) => Some(start + d),
-        Limit::Requests(_) => None,
-    };
-    let total = match p.limit {
-        Limit::Requests(n) => n,
-        Limit::Duration(_) => u64::MAX,
-    };
-    let request = match p.mode {
+/// The request each stream of a `p.mode` load makes.
+pub(crate) fn request(p: &Params) -> Request {
+    match p.mode {
         Mode::Bulk => Request::Perf {
             upload: 0,
             download: p.size,
@@ -198,39 +269,83 @@ pub(crate) fn run(remote: &Remote<Client>, p: &Params, bar: &ProgressBar) -> Rep
             upload: 0,
             download: 0,
         },
-    };
-    let mut r = Report::new(p.mode);
-    let shards = remote.shards().max(1);
-    let mut next_shard = 0usize;
-    let mut launched_requests = 0u64;
-    let mut open_conns = 0usize;
-    let mut launch = |requests: std::collections::VecDeque<Request>,
-                      repeat: Option<(Request, Instant)>,
-                      streams: usize|
-     -> bool {
-        let shard = ShardId(next_shard % shards);
-        next_shard += 1;
+    }
+}
+
+/// Starts connections of one load on the client engine's shards, round-robin.
+pub(crate) struct Launcher<'a> {
+    remote: &'a Remote<Client>,
+    p: &'a Params,
+    events: Sender<Event>,
+    next_shard: usize,
+}
+
+impl<'a> Launcher<'a> {
+    /// Connections started by this launcher report to `events`.
+    pub(crate) fn new(remote: &'a Remote<Client>, p: &'a Params, events: Sender<Event>) -> Self {
+        Launcher {
+            remote,
+            p,
+            events,
+            next_shard: 0,
+        }
+    }
+
+    /// Starts one connection on the next shard; its shard, or `None` if the shard refused.
+    pub(crate) fn launch(
+        &mut self,
+        requests: std::collections::VecDeque<Request>,
+        repeat: Option<(Request, Instant)>,
+        streams: usize,
+        schedule: Option<Schedule>,
+    ) -> Option<ShardId> {
+        let shard = ShardId(self.next_shard % self.remote.shards().max(1));
+        self.next_shard += 1;
         // A burst of thousands of new connections can fill a shard's mailbox (4096 messages);
         // it drains within milliseconds, so retry for up to LAUNCH_RETRY.
         let give_up = Instant::now() + LAUNCH_RETRY;
         loop {
             let plan = Plan {
-                addr: p.addr,
-                server_name: p.server_name.clone(),
+                addr: self.p.addr,
+                server_name: self.p.server_name.clone(),
                 requests: requests.clone(),
                 repeat: repeat.clone(),
                 concurrency: streams,
-                events: tx.clone(),
+                events: self.events.clone(),
             };
-            match remote.run_on(shard, move |ctx, client| client.start(ctx, plan)) {
-                Ok(()) => return true,
+            let schedule = schedule.clone();
+            match self.remote.run_on(shard, move |ctx, client| {
+                client.start_with(ctx, plan, schedule)
+            }) {
+                Ok(()) => return Some(shard),
                 Err(RemoteError::Full) if Instant::now() < give_up => {
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err(_) => return false,
+                Err(_) => return None,
             }
         }
+    }
+}
+
+/// Runs `p` on the client engine behind `remote`, spreading connections over its shards.
+pub(crate) fn run(remote: &Remote<Client>, p: &Params, bar: &ProgressBar) -> Report {
+    let (tx, rx) = crossbeam_channel::bounded(EVENTS_CAPACITY);
+    let start = Instant::now();
+    let deadline = match p.limit {
+        Limit::Duration(d) => Some(start + d),
+        Limit::Requests(_) => None,
     };
+    let total = match p.limit {
+        Limit::Requests(n) => n,
+        Limit::Duration(_) => u64::MAX,
+    };
+    let request = request(p);
+    let mut r = Report::new(p.mode);
+    let mut launched_requests = 0u64;
+    let mut open_conns = 0usize;
+    let mut launcher = Launcher::new(remote, p, tx);
+    let mut launch =
+        |requests, repeat, streams| launcher.launch(requests, repeat, streams, None).is_some();
     // Initial connections.
     let per_conn_streams = match p.mode {
         Mode::Handshake => 1,
@@ -283,28 +398,8 @@ pub(crate) fn run(remote: &Remote<Client>, p: &Params, bar: &ProgressBar) -> Rep
             }
         };
         let finished_request = matches!(ev, Event::Done { .. } | Event::Failed { .. });
-        match ev {
-            Event::Connected { handshake } => {
-                r.handshakes += 1;
-                let _ = r.handshake.record((handshake.as_micros() as u64).max(1));
-            }
-            Event::Done { bytes, latency } => {
-                r.requests += 1;
-                r.bytes += bytes;
-                let _ = r.latency.record((latency.as_micros() as u64).max(1));
-                bar.inc(1);
-            }
-            Event::Failed { reason } => {
-                r.failed += 1;
-                r.first_error.get_or_insert(reason);
-            }
-            Event::Closed { error } => {
-                open_conns -= 1;
-                if let Some(e) = error {
-                    r.connection_errors += 1;
-                    r.first_error.get_or_insert(e);
-                }
-            }
+        if r.record(ev, bar) {
+            open_conns -= 1;
         }
         // Handshake mode: a connection's slot frees when its request completes, not when it has
         // drained (that takes three PTOs and is not what is being measured).

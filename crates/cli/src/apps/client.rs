@@ -1,5 +1,7 @@
 //! The client side of hq-interop and perf, as one engine [`Handler`] per shard, driven by plans
 //! submitted with `Remote::run_on` and reporting to the submitting thread over a bounded channel.
+//! An open-loop connection (`bench --rate`, see `loadgen/openloop.rs`) also has a [`Schedule`]: a bounded
+//! queue of due times the load generator fills and [`Client::issue_scheduled`] turns into streams.
 //!
 //! [`Handler`]: quicshard::Handler
 
@@ -12,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use quicshard::{ConnId, Handler, ShardCtx};
 use quinn_proto::{ConnectionError, Dir, StreamId};
 
@@ -65,6 +67,7 @@ pub(crate) fn engine_with(
     let mut builder = quicshard::Engine::builder(move |_| Client {
         conns: HashMap::new(),
         extras: extras.clone(),
+        scratch: Vec::new(),
     })
     .listen(local)
     .client_config(config);
@@ -95,12 +98,23 @@ pub(crate) struct Plan {
     pub(crate) events: Sender<Event>,
 }
 
+/// The open-loop part of a connection's work (`bench --rate`): each due time queued on `due` is
+/// one `request` on a new stream, opened as soon as the shard runs [`Client::issue_scheduled`]
+/// (or a stream frees up), its latency counted from the due time. The connection stays open
+/// until the load generator drops the sending side and everything queued has completed.
+#[derive(Clone)]
+pub(crate) struct Schedule {
+    pub(crate) due: Receiver<Instant>,
+    pub(crate) request: Request,
+}
+
 /// Progress reports to the thread that submitted the plan.
 #[derive(Debug)]
 pub(crate) enum Event {
     /// The handshake completed after this long.
     Connected { handshake: Duration },
-    /// A request completed: bytes received, time from stream open to FIN.
+    /// A request completed: bytes received, time from stream open (open loop: from its due
+    /// time) to FIN.
     Done { bytes: u64, latency: Duration },
     /// A request failed.
     Failed { reason: String },
@@ -126,6 +140,33 @@ struct Conn {
     early: bool,
     /// The forced key update was done (or is not wanted).
     key_updated: bool,
+    /// Open loop: where due times come from (such a plan has no queued or repeated requests).
+    schedule: Option<Schedule>,
+    /// A due time taken from the schedule that found no stream to open (MAX_STREAMS).
+    held: Option<Instant>,
+    /// The schedule's sender is gone: no more due times will come.
+    schedule_ended: bool,
+}
+
+impl Conn {
+    /// The next due request of the schedule, if any is queued.
+    fn next_scheduled(&mut self) -> Option<(Request, Instant)> {
+        let s = self.schedule.as_ref()?;
+        let due = match self.held.take().map_or_else(|| s.due.try_recv(), Ok) {
+            Ok(due) => due,
+            Err(TryRecvError::Empty) => return None,
+            Err(TryRecvError::Disconnected) => {
+                self.schedule_ended = true;
+                return None;
+            }
+        };
+        Some((s.request.clone(), due))
+    }
+
+    /// Whether the schedule may still bring requests.
+    fn scheduled_pending(&self) -> bool {
+        self.held.is_some() || (self.schedule.is_some() && !self.schedule_ended)
+    }
 }
 
 /// Per-shard client state.
@@ -133,11 +174,23 @@ struct Conn {
 pub(crate) struct Client {
     conns: HashMap<ConnId, Conn>,
     extras: Extras,
+    /// Reused by `issue_scheduled` (no allocation per batch).
+    scratch: Vec<ConnId>,
 }
 
 impl Client {
     /// Starts `plan` on this shard. Called through `Remote::run_on`.
     pub(crate) fn start(&mut self, ctx: &mut ShardCtx<'_>, plan: Plan) {
+        self.start_with(ctx, plan, None);
+    }
+
+    /// [`Client::start`], plus an open-loop `schedule`.
+    pub(crate) fn start_with(
+        &mut self,
+        ctx: &mut ShardCtx<'_>,
+        plan: Plan,
+        schedule: Option<Schedule>,
+    ) {
         match ctx.connect(plan.addr, &plan.server_name) {
             Ok(id) => {
                 let started = ctx.now();
@@ -150,6 +203,9 @@ impl Client {
                         failed: false,
                         early: false,
                         key_updated: !self.extras.key_update,
+                        schedule,
+                        held: None,
+                        schedule_ended: false,
                     },
                 );
                 let early =
@@ -171,8 +227,28 @@ impl Client {
         }
     }
 
-    /// Opens streams for queued requests up to the plan's concurrency; closes the connection
-    /// when nothing is left.
+    /// Opens streams for the requests the load generator scheduled on this shard's open-loop
+    /// connections since the last call. Called through `Remote::run_on`, once per batch.
+    pub(crate) fn issue_scheduled(&mut self, ctx: &mut ShardCtx<'_>) {
+        let mut ids = std::mem::take(&mut self.scratch);
+        ids.extend(
+            self.conns
+                .iter()
+                .filter(|(_, c)| c.schedule.is_some())
+                .map(|(id, _)| *id),
+        );
+        for &id in &ids {
+            // before the handshake, `on_connection` opens what is queued
+            if ctx.connection(id).is_some_and(|q| !q.is_handshaking()) {
+                self.open_more(ctx, id);
+            }
+        }
+        ids.clear();
+        self.scratch = ids;
+    }
+
+    /// Opens streams for queued, repeated or scheduled requests up to the plan's concurrency;
+    /// closes the connection when nothing is left.
     fn open_more(&mut self, ctx: &mut ShardCtx<'_>, id: ConnId) {
         let now = ctx.now();
         let Some(c) = self.conns.get_mut(&id) else {
@@ -186,13 +262,20 @@ impl Client {
                 .plan
                 .requests
                 .pop_front()
+                .map(|r| (r, now))
                 .or_else(|| match &c.plan.repeat {
-                    Some((r, until)) if now < *until => Some(r.clone()),
+                    Some((r, until)) if now < *until => Some((r.clone(), now)),
                     _ => None,
-                });
-            let Some(request) = next else { break };
+                })
+                .or_else(|| c.next_scheduled());
+            let Some((request, started)) = next else {
+                break;
+            };
             let Some(sid) = conn.streams().open(Dir::Bi) else {
-                c.plan.requests.push_front(request);
+                match c.schedule {
+                    Some(_) => c.held = Some(started),
+                    None => c.plan.requests.push_front(request),
+                }
                 break;
             };
             let (payload, file) = match &request {
@@ -216,7 +299,7 @@ impl Client {
             out.pending = payload;
             let mut a = Active {
                 request,
-                started: now,
+                started,
                 out,
                 received: 0,
                 file,
@@ -227,7 +310,7 @@ impl Client {
         }
         if c.active.is_empty() && c.plan.requests.is_empty() {
             let repeating = matches!(&c.plan.repeat, Some((_, until)) if now < *until);
-            if !repeating {
+            if !repeating && !c.scheduled_pending() {
                 ctx.close(id, 0, b"done");
             }
         }

@@ -44,6 +44,10 @@ impl<H: Handler> Shard<H> {
                             off = end;
                         }
                     }
+                    if self.socks[s].drained_by(n) {
+                        self.socks[s].readable = false;
+                        return true;
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     self.socks[s].readable = false;

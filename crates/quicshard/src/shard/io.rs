@@ -24,6 +24,11 @@
 //! `WouldBlock`), the rest stays queued and the socket is *blocked*: connections that want to send
 //! wait on it ([`Sock::waiters`]) until it is writable and the queue drained. The socket counts
 //! what it sends: `datagrams_out` (when the kernel takes them), `send_calls`, `dropped_send_error`.
+//!
+//! A UDP socket is registered for readability only, and for writability too only while it is
+//! blocked. Why: with edge-triggered epoll every freed send buffer (on loopback: every datagram,
+//! during the send itself; on a NIC: every TX completion) raises a writable edge, and each one
+//! woke the shard for an iteration with nothing to do.
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
@@ -83,6 +88,11 @@ struct Udp {
     mmsg: MmsgBufs,
     /// `false` once `sendmmsg` was refused with `EINVAL`/`EIO`: quinn-udp sends everything.
     mmsg_ok: bool,
+    /// Where the socket is registered (a clone of the shard's registry) and under which token;
+    /// `None` until [`Sock::register`].
+    registry: Option<(mio::Registry, mio::Token)>,
+    /// The registration includes writability (only while the queue is blocked).
+    writable_interest: bool,
 }
 
 /// Queued transmits `entries[head..len]`; `entries` always holds `TX_BATCH` reusable buffers.
@@ -130,6 +140,8 @@ impl Sock {
             state,
             mmsg: MmsgBufs::new(),
             mmsg_ok: true,
+            registry: None,
+            writable_interest: false,
         };
         Ok(Self::with_io(SockIo::Udp(udp), stats))
     }
@@ -163,18 +175,20 @@ impl Sock {
         }
     }
 
-    /// Registers a UDP socket with `registry` (a memory port has nothing to register).
+    /// Registers a UDP socket with `registry` for readability (writability is added while the
+    /// socket is blocked); a memory port has nothing to register.
     pub(crate) fn register(
         &mut self,
         registry: &mio::Registry,
         token: mio::Token,
     ) -> io::Result<()> {
         match &mut self.io {
-            SockIo::Udp(u) => registry.register(
-                &mut u.socket,
-                token,
-                mio::Interest::READABLE | mio::Interest::WRITABLE,
-            ),
+            SockIo::Udp(u) => {
+                registry.register(&mut u.socket, token, mio::Interest::READABLE)?;
+                u.registry = Some((registry.try_clone()?, token));
+                u.writable_interest = false;
+                Ok(())
+            }
             SockIo::Mem(_) => Ok(()),
         }
     }
@@ -210,6 +224,16 @@ impl Sock {
     /// Whether unsent transmits wait for the socket to become writable.
     pub(crate) fn is_blocked(&self) -> bool {
         self.tx.blocked
+    }
+
+    /// Whether a receive that returned `n` messages emptied the socket, so the next read can
+    /// wait for the next readiness event. For UDP, a `recvmmsg` that returns fewer messages than
+    /// it had buffers for stopped at `EAGAIN` (an unconnected socket without `IP_RECVERR` has no
+    /// other error to stop at), and every datagram queued after that raises a new edge. Why:
+    /// the draining read that only returned `EAGAIN` was a quarter of a shard's syscalls. A
+    /// memory port reports its readiness itself ([`Sock::refresh_readable`]): never.
+    pub(crate) fn drained_by(&self, n: usize) -> bool {
+        matches!(self.io, SockIo::Udp(_)) && n < BATCH_SIZE
     }
 
     /// One `recvmmsg` into `rx`; returns the number of messages (each maybe GRO-coalesced).
@@ -284,8 +308,38 @@ impl Sock {
 }
 
 impl Udp {
-    /// [`Sock::flush`] for a UDP socket.
+    /// [`Sock::flush`] for a UDP socket: [`Udp::send_queue`], then writability interest exactly
+    /// while the queue is blocked.
     fn flush(&mut self, q: &mut TxQueue, stats: &Counters) -> bool {
+        let done = self.send_queue(q, stats);
+        self.want_writable(!done);
+        done
+    }
+
+    /// Adds or removes writability from the registration. Adding it while the socket is already
+    /// writable raises an event at once (epoll re-checks readiness on `EPOLL_CTL_MOD`), so a
+    /// buffer freed between the `WouldBlock` and this call is not missed.
+    fn want_writable(&mut self, on: bool) {
+        if self.writable_interest == on {
+            return;
+        }
+        let Some((registry, token)) = &self.registry else {
+            return;
+        };
+        let interest = if on {
+            mio::Interest::READABLE | mio::Interest::WRITABLE
+        } else {
+            mio::Interest::READABLE
+        };
+        match registry.reregister(&mut self.socket, *token, interest) {
+            Ok(()) => self.writable_interest = on,
+            // the blocked queue is retried every iteration; timers keep the shard turning
+            Err(e) => tracing::warn!(error = %e, "cannot change the socket's epoll interest"),
+        }
+    }
+
+    /// Sends queued transmits until the queue is empty (`true`) or the kernel would block.
+    fn send_queue(&mut self, q: &mut TxQueue, stats: &Counters) -> bool {
         while q.head < q.len {
             let e = &q.entries[q.head];
             if e.segment_size.is_some() || !self.mmsg_ok {
@@ -427,118 +481,4 @@ impl Arena {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::UdpSocket;
-    use std::time::Duration;
-
-    fn transmit(to: SocketAddr, size: usize, segment_size: Option<usize>) -> quinn_proto::Transmit {
-        quinn_proto::Transmit {
-            destination: to,
-            ecn: Some(quinn_proto::EcnCodepoint::Ect0),
-            size,
-            segment_size,
-            src_ip: None,
-        }
-    }
-
-    fn receiver() -> UdpSocket {
-        let r = UdpSocket::bind("127.0.0.1:0").unwrap();
-        r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        r
-    }
-
-    /// Queues `payload` as one transmit the way a connection does.
-    fn queue(sock: &mut Sock, to: SocketAddr, payload: &[u8], segment_size: Option<usize>) {
-        assert!(sock.reserve());
-        sock.next_buf().extend_from_slice(payload);
-        sock.commit(&transmit(to, payload.len(), segment_size));
-    }
-
-    #[test]
-    fn flush_keeps_order_and_skips_a_failing_datagram() {
-        let stats = Arc::new(Counters::default());
-        let mut sock = Sock::new(UdpSocket::bind("127.0.0.1:0").unwrap(), stats.clone()).unwrap();
-        let (a, b) = (receiver(), receiver());
-        let (to_a, to_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
-        let gso = sock.max_gso_segments() > 1;
-        queue(&mut sock, to_a, b"a0", None);
-        queue(&mut sock, to_b, b"b0", None);
-        // an IPv6 destination on an IPv4 socket: the kernel refuses this one datagram
-        queue(&mut sock, "[::1]:9".parse().unwrap(), b"bad", None);
-        queue(&mut sock, to_a, b"a1", None);
-        // a GSO batch of three 4-byte segments (or three plain datagrams without GSO)
-        if gso {
-            queue(&mut sock, to_a, b"a2..a3..a4..", Some(4));
-        } else {
-            for p in [b"a2..", b"a3..", b"a4.."] {
-                queue(&mut sock, to_a, p, None);
-            }
-        }
-        queue(&mut sock, to_a, b"a5", None);
-        queue(&mut sock, to_b, b"b1", None);
-        assert!(sock.flush(), "loopback never blocks");
-        assert!(!sock.is_blocked());
-
-        let mut buf = [0u8; 64];
-        for want in [&b"a0"[..], b"a1", b"a2..", b"a3..", b"a4..", b"a5"] {
-            let n = a.recv(&mut buf).unwrap();
-            assert_eq!(&buf[..n], want);
-        }
-        for want in [&b"b0"[..], b"b1"] {
-            let n = b.recv(&mut buf).unwrap();
-            assert_eq!(&buf[..n], want);
-        }
-        let s = stats.snapshot();
-        assert_eq!(s.datagrams_out, 8);
-        assert_eq!(s.dropped_send_error, 1);
-        if gso {
-            // [a0 b0] (stops at bad), [bad] fails, [a1], GSO, [a5 b1]
-            assert_eq!(s.send_calls, 5);
-        }
-    }
-
-    #[test]
-    fn a_bad_datagram_does_not_disable_sendmmsg() {
-        let stats = Arc::new(Counters::default());
-        let mut sock = Sock::new(UdpSocket::bind("127.0.0.1:0").unwrap(), stats.clone()).unwrap();
-        let r = receiver();
-        let to = r.local_addr().unwrap();
-        // port 0: EINVAL from sendmmsg and from quinn-udp alike
-        queue(&mut sock, "127.0.0.1:0".parse().unwrap(), b"bad", None);
-        assert!(sock.flush());
-        assert!(
-            matches!(&sock.io, SockIo::Udp(u) if u.mmsg_ok),
-            "the datagram was bad, not our control messages"
-        );
-        queue(&mut sock, to, b"x", None);
-        queue(&mut sock, to, b"y", None);
-        assert!(sock.flush());
-        let s = stats.snapshot();
-        // [bad] sendmmsg, [bad] quinn-udp, [x y] sendmmsg
-        assert_eq!(
-            (s.send_calls, s.datagrams_out, s.dropped_send_error),
-            (3, 2, 1)
-        );
-    }
-
-    #[test]
-    fn a_full_queue_flushes_itself() {
-        let stats = Arc::new(Counters::default());
-        let mut sock = Sock::new(UdpSocket::bind("127.0.0.1:0").unwrap(), stats.clone()).unwrap();
-        let r = receiver();
-        let to = r.local_addr().unwrap();
-        for i in 0..TX_BATCH + 3 {
-            queue(&mut sock, to, &(i as u32).to_be_bytes(), None);
-        }
-        assert_eq!(stats.snapshot().send_calls, 1, "flushed once when full");
-        assert!(sock.flush());
-        let mut buf = [0u8; 8];
-        for i in 0..TX_BATCH + 3 {
-            let n = r.recv(&mut buf).unwrap();
-            assert_eq!(&buf[..n], &(i as u32).to_be_bytes());
-        }
-        let s = stats.snapshot();
-        assert_eq!((s.send_calls, s.datagrams_out), (2, TX_BATCH as u64 + 3));
-    }
-}
+mod tests;

@@ -275,10 +275,13 @@ impl<H: Handler> ShardParts<H> {
     }
 }
 
-/// Spawns the shard thread; the handler is created on it by `factory`.
+/// Spawns the shard thread (under `SCHED_BATCH` if `batch`, see
+/// [`Builder::batch_scheduling`](crate::Builder::batch_scheduling)); the handler is created on
+/// it by `factory`.
 pub(crate) fn spawn<H, F>(
     mut parts: ShardParts<H>,
     factory: Arc<F>,
+    batch: bool,
 ) -> std::io::Result<std::thread::JoinHandle<()>>
 where
     H: Handler,
@@ -289,6 +292,9 @@ where
     std::thread::Builder::new()
         .name(format!("quicshard-{id}"))
         .spawn(move || {
+            if batch {
+                sys::set_batch_scheduling();
+            }
             let _scope = ShardScope::enter(id, &parts.stats);
             let handler = factory(ShardId(id));
             parts.build(handler).run();

@@ -1,5 +1,6 @@
 //! The one send syscall the shards make themselves: `sendmmsg(2)`, one call for a batch of single
-//! datagrams to many destinations (everything else goes through quinn-udp).
+//! datagrams to many destinations (everything else goes through quinn-udp); and
+//! [`set_batch_scheduling`], the shard thread's scheduling policy.
 //!
 //! Each message carries the control messages quinn-udp puts on its own `sendmsg`: the ECN
 //! codepoint (`IP_TOS` for IPv4 and IPv4-mapped destinations, `IPV6_TCLASS` otherwise; Not-ECT
@@ -127,6 +128,20 @@ impl MmsgBufs {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Puts the calling thread under `SCHED_BATCH` (Linux; a no-op elsewhere). Failure only costs
+/// the batching, so it is logged, not returned.
+pub(crate) fn set_batch_scheduling() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for the call
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+            let e = io::Error::last_os_error();
+            tracing::debug!(error = %e, "SCHED_BATCH refused; shard keeps the default policy");
         }
     }
 }

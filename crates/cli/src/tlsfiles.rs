@@ -84,8 +84,8 @@ pub(crate) fn client_tuned(
         provider.cipher_suites = vec![cipher_suite::TLS13_CHACHA20_POLY1305_SHA256];
     }
     let provider = Arc::new(provider);
-    let webpki = match (insecure, ca) {
-        (true, _) => None,
+    let inner: Arc<dyn rustls::client::danger::ServerCertVerifier> = match (insecure, ca) {
+        (true, _) => tls::accept_any_cert(provider.clone()),
         (false, Some(ca)) => {
             let mut store = rustls::RootCertStore::empty();
             for cert in CertificateDer::pem_file_iter(ca)
@@ -101,7 +101,7 @@ pub(crate) fn client_tuned(
             )
             .build()
             .map_err(|e| Failure::Usage(format!("--ca {}: {e}", ca.display())))?;
-            Some(v)
+            v
         }
         (false, None) => {
             return Err(Failure::Usage(
@@ -111,8 +111,7 @@ pub(crate) fn client_tuned(
     };
     let checks = Arc::new(AtomicUsize::new(0));
     let verifier = Arc::new(CountingVerifier {
-        webpki,
-        provider: provider.clone(),
+        inner,
         checks: checks.clone(),
     });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
@@ -142,12 +141,11 @@ pub(crate) fn client_tuned(
     ))
 }
 
-/// Verifies server certificates with webpki (or accepts any when `webpki` is `None`: insecure)
-/// and counts the full certificate checks.
+/// Counts the full certificate checks of `inner` (webpki with `--ca`, or
+/// [`tls::accept_any_cert`] with `--insecure`) and otherwise defers to it.
 #[derive(Debug)]
 struct CountingVerifier {
-    webpki: Option<Arc<rustls::client::WebPkiServerVerifier>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
+    inner: Arc<dyn rustls::client::danger::ServerCertVerifier>,
     checks: Arc<AtomicUsize>,
 }
 
@@ -161,10 +159,8 @@ impl rustls::client::danger::ServerCertVerifier for CountingVerifier {
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         self.checks.fetch_add(1, Ordering::Relaxed);
-        match &self.webpki {
-            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
-            None => Ok(rustls::client::danger::ServerCertVerified::assertion()),
-        }
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
     }
 
     fn verify_tls12_signature(
@@ -173,8 +169,7 @@ impl rustls::client::danger::ServerCertVerifier for CountingVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+        self.inner.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -183,13 +178,14 @@ impl rustls::client::danger::ServerCertVerifier for CountingVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+        self.inner.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
     }
 }

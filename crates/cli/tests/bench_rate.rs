@@ -91,6 +91,20 @@ fn fixed_rate_is_kept_and_latency_reported() {
     assert!(stopped.status.success(), "serve exit: {:?}", stopped.status);
 }
 
+/// `quicshard impair` in front of `server`, dark during `window` (seconds, `FROM-TO`).
+fn blackout(server: &Proc, window: &str) -> Proc {
+    let fwd = format!("127.0.0.1:{}", server.port);
+    Proc::start(&[
+        "impair",
+        "--listen",
+        "127.0.0.1:0",
+        "--forward",
+        &fwd,
+        "--blackout",
+        window,
+    ])
+}
+
 /// A 300 ms blackout in the middle of the run: every request due during it waits for the
 /// network to come back, and the open loop counts that wait from the due time. About 600
 /// requests of 4000 (15%) are due in the blackout, so p90 shows it. Only the first 100 of them
@@ -100,16 +114,7 @@ fn fixed_rate_is_kept_and_latency_reported() {
 #[test]
 fn latency_counts_from_the_due_time() {
     let server = serve();
-    let fwd = format!("127.0.0.1:{}", server.port);
-    let proxy = Proc::start(&[
-        "impair",
-        "--listen",
-        "127.0.0.1:0",
-        "--forward",
-        &fwd,
-        "--blackout",
-        "1.0-1.3",
-    ]);
+    let proxy = blackout(&server, "1.0-1.3");
     // one client shard: the proxy follows one client address
     let r = bench(
         proxy.port,
@@ -141,16 +146,7 @@ fn latency_counts_from_the_due_time() {
 #[test]
 fn outstanding_requests_are_capped_and_reported() {
     let server = serve();
-    let fwd = format!("127.0.0.1:{}", server.port);
-    let proxy = Proc::start(&[
-        "impair",
-        "--listen",
-        "127.0.0.1:0",
-        "--forward",
-        &fwd,
-        "--blackout",
-        "0.5-60",
-    ]);
+    let proxy = blackout(&server, "0.5-60");
     let t = Instant::now();
     let r = bench(
         proxy.port,

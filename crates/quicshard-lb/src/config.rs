@@ -227,6 +227,23 @@ fn get_count(t: &Table, k: &str, default: usize, max: usize) -> Result<usize, Co
     Ok(get_uint(t, "", k, 1..=max as u64)?.map_or(default, |v| v as usize))
 }
 
+/// A top-level string key that must name one of `choices`; absent means the first.
+fn get_choice<T: Copy>(t: &Table, k: &str, choices: &[(&str, T)]) -> Result<T, ConfigError> {
+    let Some(v) = get_str(t, "", k)? else {
+        return Ok(choices[0].1);
+    };
+    match choices.iter().find(|(name, _)| *name == v) {
+        Some(&(_, value)) => Ok(value),
+        None => {
+            let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+            Err(err(
+                k,
+                format!("unknown {k} {v:?}: expected {}", names.join(" or ")),
+            ))
+        }
+    }
+}
+
 fn get_addr(t: &Table, path: &str, k: &str) -> Result<Option<SocketAddr>, ConfigError> {
     let Some(s) = get_str(t, path, k)? else {
         return Ok(None);
@@ -304,26 +321,16 @@ impl LbConfig {
     fn from_table(t: &Table) -> Result<Self, ConfigError> {
         check_keys(t, "", TOP_KEYS)?;
         let listen = require(get_addr(t, "", "listen")?, "", "listen")?;
-        let mode = match get_str(t, "", "mode")? {
-            None | Some("proxy") => ForwardMode::Proxy,
-            Some("dsr") => ForwardMode::Dsr,
-            Some(m) => {
-                return Err(err(
-                    "mode",
-                    format!("unknown mode {m:?}: expected \"proxy\" or \"dsr\""),
-                ))
-            }
-        };
-        let pipeline = match get_str(t, "", "pipeline")? {
-            None | Some("staged") => Pipeline::Staged,
-            Some("inline") => Pipeline::Inline,
-            Some(m) => {
-                return Err(err(
-                    "pipeline",
-                    format!("unknown pipeline {m:?}: expected \"staged\" or \"inline\""),
-                ))
-            }
-        };
+        let mode = get_choice(
+            t,
+            "mode",
+            &[("proxy", ForwardMode::Proxy), ("dsr", ForwardMode::Dsr)],
+        )?;
+        let pipeline = get_choice(
+            t,
+            "pipeline",
+            &[("staged", Pipeline::Staged), ("inline", Pipeline::Inline)],
+        )?;
         let virtual_address = get_addr(t, "", "virtual_address")?.unwrap_or(listen);
         if mode == ForwardMode::Dsr && virtual_address.ip().is_unspecified() {
             return Err(err(

@@ -87,7 +87,7 @@ pub fn insecure_rustls_client(alpn: &[&[u8]]) -> Result<rustls::ClientConfig, Tl
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider())))
+        .with_custom_certificate_verifier(accept_any_cert(provider()))
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // 0-RTT keys when a ticket allows them (as quinn-proto's own default client config)
@@ -113,6 +113,14 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     p.cipher_suites
         .sort_by_key(|s| s.suite() != TLS13_AES_128_GCM_SHA256.suite());
     Arc::new(p)
+}
+
+/// A verifier that accepts any server certificate but still checks the handshake signatures
+/// with `provider`'s algorithms. **No authentication**: tests, benchmarks and `--insecure` only.
+pub fn accept_any_cert(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
+    Arc::new(AcceptAnyCert(provider))
 }
 
 #[derive(Debug)]
@@ -195,7 +203,7 @@ mod tests {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider())))
+            .with_custom_certificate_verifier(accept_any_cert(provider()))
             .with_no_client_auth()
     }
 

@@ -24,9 +24,13 @@ pub(crate) struct Args {
     /// UDP address to serve on (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:4433")]
     listen: SocketAddr,
-    /// Shard threads (default: one per core).
+    /// Shards (default: one per core).
     #[arg(long)]
     shards: Option<usize>,
+    /// Threads the shards run on, each running a fixed group of shards (default: one per
+    /// shard, at most one per core; a value of at least --shards gives every shard its own).
+    #[arg(long)]
+    threads: Option<usize>,
     /// PEM certificate chain (default: a self-signed certificate for localhost).
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
@@ -241,6 +245,12 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
             return Err(Failure::Usage(format!("--shards {n}: must be 1..=256")));
         }
         builder = builder.shards(n);
+    }
+    if let Some(n) = args.threads {
+        if n == 0 || n > 256 {
+            return Err(Failure::Usage(format!("--threads {n}: must be 1..=256")));
+        }
+        builder = builder.threads(n);
     }
     if let Some((config, sid)) = quic_lb(&args)? {
         builder = builder.quic_lb(config, &sid);

@@ -155,7 +155,8 @@ pub enum RemoteError {
     /// The shard has stopped (engine shut down, or its thread died).
     #[error("shard stopped")]
     Closed,
-    /// A blocking call was made from the shard's own thread, where it would deadlock; use
+    /// A blocking call was made from the thread that runs the target shard (its own, or one it
+    /// shares with its group), where it would deadlock; use
     /// [`ShardCtx`] methods directly instead.
     #[error("blocking Remote call from the target shard's own thread would deadlock")]
     WouldDeadlock,
@@ -208,7 +209,7 @@ impl<H: Handler> Remote<H> {
         addr: SocketAddr,
         server_name: &str,
     ) -> Result<ConnId, RemoteError> {
-        if crate::shard::current_shard() == Some(shard.0) {
+        if crate::shard::group::runs_here(shard.0) {
             return Err(RemoteError::WouldDeadlock);
         }
         let (tx, rx) = crossbeam_channel::bounded(1);

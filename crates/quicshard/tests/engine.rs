@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use quicshard::{Engine, ShardStats, HANDLER_PANIC_CODE};
+use quicshard::{Engine, ShardId, ShardStats, HANDLER_PANIC_CODE};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -15,8 +15,14 @@ fn server(bpf: bool, retry: bool) -> Engine<Server> {
 }
 
 fn server_on(listen: &str, bpf: bool, retry: bool) -> Engine<Server> {
+    server_threads(listen, bpf, retry, 0)
+}
+
+/// A 4-shard server on `threads` threads (0: the default).
+fn server_threads(listen: &str, bpf: bool, retry: bool, threads: usize) -> Engine<Server> {
     Engine::builder(|_| Server::default())
         .shards(4)
+        .threads(threads)
         .listen(listen.parse().unwrap())
         .bpf(bpf)
         .retry(retry)
@@ -26,8 +32,13 @@ fn server_on(listen: &str, bpf: bool, retry: bool) -> Engine<Server> {
 }
 
 fn download_all(listen: &str, bpf: bool) -> Vec<ShardStats> {
+    download_on(listen, bpf, 0)
+}
+
+/// 200 downloads from a 4-shard server on `threads` threads (0: the default).
+fn download_on(listen: &str, bpf: bool, threads: usize) -> Vec<ShardStats> {
     let _ = tracing_subscriber::fmt::try_init();
-    let srv = server_on(listen, bpf, false);
+    let srv = server_threads(listen, bpf, false, threads);
     assert_eq!(srv.bpf_attached(), bpf, "BPF attach state");
     let (cli, rx) = client_engine(&srv, 2);
     const N: u64 = 200;
@@ -73,6 +84,88 @@ fn download_200_connections_bpf() {
     let total = ShardStats::sum(&stats);
     assert_eq!(total.handoffs_in_short, 0, "BPF steers every short header");
     assert_eq!(total.handoffs_out_short, 0);
+}
+
+#[test]
+fn four_shards_on_one_thread() {
+    // the server's one thread runs shards 0..=3 (named so); each still accepts its connections
+    let stats = download_on("127.0.0.1:0", true, 1);
+    assert!(stats.iter().all(|s| s.connections_accepted > 0));
+}
+
+#[test]
+fn a_thread_per_shard_and_groups_of_two_without_bpf() {
+    for threads in [4, 2] {
+        let stats = download_on("127.0.0.1:0", false, threads);
+        let total = ShardStats::sum(&stats);
+        assert!(total.handoffs_in > 0, "{threads} threads: {total:?}");
+    }
+}
+
+#[test]
+fn shards_run_on_their_group_threads() {
+    // each shard reports the name of the thread it runs on, and which shard its context is
+    let layout = |threads: usize| {
+        let srv = Engine::builder(|_| Server::default())
+            .shards(5)
+            .threads(threads)
+            .start()
+            .unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for i in 0..5 {
+            let tx = tx.clone();
+            srv.remote()
+                .run_on(ShardId(i), move |ctx, _| {
+                    let name = std::thread::current().name().unwrap_or("").to_owned();
+                    tx.send((i, ctx.shard().0, name)).unwrap();
+                })
+                .unwrap();
+        }
+        let mut got: Vec<_> = (0..5)
+            .map(|_| rx.recv_timeout(TIMEOUT).expect("a shard did not run"))
+            .collect();
+        got.sort();
+        got.into_iter()
+            .map(|(i, ctx, name)| {
+                assert_eq!(i, ctx, "ran in the wrong shard's context");
+                name
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(layout(1), ["quicshard-0-4"; 5]);
+    assert_eq!(
+        layout(2),
+        [
+            "quicshard-0-1",
+            "quicshard-0-1",
+            "quicshard-2-4",
+            "quicshard-2-4",
+            "quicshard-2-4"
+        ]
+    );
+    let each: Vec<String> = (0..5).map(|i| format!("quicshard-{i}")).collect();
+    assert_eq!(layout(5), each);
+    assert_eq!(layout(9), each, "more threads than shards: one each");
+}
+
+#[test]
+fn blocking_connect_to_a_shard_of_the_same_thread_is_refused() {
+    let srv = Engine::builder(|_| Server::default())
+        .shards(2)
+        .threads(1)
+        .start()
+        .unwrap();
+    let remote = srv.remote();
+    let addr = srv.local_addr();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    srv.remote()
+        .run_on(ShardId(0), move |_, _| {
+            let r = remote.connect(ShardId(1), addr, "localhost");
+            tx.send(matches!(r, Err(quicshard::RemoteError::WouldDeadlock)))
+                .unwrap();
+        })
+        .unwrap();
+    assert!(rx.recv_timeout(TIMEOUT).unwrap(), "connect did not refuse");
 }
 
 #[test]

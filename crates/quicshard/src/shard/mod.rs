@@ -18,6 +18,7 @@
 
 pub(crate) mod conns;
 mod drive;
+pub(crate) mod group;
 pub(crate) mod inbound;
 pub(crate) mod io;
 pub(crate) mod mailbox;
@@ -275,11 +276,12 @@ impl<H: Handler> ShardParts<H> {
     }
 }
 
-/// Spawns the shard thread (under `SCHED_BATCH` if `batch`, see
-/// [`Builder::batch_scheduling`](crate::Builder::batch_scheduling)); the handler is created on
-/// it by `factory`.
+/// Spawns a thread (under `SCHED_BATCH` if `batch`, see
+/// [`Builder::batch_scheduling`](crate::Builder::batch_scheduling)) that runs `group`: one shard,
+/// or several in a [`group`] (contiguous IDs). Each shard's handler is created on it by
+/// `factory`.
 pub(crate) fn spawn<H, F>(
-    mut parts: ShardParts<H>,
+    mut group: Vec<ShardParts<H>>,
     factory: Arc<F>,
     batch: bool,
 ) -> std::io::Result<std::thread::JoinHandle<()>>
@@ -287,18 +289,50 @@ where
     H: Handler,
     F: Fn(ShardId) -> H + Send + Sync + ?Sized + 'static,
 {
-    let id = parts.id;
-    parts.register()?;
-    std::thread::Builder::new()
-        .name(format!("quicshard-{id}"))
-        .spawn(move || {
-            if batch {
-                sys::set_batch_scheduling();
+    let (Some(first), Some(last)) = (group.first(), group.last()) else {
+        return Err(std::io::Error::other("a shard group cannot be empty"));
+    };
+    let ids = (first.id, last.id + 1);
+    let outer = if group.len() > 1 {
+        let polls: Vec<&mio::Poll> = group.iter().map(|p| &p.poll).collect();
+        Some(group::watch(&polls)?)
+    } else {
+        None
+    };
+    for p in &mut group {
+        p.register()?;
+    }
+    let name = if ids.1 - ids.0 > 1 {
+        format!("quicshard-{}-{}", ids.0, ids.1 - 1)
+    } else {
+        format!("quicshard-{}", ids.0)
+    };
+    std::thread::Builder::new().name(name).spawn(move || {
+        if batch {
+            sys::set_batch_scheduling();
+        }
+        let build = |parts: ShardParts<H>| {
+            let handler = factory(ShardId(parts.id));
+            parts.build(handler)
+        };
+        match outer {
+            // one shard: its scope lasts the thread's life
+            None => group.into_iter().for_each(|p| {
+                let _scope = ShardScope::enter(p.id, &p.stats.clone());
+                build(p).run()
+            }),
+            Some(outer) => {
+                let shards = group
+                    .into_iter()
+                    .map(|p| {
+                        let _scope = ShardScope::enter(p.id, &p.stats.clone());
+                        build(p)
+                    })
+                    .collect();
+                group::run(shards, outer, ids)
             }
-            let _scope = ShardScope::enter(id, &parts.stats);
-            let handler = factory(ShardId(id));
-            parts.build(handler).run();
-        })
+        }
+    })
 }
 
 /// A shard without a thread, for the direct backend: the caller drives it with

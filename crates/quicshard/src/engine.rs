@@ -305,36 +305,53 @@ impl<H: Handler> Builder<H> {
                 }
             };
 
-        let mut polls = Vec::with_capacity(n);
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let n_threads = self.threads.unwrap_or(cores).clamp(1, n);
+        // one poller per thread: a shard alone owns it, a group's members share it
+        let mut group_polls = Vec::with_capacity(n_threads);
+        let mut pollers = Vec::with_capacity(n);
         let mut txs = Vec::with_capacity(n);
         let mut rxs = Vec::with_capacity(n);
-        for _ in 0..n {
+        for g in 0..n_threads {
+            let (a, b) = shard::group::members(g, n, n_threads);
             let poll = mio::Poll::new()?;
-            let (tx, rx) = mailbox::<H>(poll.registry(), WAKER_TOKEN)?;
-            polls.push(poll);
-            txs.push(tx);
-            rxs.push(rx);
+            if b - a == 1 {
+                let (tx, rx) = mailbox::<H>(poll.registry(), WAKER_TOKEN)?;
+                txs.push(tx);
+                rxs.push(rx);
+                pollers.push(shard::Poller::Own(poll));
+                group_polls.push(None);
+                continue;
+            }
+            for k in 0..b - a {
+                let base = shard::group::TOKENS_PER_SHARD * k;
+                let waker = mio::Token(base + WAKER_TOKEN.0);
+                let (tx, rx) = mailbox::<H>(poll.registry(), waker)?;
+                txs.push(tx);
+                rxs.push(rx);
+                let registry = poll.registry().try_clone()?;
+                pollers.push(shard::Poller::Group { registry, base });
+            }
+            group_polls.push(Some(poll));
         }
         let peers: Arc<[_]> = txs.into();
         let stats: Vec<Arc<Counters>> = (0..n).map(|_| Arc::default()).collect();
-        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-        let n_threads = self.threads.unwrap_or(cores).clamp(1, n);
         let batch = self.batch_scheduling.unwrap_or(n_threads > cores);
-        let parts = polls
+        let parts = pollers
             .into_iter()
             .zip(rxs)
             .zip(listen)
             .zip(clients)
             .enumerate();
         let mut all = Vec::with_capacity(n);
-        for (id, (((poll, mailbox), listen), client)) in parts {
+        for (id, (((poller, mailbox), listen), client)) in parts {
             let preferred_port = match client.local_addr() {
                 Ok(a) if advertise => Some(a.port()),
                 _ => None,
             };
             all.push(ShardParts {
                 id,
-                poll,
+                poller,
                 socks: [
                     Sock::new(listen, stats[id].clone())?,
                     Sock::new(client, stats[id].clone())?,
@@ -349,10 +366,10 @@ impl<H: Handler> Builder<H> {
         }
         let mut threads = Vec::with_capacity(n_threads);
         let mut rest = all.into_iter();
-        for g in 0..n_threads {
+        for (g, poll) in group_polls.into_iter().enumerate() {
             let (a, b) = shard::group::members(g, n, n_threads);
             let group: Vec<_> = rest.by_ref().take(b - a).collect();
-            threads.push(shard::spawn(group, self.factory.clone(), batch)?);
+            threads.push(shard::spawn(group, poll, self.factory.clone(), batch)?);
         }
         Ok(Engine {
             remote: Remote { mailboxes: peers },

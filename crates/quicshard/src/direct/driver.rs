@@ -120,7 +120,10 @@ impl Direct {
         let poll = mio::Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE_TOKEN)?);
         for (i, s) in shards.iter().enumerate() {
-            let fd = s.poll().as_raw_fd();
+            let fd = s
+                .poll()
+                .ok_or_else(|| std::io::Error::other("a direct shard needs its own poller"))?
+                .as_raw_fd();
             poll.registry().register(
                 &mut mio::unix::SourceFd(&fd),
                 mio::Token(i + 1),

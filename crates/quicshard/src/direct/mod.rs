@@ -132,7 +132,7 @@ impl Builder<HandleHandler> {
         let peers: Arc<[_]> = vec![tx].into();
         let parts = ShardParts {
             id: 0,
-            poll,
+            poller: shard::Poller::Own(poll),
             socks,
             client_sock,
             preferred: None,

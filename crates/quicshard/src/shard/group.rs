@@ -4,17 +4,18 @@
 //! keeps what it owns — poller, sockets, endpoint, connections, timers, mailbox — and its
 //! connections stay on it; only the thread is shared.
 //!
-//! The thread waits on one more poller that watches the shards' pollers (an epoll fd is readable
-//! while it has events), then gives a non-blocking turn ([`Shard::iterate`]) to each shard whose
-//! poller spoke, whose next deadline has come, or which left work over. Why: shard threads beyond
-//! the cores only preempt each other, and each handshake then costs a sleep and a wake-up per
-//! flight on every shard it touches (measured at 8 threads on 2 cores: 2 voluntary context
-//! switches per handshake against 0.1 at 1 shard, +11% CPU per handshake). A group keeps the
-//! shards' independence (steering, QUIC-LB shard IDs, per-shard counters) without the switches.
+//! The group has one poller: every member registers its sockets and mailbox waker there under
+//! its own three tokens (`3 * index` on). The thread waits on it, then gives a non-blocking turn
+//! ([`Shard::turn`]) to each member that has events, whose next deadline has come, or which left
+//! work over. Why: shard threads beyond the cores only preempt each other, and each handshake
+//! then costs a sleep and a wake-up per flight on every shard it touches (measured at 8 threads
+//! on 2 cores: 1.3 voluntary context switches per handshake against 0.1 at 1 shard, +11% CPU per
+//! handshake). A group keeps the shards' independence (steering, QUIC-LB shard IDs, per-shard
+//! counters) without the switches, and one poller (not one per member, watched by another)
+//! keeps it at one `epoll_wait` per round.
 //! The price: a handler that blocks stalls the other shards of its group too.
 
 use std::cell::Cell;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use super::{Shard, ShardScope};
@@ -38,56 +39,45 @@ pub(crate) fn members(g: usize, shards: usize, threads: usize) -> (usize, usize)
     (g * shards / threads, (g + 1) * shards / threads)
 }
 
-/// The poller a group's thread waits on: it watches each member's poller under the token of the
-/// member's index in the group. Created before the thread starts, so a failure reaches `start`.
-pub(crate) fn watch(polls: &[&mio::Poll]) -> std::io::Result<mio::Poll> {
-    let outer = mio::Poll::new()?;
-    for (i, p) in polls.iter().enumerate() {
-        outer.registry().register(
-            &mut mio::unix::SourceFd(&p.as_raw_fd()),
-            mio::Token(i),
-            mio::Interest::READABLE,
-        )?;
-    }
-    Ok(outer)
-}
+/// Tokens each member uses in the group's poller: [`LISTEN`](super::io::LISTEN),
+/// [`CLIENT`](super::io::CLIENT) and the mailbox waker.
+pub(crate) const TOKENS_PER_SHARD: usize = 3;
 
-/// Runs `shards` (IDs `start..end`, in order) on the calling thread until all of them stopped.
-pub(crate) fn run<H: Handler>(shards: Vec<Shard<H>>, outer: mio::Poll, ids: (usize, usize)) {
+/// Runs `shards` (IDs `ids.0..ids.1`, in order; member `k` registered its sources at tokens
+/// `TOKENS_PER_SHARD * k` on) on the calling thread until all of them stopped.
+pub(crate) fn run<H: Handler>(shards: Vec<Shard<H>>, mut poll: mio::Poll, ids: (usize, usize)) {
     GROUP.with(|g| g.set(Some(ids)));
     let mut live: Vec<Option<Shard<H>>> = shards.into_iter().map(Some).collect();
+    let mut events = mio::Events::with_capacity(TOKENS_PER_SHARD * live.len() + 16);
     // every member gets a first turn
-    let mut ready = vec![true; live.len()];
-    let mut outer_events = mio::Events::with_capacity(live.len().max(1));
-    let mut events = mio::Events::with_capacity(16);
-    let mut outer = outer;
+    let mut spoke = vec![true; live.len()];
     while live.iter().any(Option::is_some) {
-        let timeout = if ready.iter().any(|&r| r) {
+        let timeout = if spoke.iter().any(|&r| r) {
             Some(Duration::ZERO)
         } else {
             let next = live.iter().flatten().filter_map(Shard::next_deadline).min();
             next.map(|d| d.saturating_duration_since(Instant::now()))
         };
-        if let Err(e) = outer.poll(&mut outer_events, timeout) {
+        if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 tracing::error!(group = ?ids, error = %e, "group poll failed; its shards exit");
                 break;
             }
         }
-        for ev in outer_events.iter() {
-            if let Some(r) = ready.get_mut(ev.token().0) {
+        for ev in events.iter() {
+            if let Some(r) = spoke.get_mut(ev.token().0 / TOKENS_PER_SHARD) {
                 *r = true;
             }
         }
         let now = Instant::now();
-        for (slot, r) in live.iter_mut().zip(ready.iter_mut()) {
+        for (slot, r) in live.iter_mut().zip(spoke.iter_mut()) {
             let Some(shard) = slot else { continue };
             if !*r && shard.next_deadline().is_none_or(|d| d > now) {
                 continue;
             }
             *r = false;
             let _scope = ShardScope::enter(shard.id(), shard.stats());
-            if !shard.iterate(&mut events, Some(Duration::ZERO)) {
+            if !shard.turn(&events) {
                 shard.finish();
                 *slot = None;
             }

@@ -1,5 +1,6 @@
-//! One shard: a thread with its own event loop, sockets, `quinn_proto::Endpoint`, connections,
-//! timer heap and mailbox. The shard owns all of it for its whole life; nothing here is shared
+//! One shard: an event loop with its own sockets, `quinn_proto::Endpoint`, connections, timer
+//! heap and mailbox, on a thread of its own or in a [`group`] of shards sharing one thread (and
+//! that thread's poller). The shard owns all of it for its whole life; nothing here is shared
 //! except the mailbox senders and the counters.
 //!
 //! # The loop
@@ -14,7 +15,7 @@
 //! iteration (and whenever a queue fills), so one iteration's datagrams leave in few syscalls.
 //!
 //! Sub-state lives in submodules: [`io`] sockets and buffers, [`sys`] the raw `sendmmsg`,
-//! [`mailbox`], [`timers`], [`conns`].
+//! [`mailbox`], [`timers`], [`conns`]; [`group`] runs several shards on one thread.
 
 pub(crate) mod conns;
 mod drive;
@@ -23,6 +24,7 @@ pub(crate) mod inbound;
 pub(crate) mod io;
 pub(crate) mod mailbox;
 pub(crate) mod mem;
+mod parts;
 mod sys;
 pub(crate) mod timers;
 
@@ -38,12 +40,13 @@ use bytes::Bytes;
 use quinn_proto::{Connection, Endpoint, VarInt};
 
 use crate::cid::ShardCidGenerator;
-use crate::handler::{ConnId, Handler, ShardCtx, ShardId};
+use crate::handler::{ConnId, Handler, ShardCtx};
 use crate::shared::Shared;
 use crate::stats::Counters;
 use conns::ConnTable;
 use io::{Arena, RxBufs, Sock, CLIENT, LISTEN};
 use mailbox::{MailboxRx, MailboxTx, Msg};
+pub(crate) use parts::{build_unspawned, spawn, Poller, ShardParts};
 use timers::Timers;
 
 /// mio token of the listen socket.
@@ -198,7 +201,11 @@ impl Core {
 pub(crate) struct Shard<H> {
     core: Core,
     handler: H,
-    poll: mio::Poll,
+    /// The shard's own poller; `None` in a [`group`], whose thread polls for all its shards.
+    poll: Option<mio::Poll>,
+    /// The token of the shard's first source in its poller ([`LISTEN`]; then [`CLIENT`] and the
+    /// waker): 0 with its own poller, `3 * index` in a group's.
+    token_base: usize,
     socks: [Sock; 2],
     rx: RxBufs,
     arena: Arena,
@@ -210,140 +217,6 @@ pub(crate) struct Shard<H> {
     /// The last iteration left work behind (a budget stopped it, or a flush unblocked
     /// connections): the next one must not block.
     carry: bool,
-}
-
-/// What `start` prepares for one shard on the main thread before spawning it.
-pub(crate) struct ShardParts<H> {
-    pub(crate) id: usize,
-    pub(crate) poll: mio::Poll,
-    /// [`LISTEN`] and [`CLIENT`].
-    pub(crate) socks: [Sock; 2],
-    /// Which of `socks` client connections use.
-    pub(crate) client_sock: usize,
-    /// The address this shard advertises as its preferred address (its own socket), if any.
-    pub(crate) preferred: Option<SocketAddr>,
-    pub(crate) mailbox: MailboxRx<H>,
-    pub(crate) peers: Arc<[MailboxTx<H>]>,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) stats: Arc<Counters>,
-}
-
-impl<H: Handler> ShardParts<H> {
-    fn register(&mut self) -> std::io::Result<()> {
-        let registry = self.poll.registry();
-        self.socks[LISTEN].register(registry, LISTEN_TOKEN)?;
-        self.socks[CLIENT].register(registry, CLIENT_TOKEN)
-    }
-
-    /// The shard, on the calling thread (which must be inside a [`ShardScope`] for `id`).
-    fn build(self, handler: H) -> Shard<H> {
-        let id = self.id;
-        let shared = self.shared;
-        let endpoint_config = shared.endpoint_config_for(id);
-        let server_config = shared.server_config_for(self.preferred);
-        let endpoint = Endpoint::new(endpoint_config, server_config, true, None);
-        let gro = self.socks[LISTEN]
-            .gro_segments()
-            .max(self.socks[CLIENT].gro_segments());
-        let core = Core {
-            id,
-            owner: std::thread::current().id(),
-            now: Instant::now(),
-            endpoint,
-            conns: ConnTable::default(),
-            timers: Timers::default(),
-            cid_check: shared.cid.generator(id),
-            shared,
-            stats: self.stats,
-            stopping: None,
-            driving: None,
-            resp_buf: Vec::new(),
-            client_sock: self.client_sock,
-        };
-        Shard {
-            core,
-            handler,
-            poll: self.poll,
-            socks: self.socks,
-            rx: RxBufs::new(gro),
-            arena: Arena::default(),
-            events_buf: Vec::new(),
-            mailbox: self.mailbox,
-            mail_pending: true,
-            peers: self.peers,
-            carry: true,
-        }
-    }
-}
-
-/// Spawns a thread (under `SCHED_BATCH` if `batch`, see
-/// [`Builder::batch_scheduling`](crate::Builder::batch_scheduling)) that runs `group`: one shard,
-/// or several in a [`group`] (contiguous IDs). Each shard's handler is created on it by
-/// `factory`.
-pub(crate) fn spawn<H, F>(
-    mut group: Vec<ShardParts<H>>,
-    factory: Arc<F>,
-    batch: bool,
-) -> std::io::Result<std::thread::JoinHandle<()>>
-where
-    H: Handler,
-    F: Fn(ShardId) -> H + Send + Sync + ?Sized + 'static,
-{
-    let (Some(first), Some(last)) = (group.first(), group.last()) else {
-        return Err(std::io::Error::other("a shard group cannot be empty"));
-    };
-    let ids = (first.id, last.id + 1);
-    let outer = if group.len() > 1 {
-        let polls: Vec<&mio::Poll> = group.iter().map(|p| &p.poll).collect();
-        Some(group::watch(&polls)?)
-    } else {
-        None
-    };
-    for p in &mut group {
-        p.register()?;
-    }
-    let name = if ids.1 - ids.0 > 1 {
-        format!("quicshard-{}-{}", ids.0, ids.1 - 1)
-    } else {
-        format!("quicshard-{}", ids.0)
-    };
-    std::thread::Builder::new().name(name).spawn(move || {
-        if batch {
-            sys::set_batch_scheduling();
-        }
-        let build = |parts: ShardParts<H>| {
-            let handler = factory(ShardId(parts.id));
-            parts.build(handler)
-        };
-        match outer {
-            // one shard: its scope lasts the thread's life
-            None => group.into_iter().for_each(|p| {
-                let _scope = ShardScope::enter(p.id, &p.stats.clone());
-                build(p).run()
-            }),
-            Some(outer) => {
-                let shards = group
-                    .into_iter()
-                    .map(|p| {
-                        let _scope = ShardScope::enter(p.id, &p.stats.clone());
-                        build(p)
-                    })
-                    .collect();
-                group::run(shards, outer, ids)
-            }
-        }
-    })
-}
-
-/// A shard without a thread, for the direct backend: the caller drives it with
-/// [`Shard::iterate`] inside a [`ShardScope`].
-pub(crate) fn build_unspawned<H: Handler>(
-    mut parts: ShardParts<H>,
-    handler: H,
-) -> std::io::Result<Shard<H>> {
-    parts.register()?;
-    let _scope = ShardScope::enter(parts.id, &parts.stats);
-    Ok(parts.build(handler))
 }
 
 impl<H: Handler> Shard<H> {
@@ -365,25 +238,40 @@ impl<H: Handler> Shard<H> {
                 (a, b) => a.or(b),
             }
         };
-        if let Err(e) = self.poll.poll(events, timeout) {
+        let Some(poll) = &mut self.poll else {
+            tracing::error!(
+                shard = self.core.id,
+                "a grouped shard has no poller of its own"
+            );
+            return false;
+        };
+        if let Err(e) = poll.poll(events, timeout) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 tracing::error!(shard = self.core.id, error = %e, "poll failed; shard exits");
                 return false;
             }
         }
+        self.turn(events)
+    }
+
+    /// The rest of a loop turn after the poll: takes this shard's `events` (those with its
+    /// tokens; a group passes all of its thread's), drains inputs and drives outputs without
+    /// blocking. Returns `false` once the shard has shut down.
+    pub(crate) fn turn(&mut self, events: &mio::Events) -> bool {
         self.core.now = Instant::now();
         self.core.owner = std::thread::current().id();
         let mut writable = [false; 2];
         for ev in events.iter() {
-            match ev.token() {
+            let Some(t) = ev.token().0.checked_sub(self.token_base) else {
+                continue;
+            };
+            match mio::Token(t) {
                 WAKER_TOKEN => self.mail_pending = true,
-                t => {
-                    let s = t.0;
-                    if s < 2 {
-                        self.socks[s].readable |= ev.is_readable() || ev.is_error();
-                        writable[s] |= ev.is_writable();
-                    }
+                LISTEN_TOKEN | CLIENT_TOKEN => {
+                    self.socks[t].readable |= ev.is_readable() || ev.is_error();
+                    writable[t] |= ev.is_writable();
                 }
+                _ => {}
             }
         }
         let mut more = false;
@@ -464,8 +352,8 @@ impl<H: Handler> Shard<H> {
 
     /// The shard's `mio::Poll`, readable from outside while events wait (the direct driver
     /// watches it).
-    pub(crate) fn poll(&self) -> &mio::Poll {
-        &self.poll
+    pub(crate) fn poll(&self) -> Option<&mio::Poll> {
+        self.poll.as_ref()
     }
 
     /// Flushes socket `s`'s transmit queue; once it is empty, re-queues the connections that

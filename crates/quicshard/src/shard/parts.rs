@@ -1,0 +1,184 @@
+//! What the engine prepares for a shard on the starting thread ([`ShardParts`]: sockets, mailbox,
+//! the poller it registers with), and starting it: on a thread of its own, in a [`group`] of
+//! shards sharing a thread, or unspawned for the direct backend.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use quinn_proto::Endpoint;
+
+use super::conns::ConnTable;
+use super::io::{Arena, RxBufs, Sock, CLIENT, LISTEN};
+use super::mailbox::{MailboxRx, MailboxTx};
+use super::timers::Timers;
+use super::{group, sys, Core, Shard, ShardScope};
+use crate::handler::{Handler, ShardId};
+use crate::shared::Shared;
+use crate::stats::Counters;
+
+/// What `start` prepares for one shard on the main thread before spawning it.
+pub(crate) struct ShardParts<H> {
+    pub(crate) id: usize,
+    /// Where the shard's sockets and mailbox waker are registered.
+    pub(crate) poller: Poller,
+    /// [`LISTEN`] and [`CLIENT`].
+    pub(crate) socks: [Sock; 2],
+    /// Which of `socks` client connections use.
+    pub(crate) client_sock: usize,
+    /// The address this shard advertises as its preferred address (its own socket), if any.
+    pub(crate) preferred: Option<SocketAddr>,
+    pub(crate) mailbox: MailboxRx<H>,
+    pub(crate) peers: Arc<[MailboxTx<H>]>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) stats: Arc<Counters>,
+}
+
+/// The poller a shard's sources are registered with.
+pub(crate) enum Poller {
+    /// Its own: a shard with a thread of its own, or the direct backend's.
+    Own(mio::Poll),
+    /// Its group's thread's ([`group`]), shared with the other members: the shard's tokens
+    /// start at `base`.
+    Group {
+        registry: mio::Registry,
+        base: usize,
+    },
+}
+
+impl Poller {
+    /// The registry and the first token of the shard's sources.
+    pub(crate) fn registry(&self) -> (&mio::Registry, usize) {
+        match self {
+            Poller::Own(p) => (p.registry(), 0),
+            Poller::Group { registry, base } => (registry, *base),
+        }
+    }
+
+    fn token_base(&self) -> usize {
+        self.registry().1
+    }
+}
+
+impl<H: Handler> ShardParts<H> {
+    fn register(&mut self) -> std::io::Result<()> {
+        let (registry, base) = self.poller.registry();
+        self.socks[LISTEN].register(registry, mio::Token(base + LISTEN))?;
+        self.socks[CLIENT].register(registry, mio::Token(base + CLIENT))
+    }
+
+    /// The shard, on the calling thread (which must be inside a [`ShardScope`] for `id`).
+    fn build(self, handler: H) -> Shard<H> {
+        let id = self.id;
+        let shared = self.shared;
+        let endpoint_config = shared.endpoint_config_for(id);
+        let server_config = shared.server_config_for(self.preferred);
+        let endpoint = Endpoint::new(endpoint_config, server_config, true, None);
+        let token_base = self.poller.token_base();
+        let gro = self.socks[LISTEN]
+            .gro_segments()
+            .max(self.socks[CLIENT].gro_segments());
+        let core = Core {
+            id,
+            owner: std::thread::current().id(),
+            now: Instant::now(),
+            endpoint,
+            conns: ConnTable::default(),
+            timers: Timers::default(),
+            cid_check: shared.cid.generator(id),
+            shared,
+            stats: self.stats,
+            stopping: None,
+            driving: None,
+            resp_buf: Vec::new(),
+            client_sock: self.client_sock,
+        };
+        Shard {
+            core,
+            handler,
+            poll: match self.poller {
+                Poller::Own(p) => Some(p),
+                Poller::Group { .. } => None,
+            },
+            token_base,
+            socks: self.socks,
+            rx: RxBufs::new(gro),
+            arena: Arena::default(),
+            events_buf: Vec::new(),
+            mailbox: self.mailbox,
+            mail_pending: true,
+            peers: self.peers,
+            carry: true,
+        }
+    }
+}
+
+/// Spawns a thread (under `SCHED_BATCH` if `batch`, see
+/// [`Builder::batch_scheduling`](crate::Builder::batch_scheduling)) that runs `group`: one shard,
+/// or several in a [`group`] (contiguous IDs). Each shard's handler is created on it by
+/// `factory`.
+pub(crate) fn spawn<H, F>(
+    mut group: Vec<ShardParts<H>>,
+    group_poll: Option<mio::Poll>,
+    factory: Arc<F>,
+    batch: bool,
+) -> std::io::Result<std::thread::JoinHandle<()>>
+where
+    H: Handler,
+    F: Fn(ShardId) -> H + Send + Sync + ?Sized + 'static,
+{
+    let (Some(first), Some(last)) = (group.first(), group.last()) else {
+        return Err(std::io::Error::other("a shard group cannot be empty"));
+    };
+    let ids = (first.id, last.id + 1);
+    let outer = if group.len() > 1 {
+        Some(group_poll.ok_or_else(|| std::io::Error::other("a shard group needs its poller"))?)
+    } else {
+        None
+    };
+    for p in &mut group {
+        p.register()?;
+    }
+    let name = if ids.1 - ids.0 > 1 {
+        format!("quicshard-{}-{}", ids.0, ids.1 - 1)
+    } else {
+        format!("quicshard-{}", ids.0)
+    };
+    std::thread::Builder::new().name(name).spawn(move || {
+        if batch {
+            sys::set_batch_scheduling();
+        }
+        let build = |parts: ShardParts<H>| {
+            let handler = factory(ShardId(parts.id));
+            parts.build(handler)
+        };
+        match outer {
+            // one shard: its scope lasts the thread's life
+            None => group.into_iter().for_each(|p| {
+                let _scope = ShardScope::enter(p.id, &p.stats.clone());
+                build(p).run()
+            }),
+            Some(outer) => {
+                let shards = group
+                    .into_iter()
+                    .map(|p| {
+                        let _scope = ShardScope::enter(p.id, &p.stats.clone());
+                        build(p)
+                    })
+                    .collect();
+                group::run(shards, outer, ids)
+            }
+        }
+    })
+}
+
+/// A shard without a thread, for the direct backend: the caller drives it with
+/// [`Shard::iterate`] inside a [`ShardScope`].
+pub(crate) fn build_unspawned<H: Handler>(
+    mut parts: ShardParts<H>,
+    handler: H,
+) -> std::io::Result<Shard<H>> {
+    parts.register()?;
+    let _scope = ShardScope::enter(parts.id, &parts.stats);
+    Ok(parts.build(handler))
+}

@@ -242,8 +242,11 @@ fn main() -> Result<(), String> {
         max_topics: 16,
     };
     let shared = Shared::new(SHARDS, limits);
+    // a thread per shard even on fewer cores: the burst phase below holds shards 1.. busy in
+    // blocking closures, which in a shard group would stall shard 0 too
     let relay = server::builder(&shared)
         .shards(SHARDS)
+        .threads(SHARDS)
         .start()
         .map_err(|e| e.to_string())?;
     shared.set_remote(relay.remote());

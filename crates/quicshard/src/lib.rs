@@ -1,7 +1,8 @@
 //! quicshard: a multi-core QUIC endpoint engine.
 //!
-//! One UDP port is served by N shard threads; each shard owns a `quinn_proto::Endpoint` and its
-//! connections for their whole life. The kernel steers datagrams to the owning shard by the shard
+//! One UDP port is served by N shards, each on its own thread (more shards than cores share
+//! threads in fixed groups, [`Builder::threads`]); each shard owns a `quinn_proto::Endpoint` and
+//! its connections for their whole life. The kernel steers datagrams to the owning shard by the shard
 //! byte of the connection ID (classic BPF on an `SO_REUSEPORT` group); whatever it cannot steer is
 //! handed off between shards in userspace. Start with [`Engine::builder`] and a [`Handler`]
 //! (callbacks on the owning shard), or with [`Engine::builder_handles`] for thread-safe blocking,

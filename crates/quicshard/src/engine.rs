@@ -307,32 +307,32 @@ impl<H: Handler> Builder<H> {
 
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
         let n_threads = self.threads.unwrap_or(cores).clamp(1, n);
-        // one poller per thread: a shard alone owns it, a group's members share it
-        let mut group_polls = Vec::with_capacity(n_threads);
+        // one poller per thread: a shard alone owns it, a group's members share it (each under
+        // its own tokens; a lone shard's base is 0)
+        let mut groups = Vec::with_capacity(n_threads);
         let mut pollers = Vec::with_capacity(n);
         let mut txs = Vec::with_capacity(n);
         let mut rxs = Vec::with_capacity(n);
         for g in 0..n_threads {
             let (a, b) = shard::group::members(g, n, n_threads);
             let poll = mio::Poll::new()?;
-            if b - a == 1 {
-                let (tx, rx) = mailbox::<H>(poll.registry(), WAKER_TOKEN)?;
-                txs.push(tx);
-                rxs.push(rx);
-                pollers.push(shard::Poller::Own(poll));
-                group_polls.push(None);
-                continue;
-            }
             for k in 0..b - a {
                 let base = shard::group::TOKENS_PER_SHARD * k;
                 let waker = mio::Token(base + WAKER_TOKEN.0);
                 let (tx, rx) = mailbox::<H>(poll.registry(), waker)?;
                 txs.push(tx);
                 rxs.push(rx);
-                let registry = poll.registry().try_clone()?;
-                pollers.push(shard::Poller::Group { registry, base });
+                if b - a > 1 {
+                    let registry = poll.registry().try_clone()?;
+                    pollers.push(shard::Poller::Group { registry, base });
+                }
             }
-            group_polls.push(Some(poll));
+            if b - a == 1 {
+                pollers.push(shard::Poller::Own(poll));
+                groups.push((None, 1));
+            } else {
+                groups.push((Some(poll), b - a));
+            }
         }
         let peers: Arc<[_]> = txs.into();
         let stats: Vec<Arc<Counters>> = (0..n).map(|_| Arc::default()).collect();
@@ -366,9 +366,8 @@ impl<H: Handler> Builder<H> {
         }
         let mut threads = Vec::with_capacity(n_threads);
         let mut rest = all.into_iter();
-        for (g, poll) in group_polls.into_iter().enumerate() {
-            let (a, b) = shard::group::members(g, n, n_threads);
-            let group: Vec<_> = rest.by_ref().take(b - a).collect();
+        for (poll, size) in groups {
+            let group: Vec<_> = rest.by_ref().take(size).collect();
             threads.push(shard::spawn(group, poll, self.factory.clone(), batch)?);
         }
         Ok(Engine {

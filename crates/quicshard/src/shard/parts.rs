@@ -148,26 +148,19 @@ where
         if batch {
             sys::set_batch_scheduling();
         }
+        // each handler is made and each shard built inside its own scope
         let build = |parts: ShardParts<H>| {
+            let _scope = ShardScope::enter(parts.id, &parts.stats);
             let handler = factory(ShardId(parts.id));
             parts.build(handler)
         };
         match outer {
             // one shard: its scope lasts the thread's life
             None => group.into_iter().for_each(|p| {
-                let _scope = ShardScope::enter(p.id, &p.stats.clone());
+                let _scope = ShardScope::enter(p.id, &p.stats);
                 build(p).run()
             }),
-            Some(outer) => {
-                let shards = group
-                    .into_iter()
-                    .map(|p| {
-                        let _scope = ShardScope::enter(p.id, &p.stats.clone());
-                        build(p)
-                    })
-                    .collect();
-                group::run(shards, outer, ids)
-            }
+            Some(outer) => group::run(group.into_iter().map(build).collect(), outer, ids),
         }
     })
 }

@@ -31,10 +31,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         )));
     }
     let mut builder = Engine::builder(|_| Server::new(None)).alpn(SERVER_ALPNS);
-    if let Some(n) = args.shards {
-        if n == 0 || n > 256 {
-            return Err(Failure::Usage(format!("--shards {n}: must be 1..=256")));
-        }
+    if let Some(n) = crate::count_flag("shards", args.shards)? {
         builder = builder.shards(n);
     }
     let server = builder

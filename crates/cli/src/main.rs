@@ -55,6 +55,17 @@ pub(crate) enum Failure {
     Refused(String),
 }
 
+/// A count flag (`--shards`, `--threads`): absent, or checked to be 1..=256 (the engine's shard
+/// limit).
+pub(crate) fn count_flag(flag: &str, n: Option<usize>) -> Result<Option<usize>, Failure> {
+    match n {
+        Some(n) if n == 0 || n > 256 => {
+            Err(Failure::Usage(format!("--{flag} {n}: must be 1..=256")))
+        }
+        n => Ok(n),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

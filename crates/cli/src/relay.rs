@@ -47,10 +47,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
-    let shards = match args.shards {
-        Some(n) if n == 0 || n > 256 => {
-            return Err(Failure::Usage(format!("--shards {n}: must be 1..=256")))
-        }
+    let shards = match crate::count_flag("shards", args.shards)? {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };

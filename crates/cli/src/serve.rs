@@ -240,16 +240,10 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     if let Some(t) = transport(&args)? {
         builder = builder.transport(t);
     }
-    if let Some(n) = args.shards {
-        if n == 0 || n > 256 {
-            return Err(Failure::Usage(format!("--shards {n}: must be 1..=256")));
-        }
+    if let Some(n) = crate::count_flag("shards", args.shards)? {
         builder = builder.shards(n);
     }
-    if let Some(n) = args.threads {
-        if n == 0 || n > 256 {
-            return Err(Failure::Usage(format!("--threads {n}: must be 1..=256")));
-        }
+    if let Some(n) = crate::count_flag("threads", args.threads)? {
         builder = builder.threads(n);
     }
     if let Some((config, sid)) = quic_lb(&args)? {

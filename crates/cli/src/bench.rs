@@ -53,6 +53,11 @@ pub(crate) struct Args {
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Mode::Rr)]
     mode: Mode,
+    /// Turn TLS session resumption off: every connection does a full handshake (certificate and
+    /// signature). By default the client keeps up to 4096 tickets per server, so every connection
+    /// after the first --connections resumes. The report counts the full handshakes.
+    #[arg(long)]
+    full_handshakes: bool,
     /// Client shard threads (default: one per core).
     #[arg(long)]
     shards: Option<usize>,
@@ -129,7 +134,23 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     if args.alpn == BenchAlpn::H3 {
         return bench_h3(&args, &params);
     }
-    let client_cfg = tlsfiles::client(args.insecure, args.ca.as_deref(), &[ALPN_PERF], false)?;
+    // 0-RTT keys when a ticket allows them, as `tlsfiles::client`; counts full handshakes
+    let tuning = tlsfiles::ClientTuning {
+        early_data: true,
+        resumption: if args.full_handshakes {
+            tlsfiles::Resumption::Off
+        } else {
+            tlsfiles::Resumption::Many
+        },
+        ..Default::default()
+    };
+    let (client_cfg, full) = tlsfiles::client_tuned(
+        args.insecure,
+        args.ca.as_deref(),
+        &[ALPN_PERF],
+        false,
+        &tuning,
+    )?;
     let engine = client::engine(addr, client_cfg, args.shards)
         .map_err(|e| Failure::Refused(e.to_string()))?;
     let bar = if args.json {
@@ -137,10 +158,11 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     } else {
         ProgressBar::new_spinner()
     };
-    let report = match args.rate {
+    let mut report = match args.rate {
         Some(rate) => loadgen::openloop::run(&engine.remote(), &params, rate, &bar),
         None => loadgen::run(&engine.remote(), &params, &bar),
     };
+    report.full_handshakes = Some(full.load(std::sync::atomic::Ordering::Relaxed) as u64);
     bar.finish_and_clear();
     engine.shutdown(Duration::from_secs(1));
     finish(&args, &report)

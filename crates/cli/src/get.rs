@@ -128,6 +128,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     let tuning = tlsfiles::ClientTuning {
         chacha20_only: args.chacha20,
         early_data: args.zero_rtt,
+        ..Default::default()
     };
     if try_h3(&args, addr, &host, port, &requests, &tuning)? {
         return Ok(());

@@ -66,6 +66,9 @@ pub(crate) struct Report {
     pub(crate) handshake: Histogram<u64>,
     /// What the open loop (`bench --rate`) scheduled and issued; `None` for closed loops.
     pub(crate) open_loop: Option<OpenLoop>,
+    /// Handshakes that checked a server certificate, i.e. were not resumed (`None`: not
+    /// counted).
+    pub(crate) full_handshakes: Option<u64>,
 }
 
 /// The schedule of an open-loop run. Completed requests are `Report::requests`, failed ones
@@ -116,6 +119,7 @@ impl Report {
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
             handshake: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
             open_loop: None,
+            full_handshakes: None,
         }
     }
 
@@ -169,6 +173,7 @@ impl Report {
             "bytes": self.bytes,
             "handshakes": self.handshakes,
             "handshakes_per_s": self.per_second(self.handshakes),
+            "full_handshakes": self.full_handshakes,
             "requests_per_s": self.per_second(self.requests),
             "throughput_mbit_s": self.throughput_mbit(),
             "connection_errors": self.connection_errors,
@@ -238,9 +243,11 @@ impl Report {
         }
         if self.handshakes > 0 {
             println!(
-                "  handshake ms: p50 {:.2}  p99 {:.2}",
+                "  handshake ms: p50 {:.2}  p99 {:.2}; {} of {} handshakes full (not resumed)",
                 self.handshake.value_at_quantile(0.5) as f64 / 1000.0,
-                self.handshake.value_at_quantile(0.99) as f64 / 1000.0
+                self.handshake.value_at_quantile(0.99) as f64 / 1000.0,
+                self.full_handshakes.map_or("?".into(), |n| n.to_string()),
+                self.handshakes
             );
         }
         if let Some(e) = &self.first_error {

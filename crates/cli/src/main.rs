@@ -12,6 +12,7 @@ mod loadgen;
 mod relay;
 mod serve;
 mod signals;
+mod tickets;
 mod tlsfiles;
 
 use std::process::ExitCode;

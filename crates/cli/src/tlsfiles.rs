@@ -66,6 +66,20 @@ pub(crate) struct ClientTuning {
     pub(crate) chacha20_only: bool,
     /// Offer early data (0-RTT) when a resumed session allows it.
     pub(crate) early_data: bool,
+    /// Where session tickets are kept, if anywhere.
+    pub(crate) resumption: Resumption,
+}
+
+/// Where a client keeps TLS session tickets.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resumption {
+    /// rustls' default cache (8 tickets per server).
+    #[default]
+    Rustls,
+    /// [`crate::tickets::TicketStore`]: thousands per server, for load generation.
+    Many,
+    /// None: every handshake is a full one.
+    Off,
 }
 
 /// Like [`client`], with [`ClientTuning`]; also returns a counter of full certificate checks
@@ -122,6 +136,14 @@ pub(crate) fn client_tuned(
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     cfg.enable_early_data = tuning.early_data;
+    match tuning.resumption {
+        Resumption::Rustls => {}
+        Resumption::Many => {
+            let store = Arc::new(crate::tickets::TicketStore::default());
+            cfg.resumption = rustls::client::Resumption::store(store);
+        }
+        Resumption::Off => cfg.resumption = rustls::client::Resumption::disabled(),
+    }
     if keylog {
         cfg.key_log = Arc::new(rustls::KeyLogFile::new());
     }

@@ -62,9 +62,10 @@ stats! {
     datagrams_in,
     /// UDP datagrams sent (counting each GSO segment), counted when the kernel takes them.
     datagrams_out,
-    /// Send syscalls: one `sendmmsg` per run of queued single datagrams, one `sendmsg` per GSO
-    /// batch (or per datagram after a `sendmmsg` fallback), including calls that would block or
-    /// failed. `datagrams_out / send_calls` is the batching factor.
+    /// Send syscalls: one `sendmmsg` per flush of the socket's queue (single datagrams and GSO
+    /// batches alike), one `sendmsg` per transmit sent through quinn-udp (the fallback),
+    /// including calls that would block or failed. `datagrams_out / send_calls` is the batching
+    /// factor.
     send_calls,
     /// Datagrams another shard forwarded here because this shard owns their DCID.
     handoffs_in,

@@ -13,12 +13,13 @@
 //! Connections write transmits straight into their socket's queue of [`TX_BATCH`] reusable
 //! buffers ([`Sock::reserve`], [`Sock::next_buf`], [`Sock::commit`]). The queue is flushed when
 //! full and once per loop iteration, after every dirty connection was driven, so the datagrams of
-//! one iteration to many destinations leave in few syscalls. Entries keep their order: a run of
-//! single datagrams goes out with one `sendmmsg` ([`super::sys`]), a GSO batch with one quinn-udp
-//! `sendmsg` (which keeps quinn-udp's GSO fallbacks). If `sendmmsg` fails a datagram with
-//! `EINVAL`/`EIO` and quinn-udp (with its fallbacks) then sends that datagram, the kernel refuses
-//! our control messages: the socket sends everything through quinn-udp from then on. If quinn-udp
-//! fails too, the datagram itself was bad (e.g. port 0) and is dropped.
+//! one iteration to many destinations leave in one syscall: a `sendmmsg` ([`super::sys`]) of the
+//! whole queue in order, single datagrams and GSO batches (`UDP_SEGMENT`) alike. If `sendmmsg`
+//! fails a transmit with `EINVAL`/`EIO`, that transmit goes through quinn-udp's `sendmsg`, which
+//! has the fallbacks (it turns GSO off for the socket when the device cannot do it). If quinn-udp
+//! sends it, the kernel refuses our control messages: the socket sends everything through
+//! quinn-udp from then on. If quinn-udp fails too, the transmit itself was bad (e.g. port 0) and
+//! is dropped.
 //!
 //! When the kernel takes only part of the queue (`WouldBlock`, or a partial `sendmmsg` followed by
 //! `WouldBlock`), the rest stays queued and the socket is *blocked*: connections that want to send
@@ -339,43 +340,32 @@ impl Udp {
     }
 
     /// Sends queued transmits until the queue is empty (`true`) or the kernel would block.
+    /// Normally one `sendmmsg` takes the whole queue, GSO batches included.
     fn send_queue(&mut self, q: &mut TxQueue, stats: &Counters) -> bool {
         while q.head < q.len {
-            let e = &q.entries[q.head];
-            if e.segment_size.is_some() || !self.mmsg_ok {
-                stats.send_calls.fetch_add(1, Relaxed);
-                match self
-                    .state
-                    .try_send(UdpSockRef::from(&self.socket), &e.transmit())
-                {
-                    Ok(()) => {
-                        stats.datagrams_out.fetch_add(e.datagrams(), Relaxed);
-                    }
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+            if !self.mmsg_ok {
+                match self.send_one(&q.entries[q.head], stats) {
+                    Err(()) => {
                         q.blocked = true;
                         return false;
                     }
-                    Err(err) => {
-                        send_failed(stats, &err, e.destination, e.datagrams());
-                    }
+                    Ok(_) => q.head += 1,
                 }
-                q.head += 1;
                 continue;
             }
-            // a run of single datagrams: one sendmmsg
-            let run = q.entries[q.head..q.len]
-                .iter()
-                .take_while(|e| e.segment_size.is_none())
-                .map(|e| OutMsg {
-                    destination: e.destination,
-                    ecn: e.ecn.map_or(0, |c| c as u8),
-                    src_ip: e.src_ip,
-                    contents: &e.buf,
-                });
+            let run = q.entries[q.head..q.len].iter().map(|e| OutMsg {
+                destination: e.destination,
+                ecn: e.ecn.map_or(0, |c| c as u8),
+                src_ip: e.src_ip,
+                // a segment is at most one UDP payload (`commit` keeps only real batches)
+                segment_size: e.segment_size.map(|s| s as u16),
+                contents: &e.buf,
+            });
             stats.send_calls.fetch_add(1, Relaxed);
             match self.mmsg.send(self.socket.as_raw_fd(), run) {
                 Ok(n) => {
-                    stats.datagrams_out.fetch_add(n as u64, Relaxed);
+                    let sent = q.entries[q.head..q.head + n].iter().map(TxEntry::datagrams);
+                    stats.datagrams_out.fetch_add(sent.sum(), Relaxed);
                     q.head += n;
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
@@ -383,30 +373,26 @@ impl Udp {
                     return false;
                 }
                 Err(err) if matches!(err.raw_os_error(), Some(libc::EINVAL | libc::EIO)) => {
-                    // our control messages, or this one datagram (e.g. port 0)? quinn-udp, with
-                    // its fallbacks, tells: if it can send it, stop using sendmmsg on this socket
-                    let e = &q.entries[q.head];
-                    stats.send_calls.fetch_add(1, Relaxed);
-                    match self
-                        .state
-                        .try_send(UdpSockRef::from(&self.socket), &e.transmit())
-                    {
-                        Ok(()) => {
-                            stats.datagrams_out.fetch_add(1, Relaxed);
-                            tracing::info!(error = %err, "sendmmsg refused; using quinn-udp");
-                            self.mmsg_ok = false;
-                        }
-                        Err(e2) if e2.kind() == io::ErrorKind::WouldBlock => {
+                    // our control messages, or this one transmit (e.g. port 0, or GSO the
+                    // device cannot do)? quinn-udp, with its fallbacks (it turns GSO off for the
+                    // socket), tells: if it can send it, stop using sendmmsg on this socket
+                    match self.send_one(&q.entries[q.head], stats) {
+                        Err(()) => {
                             q.blocked = true;
                             return false;
                         }
-                        Err(e2) => send_failed(stats, &e2, e.destination, 1),
+                        Ok(true) => {
+                            tracing::info!(error = %err, "sendmmsg refused; using quinn-udp");
+                            self.mmsg_ok = false;
+                        }
+                        Ok(false) => {}
                     }
                     q.head += 1;
                 }
                 Err(err) => {
-                    // that one datagram failed (e.g. EMSGSIZE for an MTU probe): drop it
-                    send_failed(stats, &err, q.entries[q.head].destination, 1);
+                    // that one transmit failed (e.g. EMSGSIZE for an MTU probe): drop it
+                    let e = &q.entries[q.head];
+                    send_failed(stats, &err, e.destination, e.datagrams());
                     q.head += 1;
                 }
             }
@@ -415,6 +401,26 @@ impl Udp {
         q.len = 0;
         q.blocked = false;
         true
+    }
+
+    /// Sends one transmit through quinn-udp: `Ok(true)` sent, `Ok(false)` failed and dropped
+    /// (counted), `Err(())` the kernel would block.
+    fn send_one(&mut self, e: &TxEntry, stats: &Counters) -> Result<bool, ()> {
+        stats.send_calls.fetch_add(1, Relaxed);
+        match self
+            .state
+            .try_send(UdpSockRef::from(&self.socket), &e.transmit())
+        {
+            Ok(()) => {
+                stats.datagrams_out.fetch_add(e.datagrams(), Relaxed);
+                Ok(true)
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Err(()),
+            Err(err) => {
+                send_failed(stats, &err, e.destination, e.datagrams());
+                Ok(false)
+            }
+        }
     }
 }
 

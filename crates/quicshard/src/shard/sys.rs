@@ -1,11 +1,11 @@
-//! The one send syscall the shards make themselves: `sendmmsg(2)`, one call for a batch of single
-//! datagrams to many destinations (everything else goes through quinn-udp); and
-//! [`set_batch_scheduling`], the shard thread's scheduling policy.
+//! The one send syscall the shards make themselves: `sendmmsg(2)`, one call for a batch of
+//! datagrams and GSO batches to many destinations (quinn-udp is the fallback, see
+//! [`super::io`]); and [`set_batch_scheduling`], the shard thread's scheduling policy.
 //!
 //! Each message carries the control messages quinn-udp puts on its own `sendmsg`: the ECN
 //! codepoint (`IP_TOS` for IPv4 and IPv4-mapped destinations, `IPV6_TCLASS` otherwise; Not-ECT
-//! when there is none) and, when the transmit names one, the source address (`IP_PKTINFO` /
-//! `IPV6_PKTINFO`). GSO batches are not sent here: quinn-udp keeps its GSO fallbacks for them.
+//! when there is none), when the transmit names one, the source address (`IP_PKTINFO` /
+//! `IPV6_PKTINFO`), and for a GSO batch its segment size (`UDP_SEGMENT`).
 //!
 //! [`MmsgBufs`] is allocated once per socket and reused: headers, iovecs, addresses and control
 //! buffers for [`TX_BATCH`] messages, so sending a batch allocates nothing.
@@ -22,8 +22,9 @@ use std::ptr;
 /// up to `UIO_MAXIOV` (1024).
 pub(crate) const TX_BATCH: usize = 64;
 
-/// Bytes of control buffer per message: one int-sized TOS/TCLASS message plus one `in6_pktinfo`
-/// (the larger pktinfo) with their headers and alignment, 64 bytes on 64-bit Linux, rounded up.
+/// Bytes of control buffer per message: one int-sized TOS/TCLASS message, one `in6_pktinfo` (the
+/// larger pktinfo) and one `u16` segment size with their headers and alignment, 88 bytes on
+/// 64-bit Linux, rounded up.
 const CTRL_LEN: usize = 128;
 
 /// One datagram for [`MmsgBufs::send`].
@@ -32,6 +33,8 @@ pub(crate) struct OutMsg<'a> {
     /// ECN codepoint bits (0: Not-ECT).
     pub(crate) ecn: u8,
     pub(crate) src_ip: Option<IpAddr>,
+    /// `Some` for a GSO batch: the size of each segment but the last.
+    pub(crate) segment_size: Option<u16>,
     pub(crate) contents: &'a [u8],
 }
 
@@ -96,7 +99,7 @@ impl MmsgBufs {
                 IpAddr::V4(_) => true,
                 IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
             };
-            let ctrl_len = encode_cmsgs(ctrl, is_ipv4, m.ecn, m.src_ip);
+            let ctrl_len = encode_cmsgs(ctrl, is_ipv4, &m);
             let hdr = &mut self.hdrs[i];
             hdr.msg_len = 0;
             let h = &mut hdr.msg_hdr;
@@ -175,17 +178,17 @@ fn encode_addr(storage: &mut libc::sockaddr_storage, addr: SocketAddr) -> libc::
     }
 }
 
-/// Encodes the ECN and source-address control messages into `ctrl` (zeroed by the caller);
-/// returns the bytes used, the message's `msg_controllen`.
-fn encode_cmsgs(ctrl: &mut Ctrl, is_ipv4: bool, ecn: u8, src_ip: Option<IpAddr>) -> usize {
+/// Encodes `m`'s ECN, source-address and segment-size control messages into `ctrl` (zeroed by the
+/// caller); returns the bytes used, the message's `msg_controllen`.
+fn encode_cmsgs(ctrl: &mut Ctrl, is_ipv4: bool, m: &OutMsg<'_>) -> usize {
     let mut enc = CmsgWriter { ctrl, len: 0 };
-    let ecn = libc::c_int::from(ecn);
+    let ecn = libc::c_int::from(m.ecn);
     if is_ipv4 {
         enc.push(libc::IPPROTO_IP, libc::IP_TOS, ecn);
     } else {
         enc.push(libc::IPPROTO_IPV6, libc::IPV6_TCLASS, ecn);
     }
-    match src_ip {
+    match m.src_ip {
         Some(IpAddr::V4(v4)) => enc.push(
             libc::IPPROTO_IP,
             libc::IP_PKTINFO,
@@ -208,6 +211,9 @@ fn encode_cmsgs(ctrl: &mut Ctrl, is_ipv4: bool, ecn: u8, src_ip: Option<IpAddr>)
             },
         ),
         None => {}
+    }
+    if let Some(size) = m.segment_size {
+        enc.push(libc::SOL_UDP, libc::UDP_SEGMENT, size);
     }
     enc.len
 }
@@ -259,6 +265,7 @@ mod tests {
             destination: to,
             ecn,
             src_ip: src,
+            segment_size: None,
             contents: data,
         }
     }

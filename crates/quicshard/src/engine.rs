@@ -307,8 +307,8 @@ impl<H: Handler> Builder<H> {
 
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
         let n_threads = self.threads.unwrap_or(cores).clamp(1, n);
-        // one poller per thread: a shard alone owns it, a group's members share it (each under
-        // its own tokens; a lone shard's base is 0)
+        // one poller and one mailbox waker per thread: a shard alone owns them, a group's
+        // members share them (each under its own socket tokens; a lone shard's base is 0)
         let mut groups = Vec::with_capacity(n_threads);
         let mut pollers = Vec::with_capacity(n);
         let mut txs = Vec::with_capacity(n);
@@ -316,10 +316,10 @@ impl<H: Handler> Builder<H> {
         for g in 0..n_threads {
             let (a, b) = shard::group::members(g, n, n_threads);
             let poll = mio::Poll::new()?;
+            let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER_TOKEN)?);
             for k in 0..b - a {
                 let base = shard::group::TOKENS_PER_SHARD * k;
-                let waker = mio::Token(base + WAKER_TOKEN.0);
-                let (tx, rx) = mailbox::<H>(poll.registry(), waker)?;
+                let (tx, rx) = mailbox::<H>(waker.clone());
                 txs.push(tx);
                 rxs.push(rx);
                 if b - a > 1 {

@@ -128,7 +128,8 @@ impl Builder<HandleHandler> {
     ) -> Result<Half, StartError> {
         let (shared, certificate) = self.configure(1)?;
         let poll = mio::Poll::new()?;
-        let (tx, rx) = mailbox::<HandleHandler>(poll.registry(), WAKER_TOKEN)?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER_TOKEN)?);
+        let (tx, rx) = mailbox::<HandleHandler>(waker);
         let peers: Arc<[_]> = vec![tx].into();
         let parts = ShardParts {
             id: 0,

@@ -4,10 +4,11 @@
 //! keeps what it owns — poller, sockets, endpoint, connections, timers, mailbox — and its
 //! connections stay on it; only the thread is shared.
 //!
-//! The group has one poller: every member registers its sockets and mailbox waker there under
-//! its own three tokens (`3 * index` on). The thread waits on it, then gives a non-blocking turn
-//! ([`Shard::turn`]) to each member that has events, whose next deadline has come, or which left
-//! work over. Why: shard threads beyond the cores only preempt each other, and each handshake
+//! The group has one poller: every member registers its sockets there under its own tokens
+//! (`3 * index` on), and the group's one mailbox waker (mio allows one per poller) is member 0's
+//! waker token. The thread waits on the poller, then gives a non-blocking turn ([`Shard::turn`])
+//! to each member that has events, whose next deadline has come, or which left work over; the
+//! waker gives every member a turn with its mailbox to look into. Why: shard threads beyond the cores only preempt each other, and each handshake
 //! then costs a sleep and a wake-up per flight on every shard it touches (measured at 8 threads
 //! on 2 cores: 1.3 voluntary context switches per handshake against 0.1 at 1 shard, +11% CPU per
 //! handshake). A group keeps the shards' independence (steering, QUIC-LB shard IDs, per-shard
@@ -18,7 +19,7 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use super::{Shard, ShardScope};
+use super::{Shard, ShardScope, WAKER_TOKEN};
 use crate::handler::Handler;
 
 thread_local! {
@@ -39,8 +40,8 @@ pub(crate) fn members(g: usize, shards: usize, threads: usize) -> (usize, usize)
     (g * shards / threads, (g + 1) * shards / threads)
 }
 
-/// Tokens each member uses in the group's poller: [`LISTEN`](super::io::LISTEN),
-/// [`CLIENT`](super::io::CLIENT) and the mailbox waker.
+/// Tokens reserved for each member in the group's poller: [`LISTEN`](super::io::LISTEN),
+/// [`CLIENT`](super::io::CLIENT) and a waker's (only member 0's is used: the group's waker).
 pub(crate) const TOKENS_PER_SHARD: usize = 3;
 
 /// Runs `shards` (IDs `ids.0..ids.1`, in order; member `k` registered its sources at tokens
@@ -65,7 +66,15 @@ pub(crate) fn run<H: Handler>(shards: Vec<Shard<H>>, mut poll: mio::Poll, ids: (
             }
         }
         for ev in events.iter() {
-            if let Some(r) = spoke.get_mut(ev.token().0 / TOKENS_PER_SHARD) {
+            if ev.token() == WAKER_TOKEN {
+                // mail for some member: each looks into its own mailbox
+                for (shard, r) in live.iter_mut().zip(spoke.iter_mut()) {
+                    if let Some(shard) = shard {
+                        shard.mail_arrived();
+                        *r = true;
+                    }
+                }
+            } else if let Some(r) = spoke.get_mut(ev.token().0 / TOKENS_PER_SHARD) {
                 *r = true;
             }
         }

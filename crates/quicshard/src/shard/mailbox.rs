@@ -1,4 +1,7 @@
-//! A shard's mailbox: one bounded crossbeam channel per shard plus its `mio::Waker` (an eventfd).
+//! A shard's mailbox: one bounded crossbeam channel per shard plus the `mio::Waker` (an eventfd)
+//! of the thread that runs it. The shards of a [group](super::group) share their thread's one
+//! waker (mio allows one per poller): mail for any member gives every member a turn, and each
+//! looks into its own channel.
 //!
 //! Wake-ups are coalesced: a sender writes the eventfd only when it flips the shared `armed` flag
 //! from false to true (the mailbox went from "drained" to "has mail"); the shard clears the flag
@@ -69,22 +72,18 @@ pub(crate) struct MailboxRx<H> {
     armed: Arc<AtomicBool>,
 }
 
-/// A mailbox whose waker is registered with `registry` under `token`.
-pub(crate) fn mailbox<H>(
-    registry: &mio::Registry,
-    token: mio::Token,
-) -> std::io::Result<(MailboxTx<H>, MailboxRx<H>)> {
-    let waker = Arc::new(mio::Waker::new(registry, token)?);
+/// A mailbox whose senders wake the receiving shard's thread with `waker`.
+pub(crate) fn mailbox<H>(waker: Arc<mio::Waker>) -> (MailboxTx<H>, MailboxRx<H>) {
     let (tx, rx) = crossbeam_channel::bounded(MAILBOX_CAPACITY);
     let armed = Arc::new(AtomicBool::new(false));
-    Ok((
+    (
         MailboxTx {
             tx,
             waker,
             armed: armed.clone(),
         },
         MailboxRx { rx, armed },
-    ))
+    )
 }
 
 impl<H> MailboxTx<H> {
@@ -133,7 +132,8 @@ mod tests {
     #[test]
     fn wakes_once_per_empty_to_nonempty_transition() {
         let mut poll = mio::Poll::new().unwrap();
-        let (tx, rx) = mailbox::<()>(poll.registry(), mio::Token(7)).unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(7)).unwrap());
+        let (tx, rx) = mailbox::<()>(waker);
         let mut events = mio::Events::with_capacity(8);
         for _ in 0..3 {
             tx.try_send(Msg::Shutdown {
@@ -159,6 +159,30 @@ mod tests {
         })
         .ok()
         .unwrap();
+        poll.poll(&mut events, Some(std::time::Duration::from_secs(1)))
+            .unwrap();
+        assert_eq!(events.iter().count(), 1);
+    }
+
+    #[test]
+    fn mailboxes_sharing_a_waker_each_wake_it() {
+        let mut poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(2)).unwrap());
+        let (a, b) = (mailbox::<()>(waker.clone()), mailbox::<()>(waker));
+        let mut events = mio::Events::with_capacity(8);
+        let shutdown = || Msg::Shutdown {
+            deadline: Instant::now(),
+        };
+        for (tx, rx) in [&a, &b] {
+            tx.try_send(shutdown()).ok().unwrap();
+            poll.poll(&mut events, Some(std::time::Duration::from_secs(1)))
+                .unwrap();
+            let tokens: Vec<_> = events.iter().map(|e| e.token()).collect();
+            assert_eq!(tokens, [mio::Token(2)]);
+            assert!(rx.recv().is_some() && rx.recv().is_none());
+        }
+        // a's mailbox is disarmed, b's too: the next message to either wakes again
+        a.0.try_send(shutdown()).ok().unwrap();
         poll.poll(&mut events, Some(std::time::Duration::from_secs(1)))
             .unwrap();
         assert_eq!(events.iter().count(), 1);

@@ -375,6 +375,12 @@ impl<H: Handler> Shard<H> {
         Some(next.saturating_duration_since(Instant::now()))
     }
 
+    /// Its thread's mailbox waker fired (a group's is shared by all members): look into the
+    /// mailbox on the next turn.
+    pub(crate) fn mail_arrived(&mut self) {
+        self.mail_pending = true;
+    }
+
     /// Drains the mailbox under its budget; `false` if mail is left.
     fn drain_mailbox(&mut self) -> bool {
         for _ in 0..MAILBOX_PER_ITER {

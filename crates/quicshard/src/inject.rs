@@ -15,8 +15,8 @@
 //!
 //! # Implementation notes
 //! The `impl Engine` block lives here (not in `engine.rs`) because it needs only the engine's
-//! public accessors. Each injector copies datagrams into its own arena (one allocation per
-//! [`ARENA_CHUNK`](crate::shard::io::ARENA_CHUNK) bytes, as a shard's receive path does), which is
+//! public accessors. Each injector copies datagrams into its own
+//! [`Arena`](crate::shard::arena::Arena), as a shard's receive path does, which is
 //! why [`Injector::inject`] takes `&mut self`; clones get their own arena and share the counters.
 
 use std::net::{IpAddr, SocketAddr};
@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use crate::engine::Engine;
 use crate::handler::Handler;
-use crate::shard::io::Arena;
+use crate::shard::arena::Arena;
 use crate::shard::mailbox::{Handoff, MailboxTx, Msg, SendError};
 use crate::steer;
 

@@ -6,8 +6,7 @@
 //!   (and for any peer that reaches the shard directly, e.g. a preferred address).
 //!
 //! Receive buffers are allocated once per shard and reused. Datagrams handed to quinn-proto are
-//! copied into an arena `BytesMut` ([`Arena`]) and split off it, so a receive allocates only when
-//! the arena's chunk is used up (about once per [`ARENA_CHUNK`] bytes), never per datagram.
+//! copied into the shard's [`Arena`](super::arena::Arena), never allocated one by one.
 //!
 //! # Sending
 //! Connections write transmits straight into their socket's queue of [`TX_BATCH`] reusable
@@ -37,7 +36,6 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use quinn_udp::{EcnCodepoint, RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
 
 use super::mem::{MemPort, MEM_GSO_SEGMENTS};
@@ -48,10 +46,6 @@ use crate::stats::Counters;
 pub(crate) const LISTEN: usize = 0;
 /// Index of the shard's unshared client socket.
 pub(crate) const CLIENT: usize = 1;
-
-/// Bytes per arena chunk. Why: large enough that the allocation is amortised over hundreds of
-/// datagrams, small enough that a few long-lived stream buffers pinning a chunk waste little.
-pub(crate) const ARENA_CHUNK: usize = 1 << 20;
 
 /// The shortest buffer per received message: one maximal UDP payload.
 const MIN_RX_BUF: usize = 1 << 16;
@@ -464,25 +458,6 @@ impl RxBufs {
     pub(crate) fn message(&self, i: usize) -> &[u8] {
         let start = i * self.buf_len;
         &self.bufs[start..start + self.metas[i].len.min(self.buf_len)]
-    }
-}
-
-/// A bump allocator for datagrams handed to quinn-proto: copy in, split off, reuse the chunk
-/// once every datagram split from it has been dropped.
-#[derive(Default)]
-pub(crate) struct Arena {
-    chunk: BytesMut,
-}
-
-impl Arena {
-    /// A `BytesMut` holding a copy of `data`.
-    pub(crate) fn copy(&mut self, data: &[u8]) -> BytesMut {
-        if self.chunk.capacity() < data.len() {
-            // reclaims the old chunk in place when nothing references it any more
-            self.chunk.reserve(ARENA_CHUNK.max(data.len()));
-        }
-        self.chunk.extend_from_slice(data);
-        self.chunk.split_to(data.len())
     }
 }
 

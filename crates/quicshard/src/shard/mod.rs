@@ -14,9 +14,11 @@
 //! Transmits are queued per socket while connections are driven and flushed at the end of the
 //! iteration (and whenever a queue fills), so one iteration's datagrams leave in few syscalls.
 //!
-//! Sub-state lives in submodules: [`io`] sockets and buffers, [`sys`] the raw `sendmmsg`,
-//! [`mailbox`], [`timers`], [`conns`]; [`group`] runs several shards on one thread.
+//! Sub-state lives in submodules: [`io`] sockets and buffers, [`arena`] the memory received
+//! datagrams are copied into, [`sys`] the raw `sendmmsg`, [`mailbox`], [`timers`], [`conns`];
+//! [`group`] runs several shards on one thread.
 
+pub(crate) mod arena;
 pub(crate) mod conns;
 mod drive;
 pub(crate) mod group;
@@ -43,8 +45,9 @@ use crate::cid::ShardCidGenerator;
 use crate::handler::{ConnId, Handler, ShardCtx};
 use crate::shared::Shared;
 use crate::stats::Counters;
+use arena::Arena;
 use conns::ConnTable;
-use io::{Arena, RxBufs, Sock, CLIENT, LISTEN};
+use io::{RxBufs, Sock, CLIENT, LISTEN};
 use mailbox::{MailboxRx, MailboxTx, Msg};
 pub(crate) use parts::{build_unspawned, spawn, Poller, ShardParts};
 use timers::Timers;

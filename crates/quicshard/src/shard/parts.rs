@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use quinn_proto::Endpoint;
 
+use super::arena::Arena;
 use super::conns::ConnTable;
-use super::io::{Arena, RxBufs, Sock, CLIENT, LISTEN};
+use super::io::{RxBufs, Sock, CLIENT, LISTEN};
 use super::mailbox::{MailboxRx, MailboxTx};
 use super::timers::Timers;
 use super::{group, sys, Core, Shard, ShardScope};

@@ -19,8 +19,11 @@
 //! The inline pipeline (no processors or forwarders; each receiver routes and sends its own
 //! batch, and takes the slow path's routed packets from a queue of `forward_queue = read_batch`):
 //! ```text
-//! pool = receivers * (read_batch + forward_queue) + slow_path * (slow_queue + 1)
+//! pool = receivers * (read_batch + write_batch + forward_queue) + slow_path * (slow_queue + 1)
 //! ```
+//! Per worker: the buffers its reader holds plus those it read into the send batch (together at
+//! most `read_batch`), up to `write_batch` it drained from its queue into that batch, and a full
+//! queue behind them.
 
 use std::net::SocketAddr;
 
@@ -78,13 +81,18 @@ impl Sizes {
     }
 
     /// Computes the sizes of the inline pipeline (see the module doc); `processor_queue` is 0.
-    pub fn compute_inline(receivers: usize, slow_path: usize, read_batch: usize) -> Self {
-        let [r, rb] = [receivers, read_batch].map(|v| v.max(1));
+    pub fn compute_inline(
+        receivers: usize,
+        slow_path: usize,
+        read_batch: usize,
+        write_batch: usize,
+    ) -> Self {
+        let [r, rb, wb] = [receivers, read_batch, write_batch].map(|v| v.max(1));
         Self {
             processor_queue: 0,
             forward_queue: rb,
             slow_queue: rb,
-            pool: r * 2 * rb + slow_path * (rb + 1),
+            pool: r * (rb + wb + rb) + slow_path * (rb + 1),
         }
     }
 
@@ -99,7 +107,9 @@ impl Sizes {
                 c.read_batch,
                 c.write_batch,
             ),
-            crate::Pipeline::Inline => Self::compute_inline(c.receivers, c.slow_path, c.read_batch),
+            crate::Pipeline::Inline => {
+                Self::compute_inline(c.receivers, c.slow_path, c.read_batch, c.write_batch)
+            }
         }
     }
 }
@@ -242,9 +252,9 @@ mod tests {
         let s = Sizes::compute(1, 8, 1, 2, 10, 5);
         assert_eq!(s.processor_queue, 10);
         assert_eq!(s.pool, 135);
-        // inline, 2 receivers, 1 slow, rb 64: pool = 2*(64+64) + 65 = 321
-        let s = Sizes::compute_inline(2, 1, 64);
-        assert_eq!((s.processor_queue, s.forward_queue, s.pool), (0, 64, 321));
+        // inline, 2 receivers, 1 slow, rb 64, wb 32: pool = 2*(64+32+64) + 65 = 385
+        let s = Sizes::compute_inline(2, 1, 64, 32);
+        assert_eq!((s.processor_queue, s.forward_queue, s.pool), (0, 64, 385));
     }
 
     #[test]

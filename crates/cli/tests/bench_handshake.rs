@@ -5,33 +5,14 @@
 
 mod common;
 
-use common::{qs, tempdir, Proc};
+use common::{bench_json, serve_one_shard};
 
 /// `quicshard bench --json --mode handshake` against a fresh one-shard `quicshard serve`.
 fn handshakes(args: &[&str]) -> serde_json::Value {
-    let root = tempdir("hs-root");
-    let server = Proc::start(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--shards",
-        "1",
-        "--root",
-        root.to_str().unwrap(),
-    ]);
-    let o = qs()
-        .args(["bench", "--connect", &format!("127.0.0.1:{}", server.port)])
-        .args(["--server-name", "localhost", "--insecure", "--json"])
-        .args(["--mode", "handshake", "--size", "1024"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "bench {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap()
+    let server = serve_one_shard();
+    let mut all = vec!["--mode", "handshake", "--size", "1024"];
+    all.extend_from_slice(args);
+    bench_json(server.port, &all)
 }
 
 #[test]

@@ -8,37 +8,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{qs, tempdir, Proc};
-
-/// `quicshard serve` on 127.0.0.1 with one shard.
-fn serve() -> Proc {
-    let root = tempdir("rate-root");
-    Proc::start(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--shards",
-        "1",
-        "--root",
-        root.to_str().unwrap(),
-    ])
-}
+use common::{bench_json, qs, serve_one_shard as serve, Proc};
 
 /// `quicshard bench --json --mode rr` against 127.0.0.1:PORT with `args`; the parsed report.
 fn bench(port: u16, args: &[&str]) -> serde_json::Value {
-    let o = qs()
-        .args(["bench", "--connect", &format!("127.0.0.1:{port}")])
-        .args(["--server-name", "localhost", "--insecure", "--json"])
-        .args(["--mode", "rr"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "bench {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap()
+    let mut all = vec!["--mode", "rr"];
+    all.extend_from_slice(args);
+    bench_json(port, &all)
 }
 
 fn f(v: &serde_json::Value) -> f64 {

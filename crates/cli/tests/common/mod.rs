@@ -88,3 +88,34 @@ pub(crate) fn aioquic_python() -> std::path::PathBuf {
     );
     p
 }
+
+/// `quicshard serve` on 127.0.0.1 with one shard and an empty root.
+pub(crate) fn serve_one_shard() -> Proc {
+    let root = tempdir("serve-root");
+    Proc::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--root",
+        root.to_str().unwrap(),
+    ])
+}
+
+/// `quicshard bench --json` against 127.0.0.1:PORT (`localhost`, insecure) with `args`; the
+/// parsed report. Fails the test if bench fails.
+pub(crate) fn bench_json(port: u16, args: &[&str]) -> serde_json::Value {
+    let o = qs()
+        .args(["bench", "--connect", &format!("127.0.0.1:{port}")])
+        .args(["--server-name", "localhost", "--insecure", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "bench {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}

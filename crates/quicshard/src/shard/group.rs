@@ -4,16 +4,16 @@
 //! keeps what it owns — poller, sockets, endpoint, connections, timers, mailbox — and its
 //! connections stay on it; only the thread is shared.
 //!
-//! The group has one poller: every member registers its sockets there under its own tokens
-//! (`3 * index` on), and the group's one mailbox waker (mio allows one per poller) is member 0's
-//! waker token. The thread waits on the poller, then gives a non-blocking turn ([`Shard::turn`])
-//! to each member that has events, whose next deadline has come, or which left work over; the
-//! waker gives every member a turn with its mailbox to look into. Why: shard threads beyond the cores only preempt each other, and each handshake
-//! then costs a sleep and a wake-up per flight on every shard it touches (measured at 8 threads
-//! on 2 cores: 1.3 voluntary context switches per handshake against 0.1 at 1 shard, +11% CPU per
-//! handshake). A group keeps the shards' independence (steering, QUIC-LB shard IDs, per-shard
-//! counters) without the switches, and one poller (not one per member, watched by another)
-//! keeps it at one `epoll_wait` per round.
+//! The group has one poller: every member registers its sockets there under its own tokens (`3 *
+//! index` on), and the group's one mailbox waker (mio allows one per poller) is member 0's waker
+//! token. The thread waits on the poller, then gives a non-blocking turn ([`Shard::turn`]) to each
+//! member that has events, whose next deadline has come, or which left work over; the waker gives
+//! every member a turn with its mailbox to look into. Why: shard threads beyond the cores only
+//! preempt each other, and each handshake then costs a sleep and a wake-up per flight on every
+//! shard it touches (measured at 8 threads on 2 cores: 1.3 voluntary context switches per handshake
+//! against 0.1 at 1 shard, +11% CPU per handshake). A group keeps the shards' independence
+//! (steering, QUIC-LB shard IDs, per-shard counters) without the switches, and one poller (not one
+//! per member, watched by another) keeps it at one `epoll_wait` per round.
 //! The price: a handler that blocks stalls the other shards of its group too.
 
 use std::cell::Cell;

@@ -242,12 +242,13 @@ impl Report {
             );
         }
         if self.handshakes > 0 {
+            let full = self.full_handshakes.map_or(String::new(), |n| {
+                format!("; {n} of {} handshakes full (not resumed)", self.handshakes)
+            });
             println!(
-                "  handshake ms: p50 {:.2}  p99 {:.2}; {} of {} handshakes full (not resumed)",
+                "  handshake ms: p50 {:.2}  p99 {:.2}{full}",
                 self.handshake.value_at_quantile(0.5) as f64 / 1000.0,
                 self.handshake.value_at_quantile(0.99) as f64 / 1000.0,
-                self.full_handshakes.map_or("?".into(), |n| n.to_string()),
-                self.handshakes
             );
         }
         if let Some(e) = &self.first_error {

@@ -4,6 +4,7 @@
 mod apps;
 mod bench;
 mod cid;
+mod client_tickets;
 mod demo;
 mod get;
 mod impair;
@@ -12,7 +13,6 @@ mod loadgen;
 mod relay;
 mod serve;
 mod signals;
-mod tickets;
 mod tlsfiles;
 
 use std::process::ExitCode;

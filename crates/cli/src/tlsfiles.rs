@@ -76,7 +76,7 @@ pub(crate) enum Resumption {
     /// rustls' default cache (8 tickets per server).
     #[default]
     Rustls,
-    /// [`crate::tickets::TicketStore`]: thousands per server, for load generation.
+    /// [`crate::client_tickets::ClientTickets`]: thousands per server, for load generation.
     Many,
     /// None: every handshake is a full one.
     Off,
@@ -139,7 +139,7 @@ pub(crate) fn client_tuned(
     match tuning.resumption {
         Resumption::Rustls => {}
         Resumption::Many => {
-            let store = Arc::new(crate::tickets::TicketStore::default());
+            let store = Arc::new(crate::client_tickets::ClientTickets::default());
             cfg.resumption = rustls::client::Resumption::store(store);
         }
         Resumption::Off => cfg.resumption = rustls::client::Resumption::disabled(),

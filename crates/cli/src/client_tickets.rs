@@ -6,7 +6,7 @@
 //! faster than that in bursts, and every connection that finds the cache empty does a full
 //! handshake. How many do depends on how the *server* batches its replies (a server that finishes
 //! more handshakes per wake-up causes bigger bursts), which made the resumed/full mixture differ
-//! between the servers under test. With room for [`TicketStore::PER_SERVER`] tickets, each
+//! between the servers under test. With room for [`ClientTickets::PER_SERVER`] tickets, each
 //! connection after the first `--connections` resumes, like a population of clients that each
 //! resume their own earlier session.
 
@@ -20,18 +20,18 @@ use rustls::NamedGroup;
 
 /// TLS 1.3 tickets and key-exchange hints per server name (TLS 1.2 is not offered).
 #[derive(Default)]
-pub(crate) struct TicketStore {
+pub(crate) struct ClientTickets {
     servers: Mutex<HashMap<ServerName<'static>, Server>>,
 }
 
 #[derive(Default)]
 struct Server {
     kx_hint: Option<NamedGroup>,
-    /// Oldest first; at most [`TicketStore::PER_SERVER`].
+    /// Oldest first; at most [`ClientTickets::PER_SERVER`].
     tickets: VecDeque<Tls13ClientSessionValue>,
 }
 
-impl TicketStore {
+impl ClientTickets {
     /// Tickets kept per server. Why: above any `--connections` a run uses in practice, and a
     /// bound (tickets are ~200 bytes; the oldest go first).
     pub(crate) const PER_SERVER: usize = 4096;
@@ -42,14 +42,14 @@ impl TicketStore {
     }
 }
 
-impl std::fmt::Debug for TicketStore {
+impl std::fmt::Debug for ClientTickets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // tickets are secrets
-        f.debug_struct("TicketStore").finish_non_exhaustive()
+        f.debug_struct("ClientTickets").finish_non_exhaustive()
     }
 }
 
-impl ClientSessionStore for TicketStore {
+impl ClientSessionStore for ClientTickets {
     fn set_kx_hint(&self, name: ServerName<'static>, group: NamedGroup) {
         self.with(&name, |s| s.kx_hint = Some(group));
     }

@@ -95,11 +95,7 @@ impl MmsgBufs {
             };
             let ctrl = &mut self.ctrls[i];
             ctrl.0.fill(0);
-            let is_ipv4 = match m.destination.ip() {
-                IpAddr::V4(_) => true,
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
-            };
-            let ctrl_len = encode_cmsgs(ctrl, is_ipv4, &m);
+            let ctrl_len = encode_cmsgs(ctrl, &m);
             let hdr = &mut self.hdrs[i];
             hdr.msg_len = 0;
             let h = &mut hdr.msg_hdr;
@@ -180,9 +176,13 @@ fn encode_addr(storage: &mut libc::sockaddr_storage, addr: SocketAddr) -> libc::
 
 /// Encodes `m`'s ECN, source-address and segment-size control messages into `ctrl` (zeroed by the
 /// caller); returns the bytes used, the message's `msg_controllen`.
-fn encode_cmsgs(ctrl: &mut Ctrl, is_ipv4: bool, m: &OutMsg<'_>) -> usize {
+fn encode_cmsgs(ctrl: &mut Ctrl, m: &OutMsg<'_>) -> usize {
     let mut enc = CmsgWriter { ctrl, len: 0 };
     let ecn = libc::c_int::from(m.ecn);
+    let is_ipv4 = match m.destination.ip() {
+        IpAddr::V4(_) => true,
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+    };
     if is_ipv4 {
         enc.push(libc::IPPROTO_IP, libc::IP_TOS, ecn);
     } else {

@@ -64,14 +64,13 @@ impl Arena {
         if self.chunk.try_reclaim(size) {
             return;
         }
-        if let Some(i) = self.spare.iter_mut().position(|c| c.try_reclaim(size)) {
-            std::mem::swap(&mut self.chunk, &mut self.spare[i]);
-        } else {
-            let used = std::mem::replace(&mut self.chunk, BytesMut::with_capacity(size));
-            self.spare.push_back(used);
-        }
-        // the chunk given up (used up, or the spare's slot after the swap) is kept for reuse;
-        // beyond SPARE_CHUNKS the oldest goes
+        let next = match self.spare.iter_mut().position(|c| c.try_reclaim(size)) {
+            Some(i) => self.spare.remove(i).expect("position() is in range"),
+            None => BytesMut::with_capacity(size),
+        };
+        // the used-up chunk is the newest spare; beyond SPARE_CHUNKS the oldest goes
+        self.spare
+            .push_back(std::mem::replace(&mut self.chunk, next));
         if self.spare.len() > SPARE_CHUNKS {
             self.spare.pop_front();
         }
@@ -130,6 +129,22 @@ mod tests {
         let d4 = a.copy(&[4; 40]);
         assert!(inside(&d4, second, 64));
         assert_eq!((&d3[..], &d4[..]), (&[3; 40][..], &[4; 40][..]));
+    }
+
+    #[test]
+    fn spares_stay_oldest_first_when_one_is_reused() {
+        let mut a = Arena::with_chunk_size(64);
+        // chunks 0, 1, 2 used up and pinned; 3 current
+        let mut pins: Vec<BytesMut> = (0..4).map(|i| a.copy(&[i; 40])).collect();
+        let base = |p: &BytesMut| p.as_ptr() as usize;
+        let firsts: Vec<usize> = pins.iter().map(base).collect();
+        // release chunk 1: it is reused, and chunk 3 (now used up) becomes the newest spare
+        pins.remove(1);
+        let d = a.copy(&[9; 40]);
+        assert_eq!(base(&d), firsts[1]);
+        // each spare is the view left after its chunk's one 40-byte copy
+        let order: Vec<usize> = a.spare.iter().map(|c| c.as_ptr() as usize - 40).collect();
+        assert_eq!(order, [firsts[0], firsts[2], firsts[3]]);
     }
 
     #[test]

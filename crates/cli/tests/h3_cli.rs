@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{qs, tempdir, Proc};
+use common::{bench_json, qs, tempdir, Proc};
 
 fn write_files(root: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files = Vec::new();
@@ -82,34 +82,23 @@ fn serve_speaks_h3_and_hq_on_one_port() {
     );
     assert!(!out.join("missing.txt").exists(), "no partial file left");
     // bench: rr over h3
-    let o = qs()
-        .args(["bench", "--connect", &format!("127.0.0.1:{}", server.port)])
-        .args([
-            "--insecure",
+    let report = bench_json(
+        server.port,
+        &[
             "--alpn",
             "h3",
             "--mode",
             "rr",
             "--path",
             "/b.bin",
-        ])
-        .args([
             "--connections",
             "2",
             "--streams",
             "3",
             "--requests",
             "60",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "bench: {}",
-        String::from_utf8_lossy(&o.stderr)
+        ],
     );
-    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["requests"], 60, "{report}");
     assert_eq!(report["failed"], 0, "{report}");
     assert_eq!(report["bytes"], 60 * 300_000, "{report}");

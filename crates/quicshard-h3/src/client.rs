@@ -1,6 +1,6 @@
 //! The client side: [`connect`] turns a handle-mode connection into an h3 client (a
 //! [`SendRequest`] plus the driver future the caller runs), and [`fetch`] makes one request,
-//! handing the body to a sink as it arrives. Used by `quicshard get` / `bench` and the examples.
+//! handing the body to a sink as it arrives ([`request`] and [`response`] are its two halves). Used by `quicshard get` / `bench` and the examples.
 
 use std::future::{poll_fn, Future};
 
@@ -59,15 +59,30 @@ pub async fn connect(
     Ok((send, drive))
 }
 
+/// A request in flight: its headers are sent, the request is not finished yet.
+pub type RequestStream = h3::client::RequestStream<crate::quic::BidiStream<Bytes>, Bytes>;
+
 /// One request without a body: `method` `https://authority/path`. The body goes to `sink` chunk
-/// by chunk; the result has the status and headers whatever the status is.
+/// by chunk; the result has the status and headers whatever the status is. The same as
+/// [`request`] then [`response`].
 pub async fn fetch(
     send: &mut SendRequest,
     method: Method,
     authority: &str,
     path: &str,
-    mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    sink: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> Result<Fetched, FetchError> {
+    let stream = request(send, method, authority, path).await?;
+    response(stream, sink).await
+}
+
+/// Sends a request's headers (`method` `https://authority/path`); [`response`] ends it.
+pub async fn request(
+    send: &mut SendRequest,
+    method: Method,
+    authority: &str,
+    path: &str,
+) -> Result<RequestStream, FetchError> {
     let path = if path.starts_with('/') {
         path.to_string()
     } else {
@@ -77,8 +92,22 @@ pub async fn fetch(
         .method(method)
         .uri(format!("https://{authority}{path}"))
         .body(())?;
-    let mut stream = send.send_request(req).await?;
-    stream.finish().await?;
+    Ok(send.send_request(req).await?)
+}
+
+/// Finishes a request sent with [`request`] and reads its response, the body to `sink`.
+///
+/// A server may answer before the request ended and stop the request stream (RFC 9114, section
+/// 4.1.2); finishing then fails, and the response still counts: "clients MUST NOT discard
+/// complete responses as a result of having their request terminated abruptly".
+pub async fn response(
+    mut stream: RequestStream,
+    mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> Result<Fetched, FetchError> {
+    match stream.finish().await {
+        Ok(()) | Err(h3::error::StreamError::RemoteTerminate { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
     let resp = stream.recv_response().await?;
     let mut body_len = 0u64;
     while let Some(mut chunk) = stream.recv_data().await? {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
+use h3::error::Code;
 use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
 use quicshard::handle::{self, ConnError, ReadError, StreamOpener, WriteError};
 use quinn_proto::{ConnectionError, VarInt};
@@ -107,7 +108,7 @@ impl<B: Buf> quic::Connection<B> for H3Connection {
     ) -> Poll<Result<RecvStream, ConnectionErrorIncoming>> {
         self.conn
             .poll_accept_uni(cx)
-            .map_ok(RecvStream::new)
+            .map_ok(|r| RecvStream::new(r, Code::H3_NO_ERROR))
             .map_err(conn_error)
     }
 
@@ -117,7 +118,7 @@ impl<B: Buf> quic::Connection<B> for H3Connection {
     ) -> Poll<Result<BidiStream<B>, ConnectionErrorIncoming>> {
         self.conn
             .poll_accept_bi(cx)
-            .map_ok(|(s, r)| BidiStream::new(s, r))
+            .map_ok(|(s, r)| BidiStream::new(s, r, Code::H3_NO_ERROR))
             .map_err(conn_error)
     }
 
@@ -144,7 +145,7 @@ impl<B: Buf> quic::OpenStreams<B> for H3Connection {
         quic::OpenStreams::<B>::poll_open_send(&mut self.opener, cx)
     }
 
-    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
+    fn close(&mut self, code: Code, reason: &[u8]) {
         quic::OpenStreams::<B>::close(&mut self.opener, code, reason);
     }
 }
@@ -171,7 +172,7 @@ impl<B: Buf> quic::OpenStreams<B> for Opener {
     ) -> Poll<Result<BidiStream<B>, StreamErrorIncoming>> {
         self.0
             .poll_open_bi(cx)
-            .map_ok(|(s, r)| BidiStream::new(s, r))
+            .map_ok(|(s, r)| BidiStream::new(s, r, Code::H3_REQUEST_CANCELLED))
             .map_err(open_error)
     }
 
@@ -185,7 +186,7 @@ impl<B: Buf> quic::OpenStreams<B> for Opener {
             .map_err(open_error)
     }
 
-    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
+    fn close(&mut self, code: Code, reason: &[u8]) {
         self.0.connection().close(varint(code.value()), reason);
     }
 }
@@ -222,8 +223,15 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
                 self.writing = None;
                 break;
             }
-            let n = ready!(self.stream.poll_send(cx, buf.chunk())).map_err(write_error)?;
-            buf.advance(n);
+            match ready!(self.stream.poll_send(cx, buf.chunk())) {
+                Ok(n) => buf.advance(n),
+                Err(e) => {
+                    // the stream is over (stopped, reset, lost): the write is dropped, and the
+                    // next one gets the same error
+                    self.writing = None;
+                    return Poll::Ready(Err(write_error(e)));
+                }
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -254,6 +262,10 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
 }
 
 /// The receiving half of a stream: each `poll_data` returns what the pipe holds, up to 16 KiB.
+///
+/// Dropped before its end, it stops the stream with an HTTP/3 code instead of the handle's 0:
+/// H3_NO_ERROR for streams the peer opened (a server that answered without reading the rest of
+/// the request, RFC 9114 section 4.1.2), H3_REQUEST_CANCELLED for requests this side opened.
 #[derive(Debug)]
 pub struct RecvStream {
     stream: handle::RecvStream,
@@ -261,7 +273,8 @@ pub struct RecvStream {
 }
 
 impl RecvStream {
-    fn new(stream: handle::RecvStream) -> Self {
+    fn new(mut stream: handle::RecvStream, stop_on_drop: Code) -> Self {
+        stream.set_stop_on_drop(varint(stop_on_drop.value()));
         Self {
             stream,
             scratch: Vec::new(),
@@ -302,10 +315,10 @@ pub struct BidiStream<B: Buf> {
 }
 
 impl<B: Buf> BidiStream<B> {
-    fn new(send: handle::SendStream, recv: handle::RecvStream) -> Self {
+    fn new(send: handle::SendStream, recv: handle::RecvStream, stop_on_drop: Code) -> Self {
         Self {
             send: SendStream::new(send),
-            recv: RecvStream::new(recv),
+            recv: RecvStream::new(recv, stop_on_drop),
         }
     }
 }

@@ -34,11 +34,30 @@ fn www(name: &str) -> PathBuf {
     dir
 }
 
+/// A served connection's task: `FileServer::serve` ends once the client closed and every
+/// request it accepted is answered (and counted).
+type Served = tokio::task::JoinHandle<Result<(), quicshard_h3::files::ServeError>>;
+
 struct Setup {
     server: Arc<Engine<HandleHandler>>,
     client: Engine<HandleHandler>,
     refused: Arc<Mutex<Vec<ConnId>>>,
+    served: Arc<Mutex<Vec<Served>>>,
     rt: tokio::runtime::Runtime,
+}
+
+impl Setup {
+    /// Waits (bounded) until every connection accepted so far has been served to its end.
+    async fn all_served(&self) {
+        let tasks = std::mem::take(&mut *self.served.lock().unwrap());
+        assert!(!tasks.is_empty(), "no connection was served");
+        for t in tasks {
+            let r = tokio::time::timeout(Duration::from_secs(10), t).await;
+            r.expect("the connection is served to its end")
+                .unwrap()
+                .unwrap();
+        }
+    }
 }
 
 fn setup(files: FileServer) -> Setup {
@@ -66,17 +85,21 @@ fn setup(files: FileServer) -> Setup {
         .unwrap();
     let server = Arc::new(server);
     let s = server.clone();
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let tasks = served.clone();
     rt.spawn(async move {
         loop {
             let conn = s.accept_async().await;
             let files = files.clone();
-            tokio::spawn(async move { files.serve(conn).await });
+            let task = tokio::spawn(async move { files.serve(conn).await });
+            tasks.lock().unwrap().push(task);
         }
     });
     Setup {
         server,
         client,
         refused,
+        served,
         rt,
     }
 }
@@ -152,9 +175,60 @@ fn files_statuses_and_heads() {
             .unwrap()
             .unwrap();
         assert!(end.is_h3_no_error(), "{end:?}");
+        s.all_served().await;
     });
     assert_eq!(stats.requests.load(Ordering::Relaxed), 11);
     assert_eq!(stats.not_found.load(Ordering::Relaxed), 3);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A server answers from the request's headers and stops the rest of the request with
+/// H3_NO_ERROR (RFC 9114, section 4.1.2); the client keeps the complete response.
+#[test]
+fn a_response_before_the_request_ends() {
+    let dir = www("early");
+    let want = std::fs::read(dir.join("f3.bin")).unwrap();
+    let s = setup(FileServer::new(&dir).unwrap());
+    let addr = s.server.local_addr();
+    s.rt.block_on(async {
+        let conn = s.client.connect_async(addr, "localhost").await.unwrap();
+        let quic = conn.clone();
+        let (mut send, drive) = client::connect(conn).await.unwrap();
+        let driver = tokio::spawn(drive);
+        // the headers go out, the request does not end until the server has stopped it
+        let mut stream = client::request(&mut send, Method::GET, "localhost", "/f3.bin")
+            .await
+            .unwrap();
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while quic.stats().unwrap().frame_rx.stop_sending == 0 {
+            assert!(tokio::time::Instant::now() < until, "no STOP_SENDING came");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // a shard answers queries after reading its socket and before handling the connection's
+        // events: one more query comes after the turn that saw STOP_SENDING handled the stop
+        quic.stats().unwrap();
+        match stream.finish().await {
+            Err(h3::error::StreamError::RemoteTerminate { code, .. }) => {
+                assert_eq!(code, h3::error::Code::H3_NO_ERROR)
+            }
+            other => panic!("finishing a stopped request: {other:?}"),
+        }
+        let mut body = Vec::new();
+        let f = client::response(stream, |b| {
+            body.extend_from_slice(b);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(f.status, StatusCode::OK);
+        assert!(body == want, "{} of {} bytes", body.len(), want.len());
+        drop(send);
+        tokio::time::timeout(Duration::from_secs(10), driver)
+            .await
+            .unwrap()
+            .unwrap();
+        s.all_served().await;
+    });
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -188,6 +262,7 @@ fn concurrent_requests_are_limited_per_connection() {
             .await
             .unwrap()
             .unwrap();
+        s.all_served().await;
     });
     assert_eq!(stats.requests.load(Ordering::Relaxed), 16);
     let peak = stats.peak_concurrent.load(Ordering::Relaxed);

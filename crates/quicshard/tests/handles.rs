@@ -120,14 +120,27 @@ mod cases {
         let (_s, mut recv) = s.accept_bi_until(deadline()).unwrap();
         recv.stop(VarInt::from_u32(9)).unwrap();
         assert_eq!(recv.read(&mut [0; 8]), Err(ReadError::ClosedStream));
-        let chunk = [2u8; 8192];
-        let err = loop {
-            match send.write_until(&chunk, deadline()) {
-                Ok(_) => {}
-                Err(e) => break e,
+        // the error that ends writing until the peer's STOP_SENDING arrives
+        let write_until_error = |send: &mut quicshard::handle::SendStream| loop {
+            if let Err(e) = send.write_until(&[2u8; 8192], deadline()) {
+                break e;
             }
         };
+        let err = write_until_error(&mut send);
         assert_eq!(err, WriteError::Stopped(VarInt::from_u32(9)));
+        // dropping a receive handle before the end stops with 0, or with the code it was given
+        for code in [None, Some(VarInt::from_u32(0x100))] {
+            let (mut send, _recv) = c.open_bi_until(deadline()).unwrap();
+            send.write_all_until(b"first", deadline()).unwrap();
+            let (_s, mut recv) = s.accept_bi_until(deadline()).unwrap();
+            if let Some(code) = code {
+                recv.set_stop_on_drop(code);
+            }
+            drop(recv);
+            let err = write_until_error(&mut send);
+            let want = code.unwrap_or(VarInt::from_u32(0));
+            assert_eq!(err, WriteError::Stopped(want));
+        }
     }
 
     pub(crate) fn deadlines(s: Connection, c: Connection) {

@@ -313,7 +313,7 @@ impl HandleHandler {
             // streams the app never took are dropped like the handles it did take
             for pair in shared.take_unclaimed() {
                 for p in pair.send.iter().chain(pair.recv.iter()) {
-                    p.app_dropped();
+                    p.app_dropped(VarInt::from_u32(0));
                 }
             }
             self.check_linger(ctx, id);

@@ -345,15 +345,15 @@ impl StreamPipe {
     }
 
     /// The app dropped its handle: a send pipe finishes, a receive pipe not yet at its end stops
-    /// with code 0 (as quinn's handles do).
-    pub(crate) fn app_dropped(self: &Arc<Self>) {
+    /// with `stop` (0 unless the app chose another code; quinn's handles use 0).
+    pub(crate) fn app_dropped(self: &Arc<Self>, stop: VarInt) {
         let _ = self.control(|s| {
             let open = s.lost.is_none() && s.reset.is_none() && s.stop.is_none() && !s.fin;
             if open {
                 match self.dir {
                     PipeDir::Send => s.fin = true,
                     PipeDir::Recv => {
-                        s.stop = Some(VarInt::from_u32(0));
+                        s.stop = Some(stop);
                         s.ring.clear();
                     }
                 }

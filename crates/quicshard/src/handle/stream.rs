@@ -4,8 +4,8 @@
 //! (`WouldBlock`) and its timeout (`TimedOut`); the `_until` variants take an explicit deadline.
 //!
 //! Dropping a `SendStream` finishes the stream (FIN after the buffered bytes); dropping a
-//! `RecvStream` before the end stops it with code 0, as quinn's handles do. Each stream keeps its
-//! connection open.
+//! `RecvStream` before the end stops it with code 0, as quinn's handles do, or with the code set by
+//! [`RecvStream::set_stop_on_drop`]. Each stream keeps its connection open.
 
 use std::io;
 use std::sync::Arc;
@@ -31,6 +31,7 @@ pub struct SendStream {
 pub struct RecvStream {
     pipe: Arc<StreamPipe>,
     opts: Opts,
+    stop_on_drop: VarInt,
     _conn: Arc<AppConn>,
 }
 
@@ -194,7 +195,7 @@ impl SendStream {
 
 impl Drop for SendStream {
     fn drop(&mut self) {
-        self.pipe.app_dropped();
+        self.pipe.app_dropped(VarInt::from_u32(0));
     }
 }
 
@@ -203,6 +204,7 @@ impl RecvStream {
         Self {
             pipe,
             opts: Opts::default(),
+            stop_on_drop: VarInt::from_u32(0),
             _conn: conn,
         }
     }
@@ -210,6 +212,12 @@ impl RecvStream {
     /// The QUIC stream ID.
     pub fn id(&self) -> StreamId {
         self.pipe.id
+    }
+    /// The STOP_SENDING code sent if this handle is dropped before the stream ended (default
+    /// 0). An application protocol has its own: HTTP/3 uses H3_NO_ERROR when a server answered
+    /// without reading the whole request (RFC 9114, section 4.1.2).
+    pub fn set_stop_on_drop(&mut self, code: VarInt) {
+        self.stop_on_drop = code;
     }
     /// Non-blocking mode: reads that would wait fail with `WouldBlock`.
     pub fn set_nonblocking(&self, on: bool) {
@@ -286,7 +294,7 @@ impl RecvStream {
 
 impl Drop for RecvStream {
     fn drop(&mut self) {
-        self.pipe.app_dropped();
+        self.pipe.app_dropped(self.stop_on_drop);
     }
 }
 

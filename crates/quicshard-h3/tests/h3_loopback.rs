@@ -47,6 +47,23 @@ struct Setup {
 }
 
 impl Setup {
+    /// Drops the last request sender (h3 then closes the connection with H3_NO_ERROR), waits
+    /// for the connection's driver and for the server to have served the connection; returns
+    /// how the driver ended.
+    async fn end(
+        &self,
+        send: client::SendRequest,
+        driver: tokio::task::JoinHandle<h3::error::ConnectionError>,
+    ) -> h3::error::ConnectionError {
+        drop(send);
+        let end = tokio::time::timeout(Duration::from_secs(10), driver)
+            .await
+            .unwrap()
+            .unwrap();
+        self.all_served().await;
+        end
+    }
+
     /// Waits (bounded) until every connection accepted so far has been served to its end.
     async fn all_served(&self) {
         let tasks = std::mem::take(&mut *self.served.lock().unwrap());
@@ -168,14 +185,9 @@ fn files_statuses_and_heads() {
         assert_eq!(f.status, StatusCode::NOT_FOUND);
         let (f, _) = get(&mut send, Method::DELETE, "/f1.bin").await;
         assert_eq!(f.status, StatusCode::METHOD_NOT_ALLOWED);
-        drop(send);
         // the last sender closes the connection with H3_NO_ERROR
-        let end = tokio::time::timeout(Duration::from_secs(10), driver)
-            .await
-            .unwrap()
-            .unwrap();
+        let end = s.end(send, driver).await;
         assert!(end.is_h3_no_error(), "{end:?}");
-        s.all_served().await;
     });
     assert_eq!(stats.requests.load(Ordering::Relaxed), 11);
     assert_eq!(stats.not_found.load(Ordering::Relaxed), 3);
@@ -222,12 +234,7 @@ fn a_response_before_the_request_ends() {
         .unwrap();
         assert_eq!(f.status, StatusCode::OK);
         assert!(body == want, "{} of {} bytes", body.len(), want.len());
-        drop(send);
-        tokio::time::timeout(Duration::from_secs(10), driver)
-            .await
-            .unwrap()
-            .unwrap();
-        s.all_served().await;
+        s.end(send, driver).await;
     });
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -257,12 +264,7 @@ fn concurrent_requests_are_limited_per_connection() {
         for t in tasks {
             t.await.unwrap();
         }
-        drop(send);
-        tokio::time::timeout(Duration::from_secs(10), driver)
-            .await
-            .unwrap()
-            .unwrap();
-        s.all_served().await;
+        s.end(send, driver).await;
     });
     assert_eq!(stats.requests.load(Ordering::Relaxed), 16);
     let peak = stats.peak_concurrent.load(Ordering::Relaxed);

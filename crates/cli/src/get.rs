@@ -242,6 +242,32 @@ fn try_h3(
     }
 }
 
+/// What the client's connections show when it gives up waiting: quinn-proto's counters per
+/// connection (asked of the shard; empty if it does not answer within a second).
+fn stall_report(engine: &quicshard::Engine<client::Client>) -> String {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let asked = engine.remote().run_on(ShardId(0), move |ctx, _| {
+        let conns: Vec<String> = (ctx.connection_ids().into_iter())
+            .filter_map(|id| ctx.connection(id).map(|c| c.stats()))
+            .map(|s| {
+                format!(
+                    "{} datagrams sent, {} received, {} packets lost, rtt {:?}",
+                    s.udp_tx.datagrams, s.udp_rx.datagrams, s.path.lost_packets, s.path.rtt
+                )
+            })
+            .collect();
+        let _ = tx.send(if conns.is_empty() {
+            "no connection left".to_string()
+        } else {
+            conns.join("; ")
+        });
+    });
+    match asked {
+        Ok(()) => rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
 /// Downloads `requests` over one new connection; `Ok` iff every file arrived whole.
 fn fetch(
     engine: &quicshard::Engine<client::Client>,
@@ -268,10 +294,10 @@ fn fetch(
         .remote()
         .run_on(ShardId(0), move |ctx, c| c.start(ctx, plan))
         .map_err(|e| Failure::Refused(e.to_string()))?;
-    let (mut ok, mut errors) = (0u64, Vec::new());
+    let (mut ok, mut errors, mut connected) = (0u64, Vec::new(), false);
     loop {
         match rx.recv_timeout(IDLE_LIMIT) {
-            Ok(Event::Connected { .. }) => {}
+            Ok(Event::Connected { .. }) => connected = true,
             Ok(Event::Done { .. }) => {
                 ok += 1;
                 bar.inc(1);
@@ -282,7 +308,16 @@ fn fetch(
                 break;
             }
             Err(_) => {
-                errors.push(format!("no progress for {} s", IDLE_LIMIT.as_secs()));
+                let stage = if connected {
+                    "after the handshake"
+                } else {
+                    "before the handshake completed"
+                };
+                errors.push(format!(
+                    "no progress for {} s {stage} ({})",
+                    IDLE_LIMIT.as_secs(),
+                    stall_report(engine)
+                ));
                 break;
             }
         }

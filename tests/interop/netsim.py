@@ -65,6 +65,10 @@ class Relay:
     """Forwards datagrams between clients and `upstream` from a new port on `listen_host`.
 
     rebind_every: give a client a new upstream socket after every N of its datagrams (0: never).
+        A rebind that falls due during the handshake waits for the client's first datagram of
+        short-header packets only: QUIC needs a stable address during the handshake (RFC 9000,
+        section 9), and quinn-proto drops handshake packets from a new address, so a NAT that
+        rebinds earlier stalls the connection whoever the peers are.
     rebind_host: bind the new sockets to this address (rebind-addr) instead of listen_host.
     amplification_hold: after a client's first datagram, drop its others for this many seconds,
         and count bytes each way until the server has seen a Handshake packet from it.
@@ -102,6 +106,7 @@ class Relay:
         flow = self.flows.get(client)
         if flow is None:
             flow = {"sock": self._new_socket(client, self.listen_host), "old": [], "sent": 0,
+                    "rebind_due": self.rebind_every,
                     "first": None, "validated": False, "client_bytes": 0, "server_bytes": 0}
             self.flows[client] = flow
         return flow
@@ -125,7 +130,9 @@ class Relay:
         self._count("up", data)
         flow["sock"].sendto(data, self.upstream)
         flow["sent"] += 1
-        if self.rebind_every and flow["sent"] % self.rebind_every == 0:
+        short_only = bool(data) and data[0] & 0x80 == 0
+        if self.rebind_every and flow["sent"] >= flow["rebind_due"] and short_only:
+            flow["rebind_due"] = flow["sent"] + self.rebind_every
             # keep the old socket open for stragglers the server still sends there
             flow["old"].append(flow["sock"])
             flow["sock"] = self._new_socket(client, self.rebind_host)

@@ -12,6 +12,7 @@ import argparse
 import datetime
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -243,6 +244,7 @@ def main():
             "versions": versions(qs), "footer": footer,
         }
         write_markdown(args.output, results, [c.name for c in all_cases], pairings, meta)
+    shutil.rmtree(work, ignore_errors=True)
     sys.exit(1 if failed else 0)
 
 

@@ -2,6 +2,7 @@
 """Interop between quicshard and aioquic (hq-interop), both directions; prints one line per case
 and a final `N passed, N failed`. Usage: run_aioquic.py QUICSHARD_BINARY"""
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,6 +129,7 @@ def main():
         ("quicshard get <- aioquic server (retry)", lambda: case_quicshard_client(qs, root, names, work, cert, key, ["--retry"])),
     ]
     failed = run_cases(cases)
+    shutil.rmtree(work, ignore_errors=True)
     sys.exit(1 if failed else 0)
 
 

@@ -20,6 +20,8 @@ use std::time::Duration;
 use ranked_lock::Mutex;
 use rustls::server::{ProducesTickets, StoresServerSessions};
 
+mod aead;
+
 /// Independently locked parts of the store. Why: a handshake takes one part's lock twice (put,
 /// take); 16 parts keep two shards' handshakes from meeting on a lock most of the time.
 const PARTS: usize = 16;
@@ -148,21 +150,18 @@ pub(crate) fn stateless_ticketer(
 ) -> Result<Arc<dyn ProducesTickets>, rustls::Error> {
     let secs = lifetime.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
     let rotator = rustls::ticketer::TicketRotator::new(secs, fresh_key)?;
-    Ok(Arc::new(Forward(Arc::new(rotator), true)))
+    Ok(Arc::new(Forward(Arc::new(rotator))))
 }
 
-/// One ticket key: ring's ticketer, itself a rotator with a 6-hour period that never comes due
-/// before ours replaces it (for lifetimes under 6 hours).
+/// One ticket key (see [`aead`]).
 fn fresh_key() -> Result<Box<dyn ProducesTickets>, rustls::crypto::GetRandomFailed> {
-    rustls::crypto::ring::Ticketer::new()
-        .map(|t| Box::new(Forward(t, false)) as Box<dyn ProducesTickets>)
-        .map_err(|_| rustls::crypto::GetRandomFailed)
+    Ok(Box::new(aead::AeadTicketKey::new()?))
 }
 
-/// Forwards to a ticketer; with `.1` set (the outermost one) it counts each ticket it decrypts
-/// as a resumption on the calling shard.
+/// Forwards to a ticketer, counting each ticket it decrypts as a resumption on the calling
+/// shard.
 #[derive(Debug)]
-struct Forward(Arc<dyn ProducesTickets>, bool);
+struct Forward(Arc<dyn ProducesTickets>);
 
 impl ProducesTickets for Forward {
     fn enabled(&self) -> bool {
@@ -176,7 +175,7 @@ impl ProducesTickets for Forward {
     }
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
         let plain = self.0.decrypt(cipher);
-        if self.1 && plain.is_some() {
+        if plain.is_some() {
             crate::shard::count_resumption();
         }
         plain

@@ -38,12 +38,22 @@ pub fn server_config(
     key: PrivateKeyDer<'static>,
     alpn: &[&[u8]],
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+    server_config_with(provider(), chain, key, alpn)
+}
+
+/// [`server_config`] with another crypto provider, e.g. [`ring_provider`].
+pub fn server_config_with(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    // the server's order (provider(): AES-128-GCM first) wins over the client's
+    // the server's order (AES-128-GCM first, see ring_provider) wins over the client's
     cfg.ignore_client_order = true;
     Ok(cfg)
 }
@@ -103,16 +113,26 @@ pub fn client_from_rustls(
     Ok(quinn_proto::ClientConfig::new(Arc::new(quic)))
 }
 
-/// ring's provider with TLS13_AES_128_GCM_SHA256 first. Why: ring's default puts
-/// AES-256-GCM-SHA384 first, and SHA-384 (the key schedule's hash with that suite) has no
-/// hardware path on x86 while SHA-256 has SHA-NI: it was 11% of a handshake's CPU. AES-128 is
-/// also what browsers prefer.
-pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The provider of every config built here: [`ring_provider`] drawing its randomness from
+/// [`BufferedRandom`](crate::random::BufferedRandom), a per-thread pool of OS randomness. Why:
+/// *ring*'s randomness makes one `getrandom` call per draw, five per resumed handshake.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::CryptoProvider {
+        secure_random: &crate::random::BUFFERED_RANDOM,
+        ..ring_provider()
+    })
+}
+
+/// *ring*'s provider with TLS13_AES_128_GCM_SHA256 first, and *ring*'s own randomness. Why the
+/// order: ring's default puts AES-256-GCM-SHA384 first, and SHA-384 (the key schedule's hash
+/// with that suite) has no hardware path on x86 while SHA-256 has SHA-NI: it was 11% of a
+/// handshake's CPU. AES-128 is also what browsers prefer.
+pub fn ring_provider() -> rustls::crypto::CryptoProvider {
     use rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
     let mut p = rustls::crypto::ring::default_provider();
     p.cipher_suites
         .sort_by_key(|s| s.suite() != TLS13_AES_128_GCM_SHA256.suite());
-    Arc::new(p)
+    p
 }
 
 /// A verifier that accepts any server certificate but still checks the handshake signatures

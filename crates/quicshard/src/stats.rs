@@ -52,6 +52,9 @@ stats! {
     connections_open,
     /// Connections fully drained and removed from this shard.
     connections_closed,
+    /// Connections the peer closed (CONNECTION_CLOSE received). The shard sends nothing more on
+    /// them: not even the CONNECTION_CLOSE quinn-proto would answer with (RFC 9000 §10.2.2).
+    closed_by_peer,
     /// Handshakes completed (server and client side).
     handshakes,
     /// Client connections created on this shard by `connect`.

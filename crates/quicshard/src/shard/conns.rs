@@ -26,6 +26,9 @@ pub(crate) struct Entry {
     pub(crate) closed_reported: bool,
     /// The endpoint has forgotten the connection; remove it after this drive.
     pub(crate) drained: bool,
+    /// The peer closed the connection (CONNECTION_CLOSE received): it drains, and the shard
+    /// sends nothing more on it (see `Shard::transmit`).
+    pub(crate) peer_closed: bool,
     /// An accepted (server side) connection whose handshake has not completed.
     handshaking: bool,
     /// Its accepted 0-RTT was counted.
@@ -69,6 +72,7 @@ impl ConnTable {
             queued: false,
             closed_reported: false,
             drained: false,
+            peer_closed: false,
             handshaking: false,
             zero_rtt_counted: false,
         });

@@ -121,6 +121,14 @@ impl<H: Handler> Shard<H> {
                         return;
                     }
                     e.closed_reported = true;
+                    e.peer_closed = matches!(
+                        reason,
+                        ConnectionError::ConnectionClosed(_)
+                            | ConnectionError::ApplicationClosed(_)
+                    );
+                    if e.peer_closed {
+                        self.core.stats.closed_by_peer.fetch_add(1, Relaxed);
+                    }
                 }
                 self.call(id, |h, ctx| h.on_closed(ctx, id, &reason));
             }
@@ -189,11 +197,19 @@ impl<H: Handler> Shard<H> {
 
     /// Queues what the connection has to send on its socket; `true` if the budget stopped it
     /// early. A blocked socket keeps the connection as a waiter until it can send again.
+    ///
+    /// A connection the peer closed sends nothing. quinn-proto would answer the peer's
+    /// CONNECTION_CLOSE with one of its own, which RFC 9000 (section 10.2.2) allows but does not
+    /// ask for: the peer is closing and waits out its own timer either way. Skipping it saves a
+    /// datagram per connection the client ends, the usual end of a connection to a server.
     fn transmit(&mut self, slot: u32) -> bool {
         let core = &mut self.core;
         let Some(e) = core.conns.get_mut(slot) else {
             return false;
         };
+        if e.peer_closed {
+            return false;
+        }
         let sock = &mut self.socks[e.sock];
         // a GSO batch is one UDP datagram to the kernel: at most 65,507 payload bytes (IPv4);
         // a bigger one fails whole with EMSGSIZE

@@ -20,10 +20,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use mio::{Events, Interest, Poll, Token};
-use quicshard::quinn_proto::{ConnectionError, ConnectionId, StreamId};
-use quicshard::{ConnId, Engine, Handler, ShardCtx, ShardId, ShardStats};
+use quicshard::quinn_proto::ConnectionId;
+use quicshard::{Engine, Handler, ShardId, ShardStats};
 
 const SHARDS: usize = 4;
 /// Connections, each through its own relay; two per shard.
@@ -39,30 +39,6 @@ const RELAY_LIFETIME: Duration = Duration::from_secs(150);
 const KEEP_ALIVE: Duration = Duration::from_millis(200);
 /// Sockets bound while looking for one the kernel hashes to the wanted shard(s).
 const PROBE_ATTEMPTS: usize = 200;
-
-/// The test server, also reporting each connection's shard and final remote address.
-struct Tracking {
-    inner: Server,
-    closed: Sender<(ShardId, SocketAddr)>,
-}
-
-impl Handler for Tracking {
-    fn on_stream_opened(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
-        self.inner.on_stream_opened(ctx, conn, stream)
-    }
-    fn on_stream_readable(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
-        self.inner.on_stream_readable(ctx, conn, stream)
-    }
-    fn on_stream_writable(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
-        self.inner.on_stream_writable(ctx, conn, stream)
-    }
-    fn on_closed(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, reason: &ConnectionError) {
-        if let Some(c) = ctx.connection(conn) {
-            let _ = self.closed.send((conn.shard(), c.remote_address()));
-        }
-        self.inner.on_closed(ctx, conn, reason)
-    }
-}
 
 /// The shard whose socket the kernel picks for datagrams from `sock` (with BPF, for the ones the
 /// program leaves to the hash): sends a 1-byte datagram, which is too short for a short header's
@@ -263,9 +239,14 @@ struct Run {
 fn rebind(bpf: bool) -> Run {
     let _ = tracing_subscriber::fmt::try_init();
     let (closed_tx, closed_rx) = crossbeam_channel::unbounded();
-    let srv = Engine::builder(move |_| Tracking {
-        inner: Server::default(),
-        closed: closed_tx.clone(),
+    // the test server also reports each connection's shard and final remote address
+    let srv = Engine::builder(move |_| {
+        let closed = closed_tx.clone();
+        Server::with_close_hook(move |ctx, conn, _| {
+            if let Some(c) = ctx.connection(conn) {
+                let _ = closed.send((conn.shard(), c.remote_address()));
+            }
+        })
     })
     .shards(SHARDS)
     .bpf(bpf)

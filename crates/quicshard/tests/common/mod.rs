@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use quicshard::quinn_proto::{Dir, StreamId, VarInt, WriteError};
+use quicshard::quinn_proto::{ConnectionError, Dir, StreamId, VarInt, WriteError};
 use quicshard::{ConnId, Engine, Handler, Remote, ShardCtx, ShardId};
 
 /// A request for this many bytes makes the server handler panic.
@@ -31,11 +31,27 @@ struct Serving {
     finished: bool,
 }
 
+/// Called by [`Server`] when a connection closes (`Handler::on_closed`).
+pub type CloseHook = Box<dyn FnMut(&mut ShardCtx<'_>, ConnId, &ConnectionError)>;
+
 /// Serves payloads; panics on a request of [`PANIC_SIZE`] bytes.
 #[derive(Default)]
 pub struct Server {
     streams: HashMap<(ConnId, StreamId), Serving>,
     buf: Vec<u8>,
+    on_closed: Option<CloseHook>,
+}
+
+impl Server {
+    /// A server that also runs `hook` for each connection that closes.
+    pub fn with_close_hook(
+        hook: impl FnMut(&mut ShardCtx<'_>, ConnId, &ConnectionError) + 'static,
+    ) -> Self {
+        Self {
+            on_closed: Some(Box::new(hook)),
+            ..Self::default()
+        }
+    }
 }
 
 impl Server {
@@ -100,6 +116,12 @@ impl Handler for Server {
 
     fn on_stream_writable(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
         self.pump(ctx, conn, stream);
+    }
+
+    fn on_closed(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, reason: &ConnectionError) {
+        if let Some(hook) = &mut self.on_closed {
+            hook(ctx, conn, reason);
+        }
     }
 }
 

@@ -4,9 +4,9 @@
 //! rustls asks its provider for a few bytes at a time: 32 for the ServerHello random, then for
 //! each of a handshake's two session tickets a 32-byte nonce and a 4-byte age offset, and the
 //! engine's ticketer ([`crate::tickets`]) 12 bytes of AEAD nonce per ticket. *ring*'s provider
-//! makes each of these draws one `getrandom` system call: seven per resumed handshake, about
-//! 0.4 µs each on this project's benchmark machine, more than everything quicshard's own code
-//! does in a handshake.
+//! makes each of these draws one `getrandom` system call: seven per resumed handshake, 0.23 to
+//! 0.4 µs each on the project's benchmark machines, about as much as all of quicshard's own code
+//! in a handshake.
 //!
 //! [`BufferedRandom`] draws [`POOL_BYTES`] at a time from the operating system (through *ring*)
 //! into a pool per thread and hands them out in order. Every byte comes from the OS generator and
@@ -65,10 +65,9 @@ thread_local! {
 }
 
 /// The operating system's generator, through *ring* (`getrandom`).
-fn os_fill(buf: &mut [u8]) -> Result<(), GetRandomFailed> {
-    rustls::crypto::ring::default_provider()
-        .secure_random
-        .fill(buf)
+pub(crate) fn os_fill(buf: &mut [u8]) -> Result<(), GetRandomFailed> {
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), buf)
+        .map_err(|_| GetRandomFailed)
 }
 
 /// Counts forks in this process's ancestry as seen by the child: a pool filled under another

@@ -10,7 +10,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_L
 use rustls::crypto::{GetRandomFailed, SecureRandom};
 use rustls::server::ProducesTickets;
 
-use crate::random::BUFFERED_RANDOM;
+use crate::random::{os_fill, BUFFERED_RANDOM};
 
 const KEY_NAME_LEN: usize = 16;
 
@@ -32,11 +32,10 @@ impl std::fmt::Debug for AeadTicketKey {
 impl AeadTicketKey {
     /// A fresh random key and key name, from the OS.
     pub(super) fn new() -> Result<Self, GetRandomFailed> {
-        let os = rustls::crypto::ring::default_provider().secure_random;
         let mut key = [0u8; 32];
-        os.fill(&mut key)?;
+        os_fill(&mut key)?;
         let mut name = [0u8; KEY_NAME_LEN];
-        os.fill(&mut name)?;
+        os_fill(&mut name)?;
         let key = UnboundKey::new(&CHACHA20_POLY1305, &key).map_err(|_| GetRandomFailed)?;
         Ok(Self {
             key: LessSafeKey::new(key),

@@ -143,43 +143,19 @@ impl StoresServerSessions for TicketStore {
 }
 
 /// The stateless ticketer every shard shares: a fresh random key every `lifetime` (rustls'
-/// rotator keeps the previous key for decryption), counting each ticket it decrypts on the
-/// calling shard (`ShardStats::resumptions`).
+/// rotator keeps the previous key for decryption); each key counts the tickets it decrypts on
+/// the calling shard (`ShardStats::resumptions`).
 pub(crate) fn stateless_ticketer(
     lifetime: Duration,
 ) -> Result<Arc<dyn ProducesTickets>, rustls::Error> {
     let secs = lifetime.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
     let rotator = rustls::ticketer::TicketRotator::new(secs, fresh_key)?;
-    Ok(Arc::new(Forward(Arc::new(rotator))))
+    Ok(Arc::new(rotator))
 }
 
 /// One ticket key (see [`aead`]).
 fn fresh_key() -> Result<Box<dyn ProducesTickets>, rustls::crypto::GetRandomFailed> {
     Ok(Box::new(aead::AeadTicketKey::new()?))
-}
-
-/// Forwards to a ticketer, counting each ticket it decrypts as a resumption on the calling
-/// shard.
-#[derive(Debug)]
-struct Forward(Arc<dyn ProducesTickets>);
-
-impl ProducesTickets for Forward {
-    fn enabled(&self) -> bool {
-        self.0.enabled()
-    }
-    fn lifetime(&self) -> u32 {
-        self.0.lifetime()
-    }
-    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        self.0.encrypt(plain)
-    }
-    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
-        let plain = self.0.decrypt(cipher);
-        if plain.is_some() {
-            crate::shard::count_resumption();
-        }
-        plain
-    }
 }
 
 #[cfg(test)]

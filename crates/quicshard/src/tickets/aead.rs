@@ -3,6 +3,8 @@
 //! key name as associated data). The difference: each ticket's nonce comes from
 //! [`BufferedRandom`](crate::random::BufferedRandom) where *ring*'s ticketer makes a `getrandom`
 //! call per ticket (two per handshake). Key rotation is rustls' `TicketRotator`, around this.
+//! Each ticket a key decrypts counts as a resumption on the calling shard
+//! (`ShardStats::resumptions`).
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -94,6 +96,8 @@ impl ProducesTickets for AeadTicketKey {
             .ok()?
             .len();
         buf.truncate(plain_len);
+        // one key decrypts a ticket (the rotator stops at the first that does): a resumption
+        crate::shard::count_resumption();
         Some(buf)
     }
 }

@@ -52,9 +52,7 @@ impl Server {
             ..Self::default()
         }
     }
-}
 
-impl Server {
     fn pump(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, stream: StreamId) {
         let Some(st) = self.streams.get_mut(&(conn, stream)) else {
             return;

@@ -7,9 +7,13 @@
 //!   blocking (std threads, `std::io::Read`/`Write`) or async (tokio tasks), so bulk transfer
 //!   through the handles can be compared with the callback API (`quicshard serve`).
 //!
-//! Both print `listening on IP:PORT` on stdout when ready and exit 0 on SIGINT/SIGTERM.
+//! - `quinn-loadgen` ([`loadgen`]): request/response and handshake load on quinn's client API, so
+//!   both servers are also measured by a generator that is not quicshard's own.
+//!
+//! The servers print `listening on IP:PORT` on stdout when ready and exit 0 on SIGINT/SIGTERM.
 
 pub mod handles;
+pub mod loadgen;
 pub mod proto;
 pub mod quinn_server;
 pub mod signals;

@@ -46,6 +46,10 @@ pub(crate) struct Args {
     /// Do not attach the BPF steering program (the kernel hash plus handoff only).
     #[arg(long)]
     no_bpf: bool,
+    /// Never give a shard's turn to another shard's thread (turn sharing is on by default: a
+    /// running shard thread serves another thread's shard whose input waited over 100 µs).
+    #[arg(long)]
+    no_turn_sharing: bool,
     /// Send a Retry to every new client (address validation).
     #[arg(long)]
     retry: bool,
@@ -228,6 +232,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         .listen(args.listen)
         .alpn(SERVER_ALPNS)
         .bpf(!args.no_bpf)
+        .turn_sharing(!args.no_turn_sharing)
         .retry(args.retry)
         .zero_rtt(args.zero_rtt)
         .preferred_address(args.preferred_address);

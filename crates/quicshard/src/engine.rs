@@ -91,6 +91,7 @@ pub struct Builder<H> {
     threads: Option<usize>,
     /// `None`: batch scheduling exactly when there are more threads than cores.
     batch_scheduling: Option<bool>,
+    turn_sharing: bool,
     /// Handle mode: the hub the shards' `HandleHandler`s share (set by `builder_handles`).
     pub(crate) handles: Option<Arc<crate::handle::Hub>>,
 }
@@ -203,6 +204,15 @@ impl<H: Handler> Builder<H> {
     /// ([`Builder::threads`]) than `std::thread::available_parallelism()`.
     pub fn batch_scheduling(mut self, on: bool) -> Self {
         self.batch_scheduling = Some(on);
+        self
+    }
+    /// Turn sharing between shard threads (default on): a running shard thread gives a turn to
+    /// another thread's shard whose input has waited more than 100 µs, so the connections of a
+    /// shard whose thread waits for a CPU are served by a thread that has one. Each shard stays
+    /// single-threaded (a turn lock), and `Handler` callbacks may then run on another shard
+    /// thread than their shard's own. Off: every shard is only ever run by its own thread.
+    pub fn turn_sharing(mut self, on: bool) -> Self {
+        self.turn_sharing = on;
         self
     }
     /// ALPN protocols for the default TLS configs. Default none.
@@ -364,11 +374,25 @@ impl<H: Handler> Builder<H> {
                 stats: stats[id].clone(),
             });
         }
+        let desks: Arc<[_]> = all
+            .iter()
+            .map(|p| {
+                let fds = p.socks.iter().filter_map(|s| s.raw_fd()).collect();
+                shard::help::Desk::new(fds, peers[p.id].clone())
+            })
+            .collect();
         let mut threads = Vec::with_capacity(n_threads);
         let mut rest = all.into_iter();
         for (poll, size) in groups {
             let group: Vec<_> = rest.by_ref().take(size).collect();
-            threads.push(shard::spawn(group, poll, self.factory.clone(), batch)?);
+            threads.push(shard::spawn(
+                group,
+                poll,
+                self.factory.clone(),
+                desks.clone(),
+                batch,
+                self.turn_sharing,
+            )?);
         }
         Ok(Engine {
             remote: Remote { mailboxes: peers },
@@ -428,6 +452,7 @@ impl<H: Handler> Engine<H> {
             ticket_key_lifetime: crate::tickets::DEFAULT_TICKET_KEY_LIFETIME,
             threads: None,
             batch_scheduling: None,
+            turn_sharing: true,
             handles: None,
         }
     }

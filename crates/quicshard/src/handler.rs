@@ -53,7 +53,7 @@ impl ConnId {
 
 /// Application callbacks for one shard's connections. All methods default to doing nothing.
 #[allow(unused_variables)]
-pub trait Handler: 'static {
+pub trait Handler: Send + 'static {
     /// A connection (incoming or created by `connect`) completed its handshake.
     fn on_connection(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId) {}
     /// The peer opened a stream; it is already accepted (`streams().accept`).

@@ -14,6 +14,9 @@ use ranked_lock::Rank;
 
 /// The direct driver's gate (busy flag, waiting threads).
 pub(crate) const DIRECT_GATE: Rank = Rank::new(2, "direct driver gate");
+/// A spawned shard's turn lock, held for a whole turn by its thread or a helper
+/// (`shard/help.rs`); never nested with the direct driver's locks.
+pub(crate) const SHARD_TURN: Rank = Rank::new(3, "shard turn");
 /// The direct driver's shards, held for a whole turn.
 pub(crate) const DIRECT_CORE: Rank = Rank::new(4, "direct driver core");
 /// A handle-mode engine's accept queue.

@@ -55,6 +55,9 @@ stats! {
     /// Connections the peer closed (CONNECTION_CLOSE received). The shard sends nothing more on
     /// them: not even the CONNECTION_CLOSE quinn-proto would answer with (RFC 9000 §10.2.2).
     closed_by_peer,
+    /// Turns this shard got from another shard's thread because its own thread had not run it
+    /// for a while with input waiting (turn sharing, `shard/help.rs`).
+    helped_turns,
     /// Handshakes completed (server and client side).
     handshakes,
     /// Client connections created on this shard by `connect`.

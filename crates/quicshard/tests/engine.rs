@@ -104,11 +104,13 @@ fn a_thread_per_shard_and_groups_of_two_without_bpf() {
 
 #[test]
 fn shards_run_on_their_group_threads() {
-    // each shard reports the name of the thread it runs on, and which shard its context is
+    // each shard reports the name of the thread it runs on, and which shard its context is;
+    // without turn sharing, where any running shard thread may give a waiting shard a turn
     let layout = |threads: usize| {
         let srv = Engine::builder(|_| Server::default())
             .shards(5)
             .threads(threads)
+            .turn_sharing(false)
             .start()
             .unwrap();
         let (tx, rx) = crossbeam_channel::unbounded();

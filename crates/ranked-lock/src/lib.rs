@@ -151,6 +151,37 @@ impl<T: ?Sized> Mutex<T> {
         }
     }
 
+    /// Locks if no other thread holds the lock, without blocking: `None` if one does. The order
+    /// is checked as for [`Mutex::lock`] (a violation panics even when the lock is free), so a
+    /// path that takes locks out of order is caught whichever way it takes them.
+    ///
+    /// ```
+    /// use ranked_lock::{Mutex, Rank};
+    /// let m = Mutex::new(Rank::new(3, "turn"), 0);
+    /// let g = m.lock();
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| assert!(m.try_lock().is_none()));
+    /// });
+    /// drop(g);
+    /// assert_eq!(*m.try_lock().unwrap(), 0);
+    /// ```
+    #[inline]
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        acquire(self.rank);
+        let guard = match self.inner.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                release(self.rank);
+                return None;
+            }
+        };
+        Some(MutexGuard {
+            rank: self.rank,
+            guard: Some(guard),
+        })
+    }
+
     /// This mutex's rank.
     pub fn rank(&self) -> Rank {
         self.rank
@@ -279,6 +310,29 @@ mod tests {
             msg,
             "lock order violation: taking lock `a` (rank 1) while holding `c` (rank 40)"
         );
+    }
+
+    #[test]
+    fn try_lock_checks_the_order_and_a_refusal_holds_nothing() {
+        let (a, c) = (Mutex::new(A, ()), Mutex::new(C, ()));
+        let gc = c.lock();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert!(c.try_lock().is_none());
+                // the refused rank is not left behind: a lower one may still be taken
+                assert!(!holds(C));
+                let _ga = a.lock();
+            });
+        });
+        let msg = panic_message(|| {
+            let _ga = a.try_lock();
+        });
+        assert!(
+            msg.contains("taking lock `a` (rank 1) while holding `c` (rank 40)"),
+            "{msg}"
+        );
+        drop(gc);
+        assert!(a.try_lock().is_some() && !holds(A));
     }
 
     #[test]

@@ -17,9 +17,11 @@
 //! The price: a handler that blocks stalls the other shards of its group too.
 
 use std::cell::Cell;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Shard, ShardScope, WAKER_TOKEN};
+use super::help::{self, Desk, Helper};
+use super::{ShardScope, WAKER_TOKEN};
 use crate::handler::Handler;
 
 thread_local! {
@@ -44,22 +46,46 @@ pub(crate) fn members(g: usize, shards: usize, threads: usize) -> (usize, usize)
 /// [`CLIENT`](super::io::CLIENT) and a waker's (only member 0's is used: the group's waker).
 pub(crate) const TOKENS_PER_SHARD: usize = 3;
 
-/// Runs `shards` (IDs `ids.0..ids.1`, in order; member `k` registered its sources at tokens
-/// `TOKENS_PER_SHARD * k` on) on the calling thread until all of them stopped.
-pub(crate) fn run<H: Handler>(shards: Vec<Shard<H>>, mut poll: mio::Poll, ids: (usize, usize)) {
+/// Runs the shards `ids.0..ids.1` (built and placed in their `desks`; member `k` registered its
+/// sources at tokens `TOKENS_PER_SHARD * k` on in `poll`) on the calling thread until all of
+/// them stopped. With `share` the thread also gives turns to other threads' shards that wait
+/// ([`help`](super::help)).
+pub(crate) fn run<H: Handler>(
+    desks: Arc<[Desk<H>]>,
+    ids: (usize, usize),
+    mut poll: mio::Poll,
+    share: bool,
+) {
     GROUP.with(|g| g.set(Some(ids)));
-    let mut live: Vec<Option<Shard<H>>> = shards.into_iter().map(Some).collect();
-    let mut events = mio::Events::with_capacity(TOKENS_PER_SHARD * live.len() + 16);
+    let own = &desks[ids.0..ids.1];
+    let mut helper = share.then(|| Helper::new(desks.clone(), ids));
+    let mut live = vec![true; own.len()];
+    let mut events = mio::Events::with_capacity(TOKENS_PER_SHARD * own.len() + 16);
     // every member gets a first turn
-    let mut spoke = vec![true; live.len()];
-    while live.iter().any(Option::is_some) {
+    let mut spoke = vec![true; own.len()];
+    let mut mail = vec![false; own.len()];
+    while live.iter().any(|&l| l) {
         let timeout = if spoke.iter().any(|&r| r) {
             Some(Duration::ZERO)
         } else {
-            let next = live.iter().flatten().filter_map(Shard::next_deadline).min();
-            next.map(|d| d.saturating_duration_since(Instant::now()))
+            let next = own
+                .iter()
+                .zip(&live)
+                .filter(|(_, &l)| l)
+                .map(|(d, _)| d.due())
+                .min()
+                .unwrap_or(u64::MAX);
+            if share {
+                own.iter().for_each(|d| d.set_sleep(next));
+            }
+            (next != u64::MAX)
+                .then(|| Duration::from_micros(next.saturating_sub(help::micros(Instant::now()))))
         };
-        if let Err(e) = poll.poll(&mut events, timeout) {
+        let polled = poll.poll(&mut events, timeout);
+        if share {
+            own.iter().for_each(|d| d.set_sleep(0));
+        }
+        if let Err(e) = polled {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 tracing::error!(group = ?ids, error = %e, "group poll failed; its shards exit");
                 break;
@@ -67,33 +93,40 @@ pub(crate) fn run<H: Handler>(shards: Vec<Shard<H>>, mut poll: mio::Poll, ids: (
         }
         for ev in events.iter() {
             if ev.token() == WAKER_TOKEN {
-                // mail for some member: each looks into its own mailbox
-                for (shard, r) in live.iter_mut().zip(spoke.iter_mut()) {
-                    if let Some(shard) = shard {
-                        shard.mail_arrived();
-                        *r = true;
-                    }
-                }
+                // mail for some member (or a helper's nudge): each looks into its own mailbox
+                spoke.iter_mut().for_each(|r| *r = true);
+                mail.iter_mut().for_each(|m| *m = true);
             } else if let Some(r) = spoke.get_mut(ev.token().0 / TOKENS_PER_SHARD) {
                 *r = true;
             }
         }
         let now = Instant::now();
-        for (slot, r) in live.iter_mut().zip(spoke.iter_mut()) {
-            let Some(shard) = slot else { continue };
-            if !*r && shard.next_deadline().is_none_or(|d| d > now) {
+        let now_us = help::micros(now);
+        for (k, desk) in own.iter().enumerate() {
+            if !live[k] || (!spoke[k] && desk.due() > now_us) {
                 continue;
             }
-            *r = false;
+            spoke[k] = false;
+            let mut g = desk.shard.lock();
+            let Some(shard) = g.as_mut() else {
+                live[k] = false;
+                continue;
+            };
             let _scope = ShardScope::enter(shard.id(), shard.stats());
-            if !shard.turn(&events) {
+            if std::mem::take(&mut mail[k]) {
+                shard.mail_arrived();
+            }
+            if shard.turn(&events) {
+                desk.publish(shard, Instant::now());
+            } else {
                 shard.finish();
-                *slot = None;
+                *g = None;
+                live[k] = false;
             }
         }
-    }
-    for shard in live.iter_mut().flatten() {
-        shard.finish();
+        if let Some(h) = &mut helper {
+            h.help(Instant::now());
+        }
     }
     GROUP.with(|g| g.set(None));
 }

@@ -188,6 +188,22 @@ impl Sock {
         }
     }
 
+    /// The UDP socket's descriptor (`None` for a memory port).
+    pub(crate) fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        match &self.io {
+            SockIo::Udp(u) => Some(u.socket.as_raw_fd()),
+            SockIo::Mem(_) => None,
+        }
+    }
+
+    /// Marks a UDP socket readable, so the next turn reads it until `WouldBlock` (a turn given
+    /// without a readiness event, by a helping thread).
+    pub(crate) fn assume_readable(&mut self) {
+        if let SockIo::Udp(_) = &self.io {
+            self.readable = true;
+        }
+    }
+
     /// Whether this is a memory port with datagrams waiting.
     pub(crate) fn has_memory_input(&self) -> bool {
         matches!(&self.io, SockIo::Mem(m) if m.has_inbound())

@@ -104,6 +104,19 @@ impl<H> MailboxTx<H> {
         Ok(())
     }
 
+    /// Whether mail may be waiting (sent and not yet seen by an emptying receive).
+    pub(crate) fn has_mail(&self) -> bool {
+        self.armed.load(SeqCst)
+    }
+
+    /// Wakes the receiving shard's thread even without mail (its poll returns, and every shard
+    /// of the thread looks at its deadlines again).
+    pub(crate) fn nudge(&self) {
+        if let Err(e) = self.waker.wake() {
+            tracing::warn!(error = %e, "mailbox waker failed");
+        }
+    }
+
     fn wake(&self) {
         if !self.armed.swap(true, SeqCst) {
             if let Err(e) = self.waker.wake() {

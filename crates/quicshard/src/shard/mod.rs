@@ -22,6 +22,7 @@ pub(crate) mod arena;
 pub(crate) mod conns;
 mod drive;
 pub(crate) mod group;
+pub(crate) mod help;
 pub(crate) mod inbound;
 pub(crate) mod io;
 pub(crate) mod mailbox;
@@ -204,7 +205,8 @@ impl Core {
 pub(crate) struct Shard<H> {
     core: Core,
     handler: H,
-    /// The shard's own poller; `None` in a [`group`], whose thread polls for all its shards.
+    /// The shard's own poller while it has one: the direct backend's shards keep it; a spawned
+    /// shard's thread takes it ([`group`] runs every spawned shard).
     poll: Option<mio::Poll>,
     /// The token of the shard's first source in its poller ([`LISTEN`]; then [`CLIENT`] and the
     /// waker): 0 with its own poller, `3 * index` in a group's.
@@ -223,12 +225,6 @@ pub(crate) struct Shard<H> {
 }
 
 impl<H: Handler> Shard<H> {
-    fn run(mut self) {
-        let mut events = mio::Events::with_capacity(16);
-        while self.iterate(&mut events, None) {}
-        self.finish();
-    }
-
     /// One turn of the loop (see the module docs): blocks in `poll` for at most `max_wait`
     /// (`None`: until the next deadline; never when work was left over), then drains inputs and
     /// drives outputs. Returns `false` once the shard has shut down.
@@ -323,6 +319,14 @@ impl<H: Handler> Shard<H> {
             tracing::warn!(shard = self.core.id, ?busy, "shard loop iteration stalled");
         }
         true
+    }
+
+    /// Before a turn given without readiness events ([`help`]): every input counts as ready.
+    pub(crate) fn prepare_help(&mut self) {
+        for s in &mut self.socks {
+            s.assume_readable();
+        }
+        self.mail_pending = true;
     }
 
     /// Publishes the final gauge once the shard stopped.

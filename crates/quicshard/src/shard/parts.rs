@@ -10,6 +10,7 @@ use quinn_proto::Endpoint;
 
 use super::arena::Arena;
 use super::conns::ConnTable;
+use super::help::Desk;
 use super::io::{RxBufs, Sock, CLIENT, LISTEN};
 use super::mailbox::{MailboxRx, MailboxTx};
 use super::timers::Timers;
@@ -117,12 +118,15 @@ impl<H: Handler> ShardParts<H> {
 /// Spawns a thread (under `SCHED_BATCH` if `batch`, see
 /// [`Builder::batch_scheduling`](crate::Builder::batch_scheduling)) that runs `group`: one shard,
 /// or several in a [`group`] (contiguous IDs). Each shard's handler is created on it by
-/// `factory`.
+/// `factory`, and the shard placed in its desk in `desks`, where other threads can give it a
+/// turn if `share` ([`help`](super::help)).
 pub(crate) fn spawn<H, F>(
     mut group: Vec<ShardParts<H>>,
     group_poll: Option<mio::Poll>,
     factory: Arc<F>,
+    desks: Arc<[Desk<H>]>,
     batch: bool,
+    share: bool,
 ) -> std::io::Result<std::thread::JoinHandle<()>>
 where
     H: Handler,
@@ -132,11 +136,9 @@ where
         return Err(std::io::Error::other("a shard group cannot be empty"));
     };
     let ids = (first.id, last.id + 1);
-    let outer = if group.len() > 1 {
-        Some(group_poll.ok_or_else(|| std::io::Error::other("a shard group needs its poller"))?)
-    } else {
-        None
-    };
+    if group.len() > 1 && group_poll.is_none() {
+        return Err(std::io::Error::other("a shard group needs its poller"));
+    }
     for p in &mut group {
         p.register()?;
     }
@@ -150,18 +152,21 @@ where
             sys::set_batch_scheduling();
         }
         // each handler is made and each shard built inside its own scope
-        let build = |parts: ShardParts<H>| {
-            let _scope = ShardScope::enter(parts.id, &parts.stats);
-            let handler = factory(ShardId(parts.id));
-            parts.build(handler)
-        };
-        match outer {
-            // one shard: its scope lasts the thread's life
-            None => group.into_iter().for_each(|p| {
-                let _scope = ShardScope::enter(p.id, &p.stats);
-                build(p).run()
-            }),
-            Some(outer) => group::run(group.into_iter().map(build).collect(), outer, ids),
+        let mut poll = group_poll;
+        for parts in group {
+            let id = parts.id;
+            let _scope = ShardScope::enter(id, &parts.stats);
+            let handler = factory(ShardId(id));
+            let mut shard = parts.build(handler);
+            // a lone shard's poller is the thread's
+            if let Some(p) = shard.poll.take() {
+                poll = Some(p);
+            }
+            *desks[id].shard.lock() = Some(shard);
+        }
+        match poll {
+            Some(poll) => group::run(desks, ids, poll, share),
+            None => tracing::error!(group = ?ids, "a shard thread has no poller"),
         }
     })
 }

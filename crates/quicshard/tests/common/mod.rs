@@ -32,7 +32,7 @@ struct Serving {
 }
 
 /// Called by [`Server`] when a connection closes (`Handler::on_closed`).
-pub type CloseHook = Box<dyn FnMut(&mut ShardCtx<'_>, ConnId, &ConnectionError)>;
+pub type CloseHook = Box<dyn FnMut(&mut ShardCtx<'_>, ConnId, &ConnectionError) + Send>;
 
 /// Serves payloads; panics on a request of [`PANIC_SIZE`] bytes.
 #[derive(Default)]
@@ -45,7 +45,7 @@ pub struct Server {
 impl Server {
     /// A server that also runs `hook` for each connection that closes.
     pub fn with_close_hook(
-        hook: impl FnMut(&mut ShardCtx<'_>, ConnId, &ConnectionError) + 'static,
+        hook: impl FnMut(&mut ShardCtx<'_>, ConnId, &ConnectionError) + Send + 'static,
     ) -> Self {
         Self {
             on_closed: Some(Box::new(hook)),

@@ -165,7 +165,8 @@ impl Report {
 
 /// Runs the load and prints the report; an error if nothing could be measured.
 pub fn run(args: Args) -> Result<(), Fatal> {
-    if args.connections == 0 || args.streams == 0 || args.duration.is_nan() || args.duration <= 0.0 {
+    if args.connections == 0 || args.streams == 0 || args.duration.is_nan() || args.duration <= 0.0
+    {
         return Err(Fatal(
             "--connections, --streams and --duration must be positive".into(),
         ));

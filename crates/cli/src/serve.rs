@@ -60,6 +60,14 @@ pub(crate) struct Args {
     /// Connections per shard beyond which new ones are refused (CONNECTION_REFUSED).
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// New connections each shard accepts per loop turn, after the turn's traffic on
+    /// established connections (each costs an ECDHE and a signature) [default: 4].
+    #[arg(long, value_name = "N")]
+    handshakes_per_turn: Option<usize>,
+    /// New connections that may wait per shard for a later turn; beyond them an Initial is
+    /// refused with CONNECTION_REFUSED [default: 1024].
+    #[arg(long, value_name = "N")]
+    handshake_queue: Option<usize>,
     /// Close connections idle for this many milliseconds (transport parameter max_idle_timeout).
     #[arg(long, value_name = "MS")]
     idle_timeout: Option<u32>,
@@ -236,6 +244,17 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         .retry(args.retry)
         .zero_rtt(args.zero_rtt)
         .preferred_address(args.preferred_address);
+    if args.handshakes_per_turn.is_some() || args.handshake_queue.is_some() {
+        let d = quicshard::Admission::default();
+        let per_turn = match crate::count_flag("handshakes-per-turn", args.handshakes_per_turn)? {
+            Some(n) => n,
+            None => d.per_turn,
+        };
+        builder = builder.admission(quicshard::Admission {
+            per_turn,
+            queue: args.handshake_queue.unwrap_or(d.queue),
+        });
+    }
     if let Some(n) = args.retry_threshold {
         builder = builder.retry_threshold(n);
     }

@@ -82,6 +82,7 @@ pub struct Builder<H> {
     retry: bool,
     retry_threshold: Option<usize>,
     max_connections: usize,
+    admission: crate::Admission,
     pub(crate) alpn: Vec<Vec<u8>>,
     zero_rtt: bool,
     preferred_address: bool,
@@ -160,6 +161,22 @@ impl<H: Handler> Builder<H> {
     /// `0` behaves like [`Builder::retry`]`(true)`, which takes precedence. Default: off.
     pub fn retry_threshold(mut self, n: usize) -> Self {
         self.retry_threshold = Some(n);
+        self
+    }
+    /// How each shard admits new connections: at most `per_turn` accepted per loop turn, after
+    /// the turn's datagrams for established connections; up to `queue` more wait for later
+    /// turns, and an Initial beyond those is refused with CONNECTION_REFUSED. Accepting is
+    /// where a handshake's ECDHE and signature are computed, so this bounds how long a burst
+    /// of handshakes can hold established connections (counters: `handshakes_queued`,
+    /// `handshakes_deferred`, `handshakes_refused`). Default [`Admission::default`]: 4 per
+    /// turn, 1,024 waiting.
+    ///
+    /// [`Admission::default`]: crate::Admission
+    pub fn admission(mut self, a: crate::Admission) -> Self {
+        self.admission = crate::Admission {
+            per_turn: a.per_turn.max(1),
+            queue: a.queue,
+        };
         self
     }
     /// Connections per shard beyond which new ones are refused. Default 100 000.
@@ -268,6 +285,7 @@ impl<H: Handler> Builder<H> {
             retry: self.retry,
             retry_threshold: self.retry_threshold,
             max_connections: self.max_connections,
+            admission: self.admission,
             tickets,
         });
         Ok((shared, certificate))
@@ -445,6 +463,7 @@ impl<H: Handler> Engine<H> {
             retry: false,
             retry_threshold: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            admission: crate::Admission::default(),
             alpn: Vec::new(),
             zero_rtt: false,
             preferred_address: false,

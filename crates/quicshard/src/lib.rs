@@ -28,6 +28,7 @@ pub mod tls;
 pub use engine::{Builder, Engine, StartError, DEFAULT_MAX_CONNECTIONS};
 pub use handler::{ConnId, Handler, Remote, RemoteError, ShardCtx, ShardId, HANDLER_PANIC_CODE};
 pub use inject::{InjectError, InjectStats, Injector};
+pub use shard::Admission;
 pub use stats::ShardStats;
 
 pub use quinn_proto;

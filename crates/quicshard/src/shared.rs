@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     /// With `retry` off: send Retries once this many handshakes are in progress on a shard.
     pub(crate) retry_threshold: Option<usize>,
     pub(crate) max_connections: usize,
+    /// How much handshake work a shard takes on per turn, and how many new connections wait.
+    pub(crate) admission: crate::Admission,
     /// How sessions resume across shards.
     pub(crate) tickets: Tickets,
 }

@@ -58,6 +58,13 @@ stats! {
     /// Turns this shard got from another shard's thread because its own thread had not run it
     /// for a while with input waiting (turn sharing, `shard/help.rs`).
     helped_turns,
+    /// New connections waiting for admission now (a gauge; see `Builder::admission`).
+    handshakes_queued,
+    /// New connections that waited for a later turn than the one their Initial arrived in,
+    /// because the turn's admission budget was spent.
+    handshakes_deferred,
+    /// New connections refused with CONNECTION_REFUSED because the admission queue was full.
+    handshakes_refused,
     /// Handshakes completed (server and client side).
     handshakes,
     /// Client connections created on this shard by `connect`.
@@ -118,4 +125,13 @@ stats! {
     budget_exhausted,
     /// Microseconds spent working (not blocked in `poll`); compare with wall time for load.
     busy_micros,
+    /// CPU microseconds the shard's turns used (thread CPU time, so time the thread was
+    /// descheduled in a turn is not in it, while it is in `busy_micros`).
+    cpu_micros,
+    /// Turns that took longer than 50 ms of wall time while the thread had the CPU for at least
+    /// half of it: real stalls, each logged as a warning.
+    stalled_turns,
+    /// Turns that took longer than 50 ms of wall time while the thread had the CPU for less than
+    /// half of it: the thread was descheduled (the machine is overloaded), logged at debug.
+    descheduled_turns,
 }

@@ -142,6 +142,8 @@ impl<H: Handler> Shard<H> {
             }
         }
         let short = data.first().is_some_and(|&b| b & 0x80 == 0);
+        // an Initial that may wait for admission must not pin a chunk of the shard's arena
+        let data = self.admit.detach_if_waiting(data, &core.shared.admission);
         let now = core.now;
         core.resp_buf.clear();
         match core
@@ -172,15 +174,18 @@ impl<H: Handler> Shard<H> {
                 }
                 send_response(&mut self.socks[s], core, &t);
             }
-            // Our Incomings are resolved at once, so the endpoint buffered nothing: it dropped it.
+            // dropped, or kept for a new connection that waits for admission (quinn-proto
+            // buffers a pending `Incoming`'s further datagrams)
             None => {
                 core.stats.dropped_endpoint.fetch_add(1, Relaxed);
             }
         }
     }
 
-    /// A new Initial: accept it, answer with a Retry, or refuse it.
+    /// A new Initial: refuse it, answer with a Retry, or queue it for admission ([`super::admit`]).
     fn on_incoming(&mut self, s: usize, incoming: Incoming) {
+        // connections waiting for admission are handshakes in progress too
+        let pending = self.admit.waiting();
         let core = &mut self.core;
         let sock = &mut self.socks[s];
         core.resp_buf.clear();
@@ -197,7 +202,7 @@ impl<H: Handler> Shard<H> {
             || core
                 .shared
                 .retry_threshold
-                .is_some_and(|n| core.conns.handshaking() >= n);
+                .is_some_and(|n| core.conns.handshaking() + pending >= n);
         if retry && !incoming.remote_address_validated() {
             match core.endpoint.retry(incoming, &mut core.resp_buf) {
                 Ok(t) => {
@@ -208,30 +213,7 @@ impl<H: Handler> Shard<H> {
             }
             return;
         }
-        match core
-            .endpoint
-            .accept(incoming, core.now, &mut core.resp_buf, None)
-        {
-            Ok((ch, conn)) => {
-                core.conns.insert(ch.0, conn, s);
-                // slot < endpoint slab size, far below u32::MAX
-                core.conns.start_handshake(ch.0 as u32);
-                core.stats.connections_accepted.fetch_add(1, Relaxed);
-                core.stats
-                    .connections_open
-                    .store(core.conns.len() as u64, Relaxed);
-            }
-            Err(e) => {
-                tracing::debug!(shard = core.id, cause = %e.cause, "accept failed");
-                match e.response {
-                    Some(t) => send_response(sock, core, &t),
-                    // e.g. the Initial's packet protection failed: dropped without an answer
-                    None => {
-                        core.stats.dropped_endpoint.fetch_add(1, Relaxed);
-                    }
-                }
-            }
-        }
+        self.enqueue_incoming(s, incoming);
     }
 }
 
@@ -279,7 +261,11 @@ pub fn check_before_endpoint(
 
 /// Queues an endpoint-generated packet from `core.resp_buf`; dropped if the socket is blocked
 /// (best effort: the peer retries).
-fn send_response(sock: &mut super::io::Sock, core: &super::Core, t: &quinn_proto::Transmit) {
+pub(super) fn send_response(
+    sock: &mut super::io::Sock,
+    core: &super::Core,
+    t: &quinn_proto::Transmit,
+) {
     if !sock.queue_copy(t, &core.resp_buf[..t.size]) {
         core.stats.dropped_send_error.fetch_add(1, Relaxed);
     }

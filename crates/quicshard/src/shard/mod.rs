@@ -18,6 +18,7 @@
 //! datagrams are copied into, [`sys`] the raw `sendmmsg`, [`mailbox`], [`timers`], [`conns`];
 //! [`group`] runs several shards on one thread.
 
+mod admit;
 pub(crate) mod arena;
 pub(crate) mod conns;
 mod drive;
@@ -46,6 +47,8 @@ use crate::cid::ShardCidGenerator;
 use crate::handler::{ConnId, Handler, ShardCtx};
 use crate::shared::Shared;
 use crate::stats::Counters;
+pub use admit::Admission;
+use admit::AdmitQueue;
 use arena::Arena;
 use conns::ConnTable;
 use io::{RxBufs, Sock, CLIENT, LISTEN};
@@ -76,19 +79,33 @@ const CONNS_PER_ITER: usize = 256;
 /// `poll_transmit` calls (each up to a GSO batch) per connection per drive. Why: one bulk sender
 /// cannot monopolise the socket; it is re-queued behind the others.
 const TRANSMITS_PER_DRIVE: usize = 16;
-/// An iteration's work longer than this is logged as a stall. Why: at 50 ms, timers and acks of
-/// every other connection on the shard are late by a noticeable fraction of an RTT.
+/// An iteration's work longer than this is a stall. Why: at 50 ms, timers and acks of every
+/// other connection on the shard are late by a noticeable fraction of an RTT. It is a warning
+/// only when the thread had the CPU for at least half of it ([`STALL_CPU_SHARE`]); otherwise
+/// the thread was descheduled, which the engine cannot fix.
 const STALL_WARNING: Duration = Duration::from_millis(50);
+/// The share of a long turn's wall time the thread must have run for the turn to count as a
+/// stall of the engine's own (see [`STALL_WARNING`]).
+const STALL_CPU_SHARE: f64 = 0.5;
 /// Application-event passes per drive. Why: a callback can trigger more events on its own
 /// connection; a few passes pick those up without letting a handler loop forever.
 const EVENT_PASSES_PER_DRIVE: usize = 4;
 
 thread_local! {
     static CURRENT_SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+    /// The thread's CPU time (µs) at the end of its last shard turn: a turn's CPU is the
+    /// difference at its end (one clock read per turn; the `poll` in between costs little).
+    static TURN_CPU: Cell<u64> = const { Cell::new(0) };
     /// The counters of the shard running on this thread, for code called from deep inside
     /// quinn-proto / rustls (the shared ticketer).
     static SHARD_COUNTERS: std::cell::RefCell<Option<Arc<Counters>>> =
         const { std::cell::RefCell::new(None) };
+}
+
+/// Starts the calling thread's turn CPU clock (see `TURN_CPU`): at a shard thread's start, and
+/// before each direct-backend iteration, whose thread runs other code between turns.
+pub(crate) fn start_turn_cpu_clock() {
+    TURN_CPU.with(|c| c.set(sys::thread_cpu_micros()));
 }
 
 /// Counts a decrypted session ticket on the calling shard (no-op off shard threads).
@@ -222,6 +239,8 @@ pub(crate) struct Shard<H> {
     /// The last iteration left work behind (a budget stopped it, or a flush unblocked
     /// connections): the next one must not block.
     carry: bool,
+    /// New connections waiting for admission, and this turn's count.
+    admit: AdmitQueue,
 }
 
 impl<H: Handler> Shard<H> {
@@ -229,6 +248,9 @@ impl<H: Handler> Shard<H> {
     /// (`None`: until the next deadline; never when work was left over), then drains inputs and
     /// drives outputs. Returns `false` once the shard has shut down.
     pub(crate) fn iterate(&mut self, events: &mut mio::Events, max_wait: Option<Duration>) -> bool {
+        // the caller's thread runs application code between iterations: the turn's CPU counts
+        // from here
+        start_turn_cpu_clock();
         let timeout = if self.carry {
             Some(Duration::ZERO)
         } else {
@@ -292,6 +314,10 @@ impl<H: Handler> Shard<H> {
         if !self.fire_timers() {
             more = true;
         }
+        // new connections, after this turn's input for established ones
+        if !self.admit() {
+            more = true;
+        }
         // outputs
         if !self.drive_dirty() {
             more = true;
@@ -310,15 +336,41 @@ impl<H: Handler> Shard<H> {
         if more {
             self.core.stats.budget_exhausted.fetch_add(1, Relaxed);
         }
+        self.account_turn();
+        true
+    }
+
+    /// Adds the turn's wall and CPU time to the counters and tells a stall (the turn used the
+    /// CPU for most of a long time) from a descheduled thread.
+    fn account_turn(&mut self) {
         let busy = self.core.now.elapsed();
-        self.core
-            .stats
+        let cpu_now = sys::thread_cpu_micros();
+        let cpu = cpu_now.saturating_sub(TURN_CPU.with(|c| c.replace(cpu_now)));
+        let stats = &self.core.stats;
+        stats
             .busy_micros
             .fetch_add(busy.as_micros() as u64, Relaxed);
+        stats.cpu_micros.fetch_add(cpu, Relaxed);
         if busy > STALL_WARNING {
-            tracing::warn!(shard = self.core.id, ?busy, "shard loop iteration stalled");
+            let cpu = Duration::from_micros(cpu);
+            if cpu.as_secs_f64() >= busy.as_secs_f64() * STALL_CPU_SHARE {
+                stats.stalled_turns.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    shard = self.core.id,
+                    ?busy,
+                    ?cpu,
+                    "shard loop iteration stalled"
+                );
+            } else {
+                stats.descheduled_turns.fetch_add(1, Relaxed);
+                tracing::debug!(
+                    shard = self.core.id,
+                    ?busy,
+                    ?cpu,
+                    "shard loop iteration descheduled"
+                );
+            }
         }
-        true
     }
 
     /// Before a turn given without readiness events ([`help`]): every input counts as ready.
@@ -418,6 +470,8 @@ impl<H: Handler> Shard<H> {
         let core = &mut self.core;
         core.stopping = Some(core.stopping.map_or(deadline, |d| d.min(deadline)));
         core.endpoint.set_server_config(None);
+        self.refuse_waiting();
+        let core = &mut self.core;
         let slots: Vec<u32> = core.conns.slots().collect();
         for slot in slots {
             if let Some(e) = core.conns.get_mut(slot) {

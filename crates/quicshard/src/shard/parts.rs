@@ -77,6 +77,7 @@ impl<H: Handler> ShardParts<H> {
         let server_config = shared.server_config_for(self.preferred);
         let endpoint = Endpoint::new(endpoint_config, server_config, true, None);
         let token_base = self.poller.token_base();
+        let shared_admission = shared.admission;
         let gro = self.socks[LISTEN]
             .gro_segments()
             .max(self.socks[CLIENT].gro_segments());
@@ -111,6 +112,7 @@ impl<H: Handler> ShardParts<H> {
             mail_pending: true,
             peers: self.peers,
             carry: true,
+            admit: super::AdmitQueue::new(&shared_admission),
         }
     }
 }
@@ -164,6 +166,7 @@ where
             }
             *desks[id].shard.lock() = Some(shard);
         }
+        super::start_turn_cpu_clock();
         match poll {
             Some(poll) => group::run(desks, ids, poll, share),
             None => tracing::error!(group = ?ids, "a shard thread has no poller"),

@@ -8,15 +8,17 @@
 //! shard (ready queue) or wake a poller (ready list) or a thread (signal) before unlocking; a
 //! memory link's queue and the driver's published state are leaves.
 
+//!
+//! One mutex is outside the order on purpose: a spawned shard's turn lock (`shard/help.rs`),
+//! held around a whole turn (so every lock above nests inside it) and taken only at the top of
+//! a shard thread's loop with nothing else held.
+
 #![allow(unexpected_cfgs)] // cfg(loom): see handle/sync.rs
 
 use ranked_lock::Rank;
 
 /// The direct driver's gate (busy flag, waiting threads).
 pub(crate) const DIRECT_GATE: Rank = Rank::new(2, "direct driver gate");
-/// A spawned shard's turn lock, held for a whole turn by its thread or a helper
-/// (`shard/help.rs`); never nested with the direct driver's locks.
-pub(crate) const SHARD_TURN: Rank = Rank::new(3, "shard turn");
 /// The direct driver's shards, held for a whole turn.
 pub(crate) const DIRECT_CORE: Rank = Rank::new(4, "direct driver core");
 /// A handle-mode engine's accept queue.

@@ -127,7 +127,7 @@ fn a_long_turn_is_a_stall_only_when_it_used_the_cpu() {
     let s = srv.stats();
     assert_eq!((s[0].stalled_turns, s[0].descheduled_turns), (1, 0));
     assert_eq!((s[1].stalled_turns, s[1].descheduled_turns), (0, 1));
-    assert!(s[0].cpu_micros >= 70_000, "{:?}", s[0]);
+    assert!(s[0].cpu_micros * 2 >= s[0].busy_micros, "{:?}", s[0]);
     assert!(
         s[1].cpu_micros < 40_000 && s[1].busy_micros >= 80_000,
         "{:?}",

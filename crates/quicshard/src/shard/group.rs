@@ -107,7 +107,7 @@ pub(crate) fn run<H: Handler>(
                 continue;
             }
             spoke[k] = false;
-            let mut g = desk.shard.lock();
+            let mut g = desk.lock();
             let Some(shard) = g.as_mut() else {
                 live[k] = false;
                 continue;

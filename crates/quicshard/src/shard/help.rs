@@ -31,15 +31,12 @@
 use std::os::fd::RawFd;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
-
-use ranked_lock::Mutex;
 
 use super::mailbox::MailboxTx;
 use super::{Shard, ShardScope};
 use crate::handler::Handler;
-use crate::ranks::SHARD_TURN;
 
 /// A shard whose last turn ended longer ago than this and that has input waiting gets a turn
 /// from a helper. Why: long enough that a shard whose thread is running is never helped (its
@@ -62,8 +59,11 @@ pub(crate) fn micros(t: Instant) -> u64 {
 
 /// One shard as every shard thread sees it.
 pub(crate) struct Desk<H> {
-    /// The shard, once its thread built it; `None` before and after its life.
-    pub(crate) shard: Mutex<Option<Shard<H>>>,
+    /// The shard, once its thread built it; `None` before and after its life. The turn lock is
+    /// a plain `std` mutex, outside the ranked order (`ranks.rs`): it is held around a whole
+    /// turn, so every lock a handler takes nests inside it whatever its rank, and it is only
+    /// ever taken at the top of a shard thread's loop, holding nothing else.
+    shard: std::sync::Mutex<Option<Shard<H>>>,
     /// When its last turn ended ([`micros`]).
     serviced: AtomicU64,
     /// Its next deadline ([`micros`]; [`NEVER`]).
@@ -80,12 +80,26 @@ pub(crate) struct Desk<H> {
 impl<H: Handler> Desk<H> {
     pub(crate) fn new(fds: Vec<RawFd>, mailbox: MailboxTx<H>) -> Self {
         Self {
-            shard: Mutex::new(SHARD_TURN, None),
+            shard: std::sync::Mutex::new(None),
             serviced: AtomicU64::new(0),
             due: AtomicU64::new(0),
             sleeps_until: AtomicU64::new(0),
             fds,
             mailbox,
+        }
+    }
+
+    /// Takes the turn lock, waiting for a helper's turn to end.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Option<Shard<H>>> {
+        self.shard.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the turn lock if nobody runs the shard.
+    fn try_lock(&self) -> Option<MutexGuard<'_, Option<Shard<H>>>> {
+        match self.shard.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
         }
     }
 
@@ -198,7 +212,7 @@ impl<H: Handler> Helper<H> {
         for &j in &ready {
             self.next = j + 1;
             let d = &self.desks[j];
-            let Some(mut g) = d.shard.try_lock() else {
+            let Some(mut g) = d.try_lock() else {
                 continue;
             };
             let Some(shard) = g.as_mut() else { continue };

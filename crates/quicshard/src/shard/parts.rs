@@ -164,7 +164,7 @@ where
             if let Some(p) = shard.poll.take() {
                 poll = Some(p);
             }
-            *desks[id].shard.lock() = Some(shard);
+            *desks[id].lock() = Some(shard);
         }
         super::start_turn_cpu_clock();
         match poll {

@@ -81,6 +81,7 @@ pub(crate) fn run<H: Handler>(
             (next != u64::MAX)
                 .then(|| Duration::from_micros(next.saturating_sub(help::micros(Instant::now()))))
         };
+        let polled_at = Instant::now();
         let polled = poll.poll(&mut events, timeout);
         if share {
             own.iter().for_each(|d| d.set_sleep(0));
@@ -125,7 +126,12 @@ pub(crate) fn run<H: Handler>(
             }
         }
         if let Some(h) = &mut helper {
-            h.help(Instant::now());
+            // only a busy thread helps: one that slept in this poll has CPU time to spare, and
+            // so, most likely, has the machine, whose idle CPU then runs a waiting shard's
+            // thread itself
+            if now.saturating_duration_since(polled_at) < help::BUSY_POLL {
+                h.help(Instant::now());
+            }
         }
     }
     GROUP.with(|g| g.set(None));

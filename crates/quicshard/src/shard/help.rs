@@ -47,6 +47,13 @@ pub(crate) const HELP_AFTER: Duration = Duration::from_micros(100);
 /// `poll(2)` (about 1 µs); at most 20,000 of them per second per running thread.
 pub(crate) const HELP_CHECK: Duration = Duration::from_micros(50);
 
+/// A thread whose last `poll` returned within this time is busy and may help; one that slept
+/// longer does not look for shards to help in that iteration. Why: at light load every thread
+/// sleeps between datagrams, the CPUs are not contended, and a look would mostly find the
+/// datagram that is about to wake the other shard's own thread (two wake-ups for one datagram:
+/// CPU per request at 5,000 requests/s rose by half without this gate).
+pub(crate) const BUSY_POLL: Duration = Duration::from_micros(20);
+
 /// `u64::MAX` in a deadline or sleep field: none.
 const NEVER: u64 = u64::MAX;
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use quicshard::{Engine, ShardId};
+use quicshard::{Engine, Remote, ShardId};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -24,27 +24,39 @@ fn four_on_two(sharing: bool) -> Engine<Server> {
         .unwrap()
 }
 
-/// Blocks thread 1 inside a turn of shard 2 until `release` is set; returns once it is blocked.
-fn block_shard_2(srv: &Engine<Server>, release: &Arc<AtomicBool>) {
+/// Holds `shard`'s thread inside a turn of that shard until the returned flag is set; returns
+/// once it is held.
+fn hold(srv: &Engine<Server>, shard: usize) -> Arc<AtomicBool> {
+    let release = Arc::new(AtomicBool::new(false));
     let (tx, rx) = crossbeam_channel::bounded(1);
-    let release = release.clone();
+    let r = release.clone();
     srv.remote()
-        .run_on(ShardId(2), move |_, _| {
+        .run_on(ShardId(shard), move |_, _| {
             tx.send(()).unwrap();
-            while !release.load(SeqCst) {
+            while !r.load(SeqCst) {
                 std::thread::sleep(Duration::from_millis(1));
             }
         })
         .unwrap();
-    rx.recv_timeout(TIMEOUT).expect("shard 2 never ran");
+    rx.recv_timeout(TIMEOUT).expect("the shard never ran");
+    release
+}
+
+/// Mail for shard 0 that posts itself again until `stop`.
+fn busy(remote: Remote<Server>, stop: Arc<AtomicBool>) {
+    let again = remote.clone();
+    let _ = remote.run_on(ShardId(0), move |_, _| {
+        if !stop.load(SeqCst) {
+            busy(again, stop);
+        }
+    });
 }
 
 /// Asks shard 3 for the name of the thread that runs it, while thread 1 is blocked in shard 2
-/// and thread 0 is kept awake by mail for shard 0; releases shard 2 only after the answer came
+/// and thread 0 is kept busy by mail for shard 0; releases shard 2 only after the answer came
 /// or `patience` passed. Returns (thread name, whether it came before the release).
 fn ask_shard_3(srv: &Engine<Server>, patience: Duration) -> (String, bool) {
-    let release = Arc::new(AtomicBool::new(false));
-    block_shard_2(srv, &release);
+    let release = hold(srv, 2);
     let (tx, rx) = crossbeam_channel::bounded(1);
     let released = release.clone();
     srv.remote()
@@ -54,17 +66,12 @@ fn ask_shard_3(srv: &Engine<Server>, patience: Duration) -> (String, bool) {
             tx.send((name, !released.load(SeqCst))).unwrap();
         })
         .unwrap();
-    let start = Instant::now();
-    let answer = loop {
-        // mail keeps thread 0 running, as traffic on its shards would
-        let _ = srv.remote().run_on(ShardId(0), |_, _| {});
-        if let Ok(a) = rx.recv_timeout(Duration::from_millis(1)) {
-            break Some(a);
-        }
-        if start.elapsed() > patience {
-            break None;
-        }
-    };
+    // mail that posts itself again keeps thread 0 busy (its polls return at once), as traffic
+    // on its shards would: only a busy thread helps
+    let stop = Arc::new(AtomicBool::new(false));
+    busy(srv.remote(), stop.clone());
+    let answer = rx.recv_timeout(patience).ok();
+    stop.store(true, SeqCst);
     release.store(true, SeqCst);
     answer.unwrap_or_else(|| rx.recv_timeout(TIMEOUT).expect("shard 3 never ran"))
 }
@@ -167,18 +174,7 @@ fn a_burst_of_initials_is_admitted_per_turn_queued_then_refused() {
         .unwrap();
     // hold the shard in a turn while 10 Initials reach its mailbox: the turn that goes on
     // after the hold takes all of them at once
-    let release = Arc::new(AtomicBool::new(false));
-    let (held_tx, held) = crossbeam_channel::bounded(1);
-    let r = release.clone();
-    srv.remote()
-        .run_on(ShardId(0), move |_, _| {
-            held_tx.send(()).unwrap();
-            while !r.load(SeqCst) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-        .unwrap();
-    held.recv_timeout(TIMEOUT).unwrap();
+    let release = hold(&srv, 0);
     let mut inj = srv.injector();
     for (d, from) in initials(10, srv.local_addr()) {
         inj.inject(&d, from, None).unwrap();

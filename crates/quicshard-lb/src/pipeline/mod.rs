@@ -1,8 +1,10 @@
-//! The threaded pipeline: receivers → processors → forwarders, plus slow-path workers.
+//! The threaded pipelines, staged (receivers → processors → forwarders) or inline (each worker
+//! reads, routes and sends its own batches), plus slow-path workers.
 //!
-//! This module owns [`Lb`] (start, stats, reload, shutdown) and the receiver, processor and
-//! slow-path thread loops; [`forward`] owns the forwarders and the proxy sessions; [`stats`]
-//! the counters.
+//! This module owns [`Lb`] (start, stats, reload, shutdown), the routing of one packet and the
+//! slow-path thread loop; [`staged`] owns the receiver and processor loops, [`inline`] the
+//! run-to-completion workers, [`read`] the batched reads both use, [`forward`] the forwarders and
+//! the proxy sessions, [`stats`] the counters. The staged pipeline:
 //!
 //! - **Receivers** (`receivers` threads, one cloned listen socket each) read up to `read_batch`
 //!   datagrams per `recvmmsg` into pool buffers, parse the invariant header just enough to

@@ -36,8 +36,9 @@ use crate::shard::mailbox::Msg;
 #[derive(Debug, Clone)]
 pub struct HandleConfig {
     /// Bytes per stream direction buffered between the app and the shard at most. Default
-    /// 256 KiB. Larger pipes mean fewer wake-ups per byte for bulk transfers (256 KiB moved
-    /// about a third more per second than 64 KiB through the handles in `docs/BENCHMARKS.md`).
+    /// 256 KiB. Larger pipes mean fewer wake-ups per byte for bulk transfers (through the
+    /// handles, 256 KiB cost 1.06x the callback API's CPU per GiB, 64 KiB 1.17x:
+    /// `docs/BENCHMARKS.md`).
     /// Memory follows what a pipe holds, not its capacity: the buffer starts at one page and
     /// doubles as it fills.
     pub pipe_capacity: usize,

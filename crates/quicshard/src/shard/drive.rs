@@ -1,7 +1,7 @@
 //! Driving one connection: endpoint events, application events (handler callbacks, each under
 //! `catch_unwind`), transmits (GSO batches under a budget), the next timer, and removal once
 //! drained. The order follows quinn-proto's `Connection` docs: after any input, poll endpoint
-//! events, then app events, then transmits, then `poll_timeout`.
+//! events, then app events, then transmits, endpoint events once more, then `poll_timeout`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;

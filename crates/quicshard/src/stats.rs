@@ -98,6 +98,11 @@ stats! {
     /// Server connections whose client moved to this shard's preferred address (its own port):
     /// their datagrams now arrive, and replies leave, there.
     preferred_address_moves,
+    /// Times a server connection stopped sending because the next datagram would have taken it
+    /// past three times the bytes its unvalidated client address sent (RFC 9000 §8.1, enforced
+    /// by the engine: see `shard/amplify.rs`); it resumes when the client sends more or its
+    /// address is validated. Counted once per stop, not per attempt.
+    amplification_blocked,
     /// Retry packets sent.
     retry_sent,
     /// Session tickets this shard decrypted: TLS resumptions, possibly of tickets another shard

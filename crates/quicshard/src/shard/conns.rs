@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use quinn_proto::Connection;
 
+use super::amplify::AmpBudget;
 use crate::handler::ConnId;
 
 /// One live connection and its loop bookkeeping.
@@ -33,6 +34,8 @@ pub(crate) struct Entry {
     handshaking: bool,
     /// Its accepted 0-RTT was counted.
     pub(crate) zero_rtt_counted: bool,
+    /// Bytes received from and sent to a not yet validated address (see `amplify`).
+    pub(crate) amp: AmpBudget,
 }
 
 struct Slot {
@@ -66,6 +69,7 @@ impl ConnTable {
         );
         s.gen = s.gen.wrapping_add(1);
         s.entry = Some(Entry {
+            amp: AmpBudget::new(conn.side()),
             conn,
             sock,
             timer: None,

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::BytesMut;
 use quinn_proto::{ConnectionId, ConnectionIdGenerator, DatagramEvent, EcnCodepoint, Incoming};
 
+use super::amplify;
 use super::io::{CLIENT, LISTEN};
 use super::mailbox::{Handoff, Msg, SendError};
 use super::{Handler, Shard, RECV_CALLS_PER_ITER};
@@ -142,6 +143,8 @@ impl<H: Handler> Shard<H> {
             }
         }
         let short = data.first().is_some_and(|&b| b & 0x80 == 0);
+        let len = data.len();
+        let proves = amplify::proves_address(&data);
         let now = core.now;
         core.resp_buf.clear();
         match core
@@ -151,7 +154,7 @@ impl<H: Handler> Shard<H> {
             Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
                 let slot = ch.0 as u32;
                 if let Some(e) = core.conns.get_mut(slot) {
-                    e.conn.handle_event(ev);
+                    amplify_hook(e, remote, len, proves, ev);
                     // a server connection answers from the socket its peer now uses: the
                     // listen port, or this shard's own port once the client moved to the
                     // preferred address
@@ -164,7 +167,7 @@ impl<H: Handler> Shard<H> {
                     core.conns.mark_dirty(slot);
                 }
             }
-            Some(DatagramEvent::NewConnection(incoming)) => self.on_incoming(s, incoming),
+            Some(DatagramEvent::NewConnection(incoming)) => self.on_incoming(s, incoming, len),
             Some(DatagramEvent::Response(t)) => {
                 if short {
                     // a stateless reset for a CID that looks like ours but is unknown
@@ -179,8 +182,9 @@ impl<H: Handler> Shard<H> {
         }
     }
 
-    /// A new Initial: accept it, answer with a Retry, or refuse it.
-    fn on_incoming(&mut self, s: usize, incoming: Incoming) {
+    /// A new Initial (in a datagram of `len` bytes): accept it, answer with a Retry, or refuse
+    /// it.
+    fn on_incoming(&mut self, s: usize, incoming: Incoming, len: usize) {
         let core = &mut self.core;
         let sock = &mut self.socks[s];
         core.resp_buf.clear();
@@ -208,12 +212,19 @@ impl<H: Handler> Shard<H> {
             }
             return;
         }
+        let validated = incoming.remote_address_validated();
         match core
             .endpoint
             .accept(incoming, core.now, &mut core.resp_buf, None)
         {
             Ok((ch, conn)) => {
                 core.conns.insert(ch.0, conn, s);
+                if let Some(e) = core.conns.get_mut(ch.0 as u32) {
+                    e.amp.on_received(len);
+                    if validated {
+                        e.amp.validate();
+                    }
+                }
                 // slot < endpoint slab size, far below u32::MAX
                 core.conns.start_handshake(ch.0 as u32);
                 core.stats.connections_accepted.fetch_add(1, Relaxed);
@@ -232,6 +243,30 @@ impl<H: Handler> Shard<H> {
                 }
             }
         }
+    }
+}
+
+/// Hands a datagram of `len` bytes from `remote` to its connection, with the amplification
+/// account (`amplify`): bytes from the connection's address count as received, and a datagram
+/// that `proves` the address validates it once quinn-proto processed a frame of it.
+fn amplify_hook(
+    e: &mut super::conns::Entry,
+    remote: SocketAddr,
+    len: usize,
+    proves: bool,
+    ev: quinn_proto::ConnectionEvent,
+) {
+    if e.amp.is_validated() {
+        e.conn.handle_event(ev);
+        return;
+    }
+    if remote == e.conn.remote_address() {
+        e.amp.on_received(len);
+    }
+    let before = proves.then(|| amplify::frames_received(&e.conn.stats()));
+    e.conn.handle_event(ev);
+    if before.is_some_and(|b| amplify::frames_received(&e.conn.stats()) > b) {
+        e.amp.validate();
     }
 }
 

@@ -18,6 +18,7 @@
 //! datagrams are copied into, [`sys`] the raw `sendmmsg`, [`mailbox`], [`timers`], [`conns`];
 //! [`group`] runs several shards on one thread.
 
+pub(crate) mod amplify;
 pub(crate) mod arena;
 pub(crate) mod conns;
 mod drive;

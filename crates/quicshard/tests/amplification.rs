@@ -187,4 +187,3 @@ fn honest_clients_complete_with_a_large_certificate() {
     client.shutdown(Duration::from_secs(1));
     server.shutdown(Duration::from_secs(1));
 }
-

@@ -227,7 +227,10 @@ mod tests {
         let mut mixed = hs.clone();
         mixed.extend_from_slice(&long(0, v1, 40));
         assert!(!proves_address(&mixed));
-        assert!(!proves_address(&long(2, 0x6b33_43cf, 40)), "QUIC v2 / unknown");
+        assert!(
+            !proves_address(&long(2, 0x6b33_43cf, 40)),
+            "QUIC v2 / unknown"
+        );
         assert!(!proves_address(&hs[..hs.len() - 1]), "truncated");
         assert!(!proves_address(&[]));
         assert!(!proves_address(&[0xe0, 0, 0]));

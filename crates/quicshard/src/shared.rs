@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     /// With `retry` off: send Retries once this many handshakes are in progress on a shard.
     pub(crate) retry_threshold: Option<usize>,
     pub(crate) max_connections: usize,
+    /// Windows and the shard-wide bound on what connections may hold.
+    pub(crate) memory: crate::memory::MemoryBudget,
     /// How sessions resume across shards.
     pub(crate) tickets: Tickets,
 }

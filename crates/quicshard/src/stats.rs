@@ -59,8 +59,13 @@ stats! {
     handshakes,
     /// Client connections created on this shard by `connect`.
     connections_initiated,
-    /// Incoming connections refused because the per-shard connection limit was reached.
+    /// Incoming connections refused because the per-shard connection limit or the memory budget
+    /// was reached.
     connections_refused,
+    /// Of `connections_refused`, those refused because one more connection would take the
+    /// shard's connections times one connection's bound beyond its memory budget
+    /// (`MemoryBudget::per_shard`).
+    refused_memory,
     /// UDP datagrams received (after GRO splitting) on this shard's sockets.
     datagrams_in,
     /// UDP datagrams sent (counting each GSO segment), counted when the kernel takes them.
@@ -116,6 +121,9 @@ stats! {
     zero_rtt_accepted,
     /// Handler callbacks that panicked (each closed its connection).
     handler_panics,
+    /// Times the shard gave memory back after connections closed (shrank its tables and called
+    /// `malloc_trim`; at most once a second, see `shard/reclaim.rs`).
+    memory_trims,
     /// Loop iterations that ended with work left over (a budget stopped them).
     budget_exhausted,
     /// Microseconds spent working (not blocked in `poll`); compare with wall time for load.

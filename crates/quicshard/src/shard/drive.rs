@@ -63,6 +63,8 @@ impl<H: Handler> Shard<H> {
             }
             let core = &mut self.core;
             core.conns.remove(slot);
+            let w = core.shared.memory.send_window_for(core.conns.len());
+            core.conns.fit_send_window(w, None);
             core.stats.connections_closed.fetch_add(1, Relaxed);
             core.stats
                 .connections_open

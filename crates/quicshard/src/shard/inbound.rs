@@ -188,9 +188,15 @@ impl<H: Handler> Shard<H> {
         let core = &mut self.core;
         let sock = &mut self.socks[s];
         core.resp_buf.clear();
-        if core.stopping.is_some() || core.conns.len() >= core.shared.max_connections {
+        // the memory budget: this shard's connections times one connection's bound
+        let memory_full = core.conns.len() >= core.shared.memory.max_connections();
+        if core.stopping.is_some() || core.conns.len() >= core.shared.max_connections || memory_full
+        {
             if core.stopping.is_none() {
                 core.stats.connections_refused.fetch_add(1, Relaxed);
+                if memory_full {
+                    core.stats.refused_memory.fetch_add(1, Relaxed);
+                }
             }
             let t = core.endpoint.refuse(incoming, &mut core.resp_buf);
             send_response(sock, core, &t);
@@ -219,6 +225,8 @@ impl<H: Handler> Shard<H> {
         {
             Ok((ch, conn)) => {
                 core.conns.insert(ch.0, conn, s);
+                let w = core.shared.memory.send_window_for(core.conns.len());
+                core.conns.fit_send_window(w, Some(ch.0 as u32));
                 if let Some(e) = core.conns.get_mut(ch.0 as u32) {
                     e.amp.on_received(len);
                     if validated {

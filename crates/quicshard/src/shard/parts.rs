@@ -110,6 +110,7 @@ impl<H: Handler> ShardParts<H> {
             mail_pending: true,
             peers: self.peers,
             carry: true,
+            reclaim: Default::default(),
         }
     }
 }

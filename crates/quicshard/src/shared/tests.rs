@@ -58,6 +58,7 @@ fn shared() -> (Shared, rustls::ServerConfig) {
         retry: true,
         retry_threshold: None,
         max_connections: 16,
+        memory: crate::memory::MemoryBudget::default(),
         tickets: stateless(),
     };
     (shared, other_tls)
@@ -317,6 +318,7 @@ fn a_replayed_zero_rtt_flight_falls_back_on_another_shard() {
         retry: false,
         retry_threshold: None,
         max_connections: 16,
+        memory: crate::memory::MemoryBudget::default(),
         tickets,
     };
     let mut now = Instant::now();

@@ -74,12 +74,27 @@ pub(crate) struct Args {
     /// Bidirectional streams a client may have open at once (initial_max_streams_bidi).
     #[arg(long, value_name = "N")]
     max_streams: Option<u32>,
-    /// Bytes a client may send on one stream ahead of the server reading them.
+    /// Bytes a client may send on one stream ahead of the server reading them (default
+    /// 1 MiB; at most --conn-window).
     #[arg(long, value_name = "BYTES")]
     stream_window: Option<u32>,
-    /// Bytes a client may send on one connection ahead of the server reading them.
+    /// Bytes a client may send on one connection ahead of the server reading them (default
+    /// 1 MiB).
     #[arg(long, value_name = "BYTES")]
     conn_window: Option<u32>,
+    /// The most response data one connection holds until its client acknowledges it (default
+    /// 2 MiB); connections share --send-pool, each getting at least 256 KiB.
+    #[arg(long, value_name = "BYTES")]
+    send_window: Option<u64>,
+    /// Unacknowledged response data one shard's connections hold together (default 16 MiB): what
+    /// clients that stop reading cost.
+    #[arg(long, value_name = "BYTES")]
+    send_pool: Option<u64>,
+    /// Bytes one shard may commit to its connections: the send pool plus, per connection, its
+    /// --conn-window, its smallest send window and 32 KiB; new connections beyond it are refused
+    /// (default 4 GiB).
+    #[arg(long, value_name = "BYTES")]
+    memory_budget: Option<u64>,
     /// This server's QUIC-LB server ID (hex); needs --quic-lb-config.
     #[arg(long, requires = "quic_lb_config")]
     server_id: Option<String>,
@@ -193,14 +208,10 @@ fn unacked_streams(ctx: &mut quicshard::ShardCtx<'_>) -> usize {
 }
 
 /// The transport config of the limit flags, if any is set.
-fn transport(args: &Args) -> Result<Option<quinn_proto::TransportConfig>, Failure> {
+fn transport(args: &Args) -> Option<quinn_proto::TransportConfig> {
     use quinn_proto::VarInt;
-    if args.idle_timeout.is_none()
-        && args.max_streams.is_none()
-        && args.stream_window.is_none()
-        && args.conn_window.is_none()
-    {
-        return Ok(None);
+    if args.idle_timeout.is_none() && args.max_streams.is_none() {
+        return None;
     }
     let mut t = quinn_proto::TransportConfig::default();
     if let Some(ms) = args.idle_timeout {
@@ -209,18 +220,36 @@ fn transport(args: &Args) -> Result<Option<quinn_proto::TransportConfig>, Failur
     if let Some(n) = args.max_streams {
         t.max_concurrent_bidi_streams(VarInt::from_u32(n));
     }
-    if let Some(b) = args.stream_window {
-        t.stream_receive_window(VarInt::from_u32(b));
+    Some(t)
+}
+
+/// The memory budget of the window flags (the engine's defaults for those not given).
+fn memory(args: &Args) -> Result<quicshard::MemoryBudget, Failure> {
+    let d = quicshard::MemoryBudget::default();
+    let receive_window = args.conn_window.map_or(d.receive_window, u64::from);
+    let m = quicshard::MemoryBudget {
+        send_window: args.send_window.unwrap_or(d.send_window),
+        send_pool: args.send_pool.unwrap_or(d.send_pool),
+        receive_window,
+        stream_receive_window: args
+            .stream_window
+            .map_or(d.stream_receive_window.min(receive_window), u64::from),
+        per_shard: args.memory_budget.unwrap_or(d.per_shard),
+    };
+    if args
+        .stream_window
+        .is_some_and(|s| u64::from(s) > receive_window)
+    {
+        return Err(Failure::Usage(
+            "--stream-window must not exceed --conn-window".into(),
+        ));
     }
-    if let Some(b) = args.conn_window {
-        if args.stream_window.is_some_and(|s| s > b) {
-            return Err(Failure::Usage(
-                "--stream-window must not exceed --conn-window".into(),
-            ));
-        }
-        t.receive_window(VarInt::from_u32(b));
-    }
-    Ok(Some(t))
+    m.validate().map_err(|e| {
+        Failure::Usage(format!(
+            "{e} (see --send-window, --send-pool, --conn-window, --stream-window, --memory-budget)"
+        ))
+    })?;
+    Ok(m)
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
@@ -261,7 +290,8 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     if let Some(n) = args.max_connections {
         builder = builder.max_connections_per_shard(n);
     }
-    if let Some(t) = transport(&args)? {
+    builder = builder.memory(memory(&args)?);
+    if let Some(t) = transport(&args) {
         builder = builder.transport(t);
     }
     if let Some(n) = crate::count_flag("shards", args.shards)? {

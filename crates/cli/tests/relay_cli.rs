@@ -142,14 +142,18 @@ fn a_subscriber_that_does_not_read_is_reset_with_lagged() {
     let relay = Proc::start(&["relay", "--listen", "127.0.0.1:0", "--log-messages", "8"]);
     let addr = format!("127.0.0.1:{}", relay.port).parse().unwrap();
     // small client buffers: what the subscriber does not read stays in the relay's log
-    let mut t = quicshard::quinn_proto::TransportConfig::default();
-    t.stream_receive_window(quicshard::quinn_proto::VarInt::from_u32(16 * 1024));
+    let t = quicshard::quinn_proto::TransportConfig::default();
+    let memory = quicshard::MemoryBudget {
+        stream_receive_window: 16 * 1024,
+        ..quicshard::MemoryBudget::default()
+    };
     let engine = Engine::builder_handles_with(quicshard::handle::HandleConfig {
         pipe_capacity: 16 * 1024,
     })
     .shards(1)
     .client_config(quicshard::tls::insecure_client_config(&[protocol::ALPN]).unwrap())
     .transport(t)
+    .memory(memory)
     .start()
     .unwrap();
     let deadline = Instant::now() + TIMEOUT;

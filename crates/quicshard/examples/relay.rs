@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use quicshard::handle::{Connection, HandleConfig, HandleHandler};
-use quicshard::quinn_proto::{TransportConfig, VarInt};
+use quicshard::quinn_proto::TransportConfig;
 use quicshard::{Engine, ShardId};
 
 use client::{payload, Checker, ClientError, Publisher, Subscription};
@@ -254,15 +254,19 @@ fn main() -> Result<(), String> {
 
     let tls = quicshard::tls::client_config_trusting(relay.certificate().unwrap_or(&[]), &[ALPN])
         .map_err(|e| e.to_string())?;
-    let mut transport = TransportConfig::default();
-    transport.stream_receive_window(VarInt::from_u32(CLIENT_BUFFER as u32));
+    // the budget's windows apply to `connect` once a transport is given
+    let memory = quicshard::MemoryBudget {
+        stream_receive_window: CLIENT_BUFFER as u64,
+        ..quicshard::MemoryBudget::default()
+    };
     let clients: Arc<Engine<HandleHandler>> = Arc::new(
         Engine::builder_handles_with(HandleConfig {
             pipe_capacity: CLIENT_BUFFER,
         })
         .shards(2)
         .client_config(tls)
-        .transport(transport)
+        .transport(TransportConfig::default())
+        .memory(memory)
         .start()
         .map_err(|e| e.to_string())?,
     );

@@ -26,6 +26,7 @@ use rustls::pki_types::CertificateDer;
 
 use crate::cid::{CidConfig, CidConfigError};
 use crate::handler::{Handler, Remote, ShardId};
+use crate::memory::{MemoryBudget, MemoryBudgetError};
 use crate::shard::io::{Sock, CLIENT};
 use crate::shard::mailbox::{mailbox, Msg};
 use crate::shard::{self, ShardParts, WAKER_TOKEN};
@@ -62,6 +63,9 @@ pub enum StartError {
     /// The TLS configuration could not be built.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The memory budget is inconsistent (a zero window, a shard budget below one connection).
+    #[error(transparent)]
+    Memory(#[from] MemoryBudgetError),
     /// Creating a poller, waker, socket state or thread failed (resource limits).
     #[error("shard setup: {0}")]
     Io(#[from] std::io::Error),
@@ -76,7 +80,7 @@ pub struct Builder<H> {
     pub(crate) listen: SocketAddr,
     server_tls: Option<rustls::ServerConfig>,
     pub(crate) client_config: Option<ClientConfig>,
-    transport: Option<Arc<TransportConfig>>,
+    transport: Option<TransportConfig>,
     quic_lb: Option<(quic_lb::Config, Vec<u8>)>,
     bpf: bool,
     retry: bool,
@@ -95,6 +99,7 @@ pub struct Builder<H> {
     turn_sharing: bool,
     /// Handle mode: the hub the shards' `HandleHandler`s share (set by `builder_handles`).
     pub(crate) handles: Option<Arc<crate::handle::Hub>>,
+    memory: MemoryBudget,
 }
 
 impl<H: Handler> Builder<H> {
@@ -134,7 +139,7 @@ impl<H: Handler> Builder<H> {
     /// Transport parameters for incoming connections and for `connect` (replacing the client
     /// config's). Default: quinn-proto's defaults (the client config's own for `connect`).
     pub fn transport(mut self, t: TransportConfig) -> Self {
-        self.transport = Some(Arc::new(t));
+        self.transport = Some(t);
         self
     }
     /// QUIC-LB config and this server's ID. Default: a random 2-octet server ID and a random
@@ -177,6 +182,14 @@ impl<H: Handler> Builder<H> {
             per_turn: a.per_turn.max(1),
             queue: a.queue,
         };
+        self
+    }
+    /// The memory budget ([`crate::memory`]): the send and receive windows of every connection
+    /// (they replace those of [`Builder::transport`]) and the bound on one shard's connections
+    /// together, beyond which new ones are refused (counted in `refused_memory`).
+    /// Default: [`MemoryBudget::default`].
+    pub fn memory(mut self, budget: MemoryBudget) -> Self {
+        self.memory = budget;
         self
     }
     /// Connections per shard beyond which new ones are refused. Default 100 000.
@@ -265,17 +278,18 @@ impl<H: Handler> Builder<H> {
                 key_lifetime: self.ticket_key_lifetime,
             }
         };
-        let server_config = build_server_config(
-            server_tls,
-            self.transport.clone().unwrap_or_default(),
-            &tickets,
-        )?;
+        self.memory.validate()?;
+        let given = self.transport.is_some();
+        let mut transport = self.transport.take().unwrap_or_default();
+        self.memory.apply(&mut transport);
+        let transport = Arc::new(transport);
+        let server_config = build_server_config(server_tls, transport.clone(), &tickets)?;
         let mut client_config = match self.client_config.take() {
             Some(c) => c,
             None => tls::client_config_trusting(certificate.as_deref().unwrap_or(&[]), &alpn)?,
         };
-        if let Some(t) = self.transport.clone() {
-            client_config.transport_config(t);
+        if given {
+            client_config.transport_config(transport.clone());
         }
         let shared = Arc::new(Shared {
             server_config: Some(server_config),
@@ -286,6 +300,7 @@ impl<H: Handler> Builder<H> {
             retry_threshold: self.retry_threshold,
             max_connections: self.max_connections,
             admission: self.admission,
+            memory: self.memory,
             tickets,
         });
         Ok((shared, certificate))
@@ -473,6 +488,7 @@ impl<H: Handler> Engine<H> {
             batch_scheduling: None,
             turn_sharing: true,
             handles: None,
+            memory: MemoryBudget::default(),
         }
     }
 

@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod handle;
 pub mod handler;
 mod inject;
+pub mod memory;
 pub mod random;
 mod ranks;
 mod shard;
@@ -28,6 +29,7 @@ pub mod tls;
 pub use engine::{Builder, Engine, StartError, DEFAULT_MAX_CONNECTIONS};
 pub use handler::{ConnId, Handler, Remote, RemoteError, ShardCtx, ShardId, HANDLER_PANIC_CODE};
 pub use inject::{InjectError, InjectStats, Injector};
+pub use memory::MemoryBudget;
 pub use shard::Admission;
 pub use stats::ShardStats;
 

@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub(crate) max_connections: usize,
     /// How much handshake work a shard takes on per turn, and how many new connections wait.
     pub(crate) admission: crate::Admission,
+    /// Windows and the shard-wide bound on what connections may hold.
+    pub(crate) memory: crate::memory::MemoryBudget,
     /// How sessions resume across shards.
     pub(crate) tickets: Tickets,
 }

@@ -69,8 +69,13 @@ stats! {
     handshakes,
     /// Client connections created on this shard by `connect`.
     connections_initiated,
-    /// Incoming connections refused because the per-shard connection limit was reached.
+    /// Incoming connections refused because the per-shard connection limit or the memory budget
+    /// was reached.
     connections_refused,
+    /// Of `connections_refused`, those refused because one more connection would take the
+    /// shard's connections times one connection's bound beyond its memory budget
+    /// (`MemoryBudget::per_shard`).
+    refused_memory,
     /// UDP datagrams received (after GRO splitting) on this shard's sockets.
     datagrams_in,
     /// UDP datagrams sent (counting each GSO segment), counted when the kernel takes them.
@@ -108,6 +113,11 @@ stats! {
     /// Server connections whose client moved to this shard's preferred address (its own port):
     /// their datagrams now arrive, and replies leave, there.
     preferred_address_moves,
+    /// Times a server connection stopped sending because the next datagram would have taken it
+    /// past three times the bytes its unvalidated client address sent (RFC 9000 §8.1, enforced
+    /// by the engine: see `shard/amplify.rs`); it resumes when the client sends more or its
+    /// address is validated. Counted once per stop, not per attempt.
+    amplification_blocked,
     /// Retry packets sent.
     retry_sent,
     /// Session tickets this shard decrypted: TLS resumptions, possibly of tickets another shard
@@ -121,6 +131,9 @@ stats! {
     zero_rtt_accepted,
     /// Handler callbacks that panicked (each closed its connection).
     handler_panics,
+    /// Times the shard gave memory back after connections closed (shrank its tables and called
+    /// `malloc_trim`; at most once a second, see `shard/reclaim.rs`).
+    memory_trims,
     /// Loop iterations that ended with work left over (a budget stopped them).
     budget_exhausted,
     /// Microseconds spent working (not blocked in `poll`); compare with wall time for load.

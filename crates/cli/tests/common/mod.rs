@@ -39,6 +39,11 @@ impl Proc {
         }
     }
 
+    /// The process id (e.g. to read `/proc/PID/status`).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// SIGTERM, then wait: the exit status and what was printed after the ready line.
     pub(crate) fn stop(mut self) -> Output {
         let child = self.child.take().expect("not stopped yet");

@@ -110,9 +110,11 @@ impl Shared {
 
 /// A relay engine builder: ALPN `relay`, the relay's transport limits, `shared` for every shard.
 pub(crate) fn builder(shared: &Arc<Shared>) -> Builder<Relay> {
-    let mut t = quicshard::quinn_proto::TransportConfig::default();
-    t.send_window(SEND_WINDOW)
-        .stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
+    let memory = quicshard::MemoryBudget {
+        send_window: SEND_WINDOW,
+        stream_receive_window: u64::from(STREAM_WINDOW),
+        ..quicshard::MemoryBudget::default()
+    };
     let shared = shared.clone();
     Engine::builder(move |shard: ShardId| Relay {
         shard: shard.0,
@@ -122,7 +124,7 @@ pub(crate) fn builder(shared: &Arc<Shared>) -> Builder<Relay> {
         scratch: Vec::new(),
     })
     .alpn(&[ALPN])
-    .transport(t)
+    .memory(memory)
 }
 
 /// A subscriber's delivery state.

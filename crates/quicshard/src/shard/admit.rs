@@ -51,6 +51,8 @@ pub(crate) struct Waiting {
     incoming: Incoming,
     /// The socket its Initial arrived on.
     sock: usize,
+    /// The Initial datagram's size (received bytes for the amplification limit).
+    len: usize,
 }
 
 /// The shard's queue of new connections and this turn's budget.
@@ -93,7 +95,7 @@ impl AdmitQueue {
 impl<H: Handler> Shard<H> {
     /// A new Initial that passed the Retry and connection-limit checks: queued for the
     /// admission pass of this turn ([`Self::admit`]), or refused if the queue is full.
-    pub(super) fn enqueue_incoming(&mut self, s: usize, incoming: Incoming) {
+    pub(super) fn enqueue_incoming(&mut self, s: usize, incoming: Incoming, len: usize) {
         let limit = self.core.shared.admission;
         let q = &mut self.admit;
         q.this_turn += 1;
@@ -106,7 +108,11 @@ impl<H: Handler> Shard<H> {
             send_response(&mut self.socks[s], core, &t);
             return;
         }
-        q.waiting.push_back(Waiting { incoming, sock: s });
+        q.waiting.push_back(Waiting {
+            incoming,
+            sock: s,
+            len,
+        });
     }
 
     /// Accepts up to the per-turn budget of waiting connections, oldest first; those left wait
@@ -117,7 +123,7 @@ impl<H: Handler> Shard<H> {
             let Some(w) = self.admit.waiting.pop_front() else {
                 break;
             };
-            self.accept(w.sock, w.incoming);
+            self.accept(w.sock, w.incoming, w.len);
         }
         let left = self.admit.waiting.len();
         let stats = &self.core.stats;
@@ -141,24 +147,43 @@ impl<H: Handler> Shard<H> {
         self.core.stats.handshakes_queued.store(0, Relaxed);
     }
 
-    /// Accepts one new connection: the handshake's first flight is computed here.
-    fn accept(&mut self, s: usize, incoming: Incoming) {
+    /// Accepts one new connection (its Initial datagram had `len` bytes): the handshake's first
+    /// flight is computed here. The connection and memory limits are checked again: others may
+    /// have been accepted since the Initial was queued.
+    fn accept(&mut self, s: usize, incoming: Incoming, len: usize) {
         let core = &mut self.core;
         core.resp_buf.clear();
-        if core.stopping.is_some() || core.conns.len() >= core.shared.max_connections {
+        // the memory budget: this shard's connections times one connection's bound
+        let memory_full = core.conns.len() >= core.shared.memory.max_connections();
+        if core.stopping.is_some() || core.conns.len() >= core.shared.max_connections || memory_full
+        {
             if core.stopping.is_none() {
                 core.stats.connections_refused.fetch_add(1, Relaxed);
+                if memory_full {
+                    core.stats.refused_memory.fetch_add(1, Relaxed);
+                }
             }
             let t = core.endpoint.refuse(incoming, &mut core.resp_buf);
             send_response(&mut self.socks[s], core, &t);
             return;
         }
+        let validated = incoming.remote_address_validated();
         match core
             .endpoint
             .accept(incoming, core.now, &mut core.resp_buf, None)
         {
             Ok((ch, conn)) => {
                 core.conns.insert(ch.0, conn, s);
+                let w = core.shared.memory.send_window_for(core.conns.len());
+                core.conns.fit_send_window(w, Some(ch.0 as u32));
+                if let Some(e) = core.conns.get_mut(ch.0 as u32) {
+                    // what quinn-proto buffered for it while it waited is not counted: the
+                    // amplification budget can only be smaller than the client's bytes allow
+                    e.amp.on_received(len);
+                    if validated {
+                        e.amp.validate();
+                    }
+                }
                 // slot < endpoint slab size, far below u32::MAX
                 core.conns.start_handshake(ch.0 as u32);
                 core.stats.connections_accepted.fetch_add(1, Relaxed);

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use quinn_proto::Connection;
 
+use super::amplify::AmpBudget;
 use crate::handler::ConnId;
 
 /// One live connection and its loop bookkeeping.
@@ -33,6 +34,8 @@ pub(crate) struct Entry {
     handshaking: bool,
     /// Its accepted 0-RTT was counted.
     pub(crate) zero_rtt_counted: bool,
+    /// Bytes received from and sent to a not yet validated address (see `amplify`).
+    pub(crate) amp: AmpBudget,
 }
 
 struct Slot {
@@ -48,16 +51,20 @@ pub(crate) struct ConnTable {
     /// Live entries with `handshaking` set.
     handshaking: usize,
     dirty: VecDeque<u32>,
+    /// The generation new slots start from: above every generation of a slot [`Self::shrink`]
+    /// dropped, so a stale `ConnId` never names a later connection.
+    gen_floor: u32,
+    /// The send window last given to every connection (0: none yet).
+    send_window: u64,
 }
 
 impl ConnTable {
     /// Stores a new connection at `slot` (its `ConnectionHandle`) and queues it.
     pub(crate) fn insert(&mut self, slot: usize, conn: Connection, sock: usize) -> u32 {
         if self.slots.len() <= slot {
-            self.slots.resize_with(slot + 1, || Slot {
-                gen: 0,
-                entry: None,
-            });
+            let gen = self.gen_floor;
+            self.slots
+                .resize_with(slot + 1, || Slot { gen, entry: None });
         }
         let s = &mut self.slots[slot];
         debug_assert!(
@@ -66,6 +73,7 @@ impl ConnTable {
         );
         s.gen = s.gen.wrapping_add(1);
         s.entry = Some(Entry {
+            amp: AmpBudget::new(conn.side()),
             conn,
             sock,
             timer: None,
@@ -163,6 +171,35 @@ impl ConnTable {
     /// Whether any slot waits for a drive.
     pub(crate) fn has_dirty(&self) -> bool {
         !self.dirty.is_empty()
+    }
+
+    /// Gives every connection send window `w` if it differs from the last one given, and the
+    /// connection at `new` (just inserted) `w` in any case (see `crate::memory`).
+    pub(crate) fn fit_send_window(&mut self, w: u64, new: Option<u32>) {
+        if w != self.send_window {
+            self.send_window = w;
+            for s in &mut self.slots {
+                if let Some(e) = &mut s.entry {
+                    e.conn.set_send_window(w);
+                }
+            }
+        } else if let Some(e) = new.and_then(|slot| self.get_mut(slot)) {
+            e.conn.set_send_window(w);
+        }
+    }
+
+    /// Gives back the memory of empty slots at the end of the slab and of the queue's unused
+    /// capacity (after a burst of connections closed).
+    pub(crate) fn shrink(&mut self) {
+        while let Some(s) = self.slots.last() {
+            if s.entry.is_some() {
+                break;
+            }
+            self.gen_floor = self.gen_floor.max(s.gen.wrapping_add(1));
+            self.slots.pop();
+        }
+        self.slots.shrink_to_fit();
+        self.dirty.shrink_to_fit();
     }
 
     /// Live connections.

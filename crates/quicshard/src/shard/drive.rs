@@ -63,6 +63,8 @@ impl<H: Handler> Shard<H> {
             }
             let core = &mut self.core;
             core.conns.remove(slot);
+            let w = core.shared.memory.send_window_for(core.conns.len());
+            core.conns.fit_send_window(w, None);
             core.stats.connections_closed.fetch_add(1, Relaxed);
             core.stats
                 .connections_open
@@ -111,6 +113,10 @@ impl<H: Handler> Shard<H> {
         let id = self.core.conns.id(self.core.id, slot);
         match ev {
             Event::Connected => {
+                if let Some(e) = self.core.conns.get_mut(slot) {
+                    // the client's Finished arrived: its address is validated
+                    e.amp.validate();
+                }
                 self.core.stats.handshakes.fetch_add(1, Relaxed);
                 self.core.conns.handshake_done(slot);
                 self.call(id, |h, ctx| h.on_connection(ctx, id));
@@ -220,9 +226,22 @@ impl<H: Handler> Shard<H> {
                 sock.waiters.push(slot);
                 return false;
             }
+            // before the address is validated, only as many whole datagrams as 3x the bytes
+            // received covers (`amplify`); the rest waits for the client's next datagram
+            let max = match e.amp.allowance(mtu) {
+                (None, _) => max,
+                (Some(0), starts) => {
+                    if starts {
+                        core.stats.amplification_blocked.fetch_add(1, Relaxed);
+                    }
+                    return false;
+                }
+                (Some(n), _) => n.min(max),
+            };
             let Some(t) = e.conn.poll_transmit(core.now, max, sock.next_buf()) else {
                 return false;
             };
+            e.amp.on_sent(t.size);
             sock.commit(&t);
         }
         true

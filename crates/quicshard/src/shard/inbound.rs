@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::BytesMut;
 use quinn_proto::{ConnectionId, ConnectionIdGenerator, DatagramEvent, EcnCodepoint, Incoming};
 
+use super::amplify;
 use super::io::{CLIENT, LISTEN};
 use super::mailbox::{Handoff, Msg, SendError};
 use super::{Handler, Shard, RECV_CALLS_PER_ITER};
@@ -142,6 +143,8 @@ impl<H: Handler> Shard<H> {
             }
         }
         let short = data.first().is_some_and(|&b| b & 0x80 == 0);
+        let len = data.len();
+        let proves = amplify::proves_address(&data);
         // an Initial that may wait for admission must not pin a chunk of the shard's arena
         let data = self.admit.detach_if_waiting(data, &core.shared.admission);
         let now = core.now;
@@ -153,7 +156,7 @@ impl<H: Handler> Shard<H> {
             Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
                 let slot = ch.0 as u32;
                 if let Some(e) = core.conns.get_mut(slot) {
-                    e.conn.handle_event(ev);
+                    amplify_hook(e, remote, len, proves, ev);
                     // a server connection answers from the socket its peer now uses: the
                     // listen port, or this shard's own port once the client moved to the
                     // preferred address
@@ -166,7 +169,7 @@ impl<H: Handler> Shard<H> {
                     core.conns.mark_dirty(slot);
                 }
             }
-            Some(DatagramEvent::NewConnection(incoming)) => self.on_incoming(s, incoming),
+            Some(DatagramEvent::NewConnection(incoming)) => self.on_incoming(s, incoming, len),
             Some(DatagramEvent::Response(t)) => {
                 if short {
                     // a stateless reset for a CID that looks like ours but is unknown
@@ -182,16 +185,23 @@ impl<H: Handler> Shard<H> {
         }
     }
 
-    /// A new Initial: refuse it, answer with a Retry, or queue it for admission ([`super::admit`]).
-    fn on_incoming(&mut self, s: usize, incoming: Incoming) {
+    /// A new Initial (in a datagram of `len` bytes): refuse it, answer with a Retry, or queue it
+    /// for admission ([`super::admit`]).
+    fn on_incoming(&mut self, s: usize, incoming: Incoming, len: usize) {
         // connections waiting for admission are handshakes in progress too
         let pending = self.admit.waiting();
         let core = &mut self.core;
         let sock = &mut self.socks[s];
         core.resp_buf.clear();
-        if core.stopping.is_some() || core.conns.len() >= core.shared.max_connections {
+        // the memory budget: this shard's connections times one connection's bound
+        let memory_full = core.conns.len() >= core.shared.memory.max_connections();
+        if core.stopping.is_some() || core.conns.len() >= core.shared.max_connections || memory_full
+        {
             if core.stopping.is_none() {
                 core.stats.connections_refused.fetch_add(1, Relaxed);
+                if memory_full {
+                    core.stats.refused_memory.fetch_add(1, Relaxed);
+                }
             }
             let t = core.endpoint.refuse(incoming, &mut core.resp_buf);
             send_response(sock, core, &t);
@@ -213,7 +223,31 @@ impl<H: Handler> Shard<H> {
             }
             return;
         }
-        self.enqueue_incoming(s, incoming);
+        self.enqueue_incoming(s, incoming, len);
+    }
+}
+
+/// Hands a datagram of `len` bytes from `remote` to its connection, with the amplification
+/// account (`amplify`): bytes from the connection's address count as received, and a datagram
+/// that `proves` the address validates it once quinn-proto processed a frame of it.
+fn amplify_hook(
+    e: &mut super::conns::Entry,
+    remote: SocketAddr,
+    len: usize,
+    proves: bool,
+    ev: quinn_proto::ConnectionEvent,
+) {
+    if e.amp.is_validated() {
+        e.conn.handle_event(ev);
+        return;
+    }
+    if remote == e.conn.remote_address() {
+        e.amp.on_received(len);
+    }
+    let before = proves.then(|| amplify::frames_received(&e.conn.stats()));
+    e.conn.handle_event(ev);
+    if before.is_some_and(|b| amplify::frames_received(&e.conn.stats()) > b) {
+        e.amp.validate();
     }
 }
 

@@ -19,6 +19,7 @@
 //! [`group`] runs several shards on one thread.
 
 mod admit;
+pub(crate) mod amplify;
 pub(crate) mod arena;
 pub(crate) mod conns;
 mod drive;
@@ -29,6 +30,7 @@ pub(crate) mod io;
 pub(crate) mod mailbox;
 pub(crate) mod mem;
 mod parts;
+mod reclaim;
 mod sys;
 pub(crate) mod timers;
 
@@ -210,6 +212,8 @@ impl Core {
         let (ch, conn) = self.endpoint.connect(self.now, cfg, addr, server_name)?;
         let slot = ch.0 as u32;
         self.conns.insert(ch.0, conn, self.client_sock);
+        let w = self.shared.memory.send_window_for(self.conns.len());
+        self.conns.fit_send_window(w, Some(slot));
         self.stats.connections_initiated.fetch_add(1, Relaxed);
         self.stats
             .connections_open
@@ -241,6 +245,8 @@ pub(crate) struct Shard<H> {
     carry: bool,
     /// New connections waiting for admission, and this turn's count.
     admit: AdmitQueue,
+    /// When memory was last given back ([`reclaim`]).
+    reclaim: reclaim::Reclaim,
 }
 
 impl<H: Handler> Shard<H> {
@@ -328,6 +334,9 @@ impl<H: Handler> Shard<H> {
             woke |= self.flush_socket(s);
         }
         self.carry = more || woke;
+        if !self.carry {
+            self.reclaim();
+        }
         if let Some(deadline) = self.core.stopping {
             if self.core.conns.len() == 0 || self.core.now >= deadline {
                 return false;
@@ -395,10 +404,15 @@ impl<H: Handler> Shard<H> {
         if self.carry || self.socks.iter().any(|s| s.has_memory_input()) {
             return Some(self.core.now);
         }
-        match (self.core.timers.next_deadline(), self.core.stopping) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let closed = self.core.stats.connections_closed.load(Relaxed);
+        [
+            self.core.timers.next_deadline(),
+            self.core.stopping,
+            self.reclaim.deadline(closed),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub(crate) fn id(&self) -> usize {

@@ -113,6 +113,7 @@ impl<H: Handler> ShardParts<H> {
             peers: self.peers,
             carry: true,
             admit: super::AdmitQueue::new(&shared_admission),
+            reclaim: Default::default(),
         }
     }
 }

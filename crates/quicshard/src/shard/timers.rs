@@ -51,6 +51,13 @@ impl Timers {
         }
     }
 
+    /// Drops every stale entry and the heap's unused capacity (after a burst closed).
+    pub(crate) fn shrink(&mut self, mut is_live: impl FnMut(&Timer) -> bool) {
+        let v = std::mem::take(&mut self.heap).into_vec();
+        self.heap = v.into_iter().filter(|r| is_live(&r.0)).collect();
+        self.heap.shrink_to_fit();
+    }
+
     /// Stale and live entries.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

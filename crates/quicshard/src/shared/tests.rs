@@ -59,6 +59,7 @@ fn shared() -> (Shared, rustls::ServerConfig) {
         retry_threshold: None,
         max_connections: 16,
         admission: crate::Admission::default(),
+        memory: crate::memory::MemoryBudget::default(),
         tickets: stateless(),
     };
     (shared, other_tls)
@@ -319,6 +320,7 @@ fn a_replayed_zero_rtt_flight_falls_back_on_another_shard() {
         retry_threshold: None,
         max_connections: 16,
         admission: crate::Admission::default(),
+        memory: crate::memory::MemoryBudget::default(),
         tickets,
     };
     let mut now = Instant::now();

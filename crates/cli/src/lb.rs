@@ -1,4 +1,5 @@
-//! `quicshard lb`: the QUIC-LB load balancer, configured by TOML, reloaded on SIGHUP.
+//! `quicshard lb`: the QUIC-LB load balancer, configured by TOML, reloaded on SIGHUP; or, with
+//! `--emit-nftables`, the nftables ruleset that routes the same file's plaintext configs.
 
 use std::path::PathBuf;
 
@@ -15,11 +16,22 @@ pub(crate) struct Args {
     /// Write the counters as JSON here on exit.
     #[arg(long)]
     stats_file: Option<PathBuf>,
+    /// Print an nftables ruleset (for `nft -f`) routing the file's plaintext [[quic_lb]] configs
+    /// to its [[backend]]s at `listen`, then exit; no balancer is started. Encrypted configs are
+    /// refused.
+    #[arg(long, conflicts_with = "stats_file")]
+    emit_nftables: bool,
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
     let config = LbConfig::from_file(&args.config)
         .map_err(|e| Failure::Usage(format!("{}: {e}", args.config.display())))?;
+    if args.emit_nftables {
+        let rules = quicshard_lb::nftables::ruleset(&config)
+            .map_err(|e| Failure::Refused(format!("{}: {e}", args.config.display())))?;
+        print!("{rules}");
+        return Ok(());
+    }
     signals::block_termination().map_err(|e| Failure::Refused(format!("signals: {e}")))?;
     let lb = Lb::start(config).map_err(|e| Failure::Refused(e.to_string()))?;
     println!("listening on {}", lb.local_addr());

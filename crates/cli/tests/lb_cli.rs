@@ -156,3 +156,54 @@ fn bad_lb_config_is_one_line_naming_the_key() {
     assert_eq!(o.status.code(), Some(2));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--emit-nftables` prints the ruleset for plaintext configs and starts nothing; an encrypted
+/// config is refused with one line and exit status 1.
+#[test]
+fn emit_nftables_prints_a_ruleset_or_refuses_in_one_line() {
+    let dir = tempdir("nft");
+    let config = dir.join("lb.toml");
+    let plain = r#"listen = "10.0.0.1:4433"
+[[quic_lb]]
+id = 1
+server_id_len = 2
+nonce_len = 8
+[[backend]]
+server_id = "0a01"
+address = "10.0.0.11:4433"
+"#;
+    std::fs::write(&config, plain).unwrap();
+    let out = qs()
+        .args(["lb", "--config"])
+        .arg(&config)
+        .arg("--emit-nftables")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let rules = String::from_utf8(out.stdout).unwrap();
+    assert!(rules.contains("table ip quicshard {"), "{rules}");
+    assert!(
+        rules.contains("@th,80,16 0x0a01 dnat ip to 10.0.0.11:4433"),
+        "{rules}"
+    );
+
+    let encrypted = plain.replace(
+        "nonce_len = 8\n",
+        "nonce_len = 8\nkey = \"8f95f09245765f80256934e50c66207f\"\n",
+    );
+    std::fs::write(&config, encrypted).unwrap();
+    let out = qs()
+        .args(["lb", "--config"])
+        .arg(&config)
+        .arg("--emit-nftables")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("is encrypted: only `quicshard lb` can decrypt"),
+        "{err}"
+    );
+}

@@ -71,7 +71,24 @@ pub enum Pipeline {
 pub struct QuicLbEntry {
     /// The validated codec configuration.
     pub config: quic_lb::Config,
+    /// The preset it was written with (`profile`), if any.
+    pub profile: Option<Profile>,
 }
+
+/// A `[[quic_lb]]` preset for a balancer other than `quicshard lb`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Katran's QUIC server-ID routing, CID schema v2 (`katran/lib/bpf/pckt_parsing.h`,
+    /// `parse_quic`): the first two bits of the DCID are `10` and octets 1..=3 hold a 24-bit
+    /// server ID, which must not be 0 (Katran's `server_id_map` treats 0 as absent). As QUIC-LB:
+    /// config ID 4 (default) or 5, plaintext, `server_id_len = 3`; `nonce_len` defaults to
+    /// [`KATRAN_NONCE_LEN`].
+    Katran,
+}
+
+/// Default nonce length of the Katran profile: CIDs of 1 + 3 + 8 (+ the engine's shard byte)
+/// octets, above Katran's `QUIC_MIN_CONNID_LEN` of 8.
+pub const KATRAN_NONCE_LEN: u64 = 8;
 
 /// One backend server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +165,14 @@ const TOP_KEYS: &[&str] = &[
     "backend",
     "timers",
 ];
-const QUIC_LB_KEYS: &[&str] = &["id", "server_id_len", "nonce_len", "extra_len", "key"];
+const QUIC_LB_KEYS: &[&str] = &[
+    "id",
+    "server_id_len",
+    "nonce_len",
+    "extra_len",
+    "key",
+    "profile",
+];
 const BACKEND_KEYS: &[&str] = &["server_id", "address", "down"];
 const TIMER_KEYS: &[&str] = &["flow_idle_secs", "session_idle_secs"];
 
@@ -390,19 +414,53 @@ impl LbConfig {
         for (i, q) in get_tables(t, "quic_lb")?.into_iter().enumerate() {
             let p = format!("quic_lb[{i}]");
             check_keys(q, &p, QUIC_LB_KEYS)?;
-            let id = require(get_uint(q, &p, "id", 0..=6)?, &p, "id")? as u8;
+            let profile = match get_str(q, &p, "profile")? {
+                None => None,
+                Some("katran") => Some(Profile::Katran),
+                Some(other) => {
+                    return Err(err(
+                        join(&p, "profile"),
+                        format!("unknown profile {other:?}: expected \"katran\""),
+                    ))
+                }
+            };
+            let id = match profile {
+                None => require(get_uint(q, &p, "id", 0..=6)?, &p, "id")? as u8,
+                Some(Profile::Katran) => get_uint(q, &p, "id", 4..=5)
+                    .map_err(|e| {
+                        err(
+                            e.key,
+                            "the katran profile needs id 4 or 5 (first CID bits 10)",
+                        )
+                    })?
+                    .unwrap_or(4) as u8,
+            };
             if !seen.insert(id) {
                 return Err(err(
                     join(&p, "id"),
                     format!("duplicate id {id}: each config rotation codepoint may appear once"),
                 ));
             }
-            let sid_len = require(
-                get_uint(q, &p, "server_id_len", 1..=18)?,
-                &p,
-                "server_id_len",
-            )?;
-            let nonce_len = require(get_uint(q, &p, "nonce_len", 4..=18)?, &p, "nonce_len")?;
+            let katran = profile == Some(Profile::Katran);
+            let sid_len = match get_uint(q, &p, "server_id_len", 1..=18)? {
+                Some(3) | None if katran => 3,
+                Some(_) if katran => {
+                    return Err(err(
+                        join(&p, "server_id_len"),
+                        "the katran profile has 3-octet server IDs",
+                    ))
+                }
+                v => require(v, &p, "server_id_len")?,
+            };
+            let nonce_len =
+                get_uint(q, &p, "nonce_len", 4..=18)?.or(katran.then_some(KATRAN_NONCE_LEN));
+            let nonce_len = require(nonce_len, &p, "nonce_len")?;
+            if katran && q.contains_key("key") {
+                return Err(err(
+                    join(&p, "key"),
+                    "the katran profile is plaintext: Katran reads the server ID in the clear",
+                ));
+            }
             let extra = get_uint(q, &p, "extra_len", 0..=14)?.unwrap_or(0);
             let key = match get_str(q, &p, "key")? {
                 Some(h) => Some(hex_bytes(h, &join(&p, "key"))?),
@@ -427,7 +485,7 @@ impl LbConfig {
                 };
                 err(join(&p, k), e.to_string())
             })?;
-            out.push(QuicLbEntry { config });
+            out.push(QuicLbEntry { config, profile });
         }
         Ok(out)
     }
@@ -461,6 +519,15 @@ impl LbConfig {
                         sid.len(),
                         sid.len()
                     ),
+                ));
+            }
+            let katran = quic_lb.iter().any(|q| {
+                q.profile == Some(Profile::Katran) && q.config.server_id_len() == sid.len()
+            });
+            if katran && sid.iter().all(|&b| b == 0) {
+                return Err(err(
+                    key,
+                    "server ID 000000 is reserved under the katran profile (Katran treats 0 as no server)",
                 ));
             }
             if !seen.insert(server_id) {

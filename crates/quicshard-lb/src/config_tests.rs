@@ -189,3 +189,53 @@ fn dsr_needs_a_specific_virtual_address() {
     let c = LbConfig::from_toml(&t).unwrap();
     assert_eq!(c.virtual_address, "10.0.0.1:443".parse().unwrap());
 }
+
+#[test]
+fn katran_profile_is_config_4_plaintext_3_octet_server_ids() {
+    let katran = |q: &str| {
+        LbConfig::from_toml(&format!(
+            "listen = \"127.0.0.1:4433\"\n[[quic_lb]]\nprofile = \"katran\"\n{q}\n\
+             [[backend]]\nserver_id = \"0a0b0c\"\naddress = \"127.0.0.1:5000\"\n"
+        ))
+    };
+    let cfg = katran("").unwrap();
+    let q = cfg.quic_lb[0];
+    assert_eq!(q.profile, Some(Profile::Katran));
+    assert_eq!(
+        q.config,
+        quic_lb::Config::new(4, 3, KATRAN_NONCE_LEN as usize, None).unwrap()
+    );
+    assert_eq!(
+        katran("id = 5\nnonce_len = 5").unwrap().quic_lb[0]
+            .config
+            .config_id(),
+        5
+    );
+    let e = |q: &str| katran(q).unwrap_err().to_string();
+    assert_eq!(
+        e("id = 1"),
+        "quic_lb[0].id: the katran profile needs id 4 or 5 (first CID bits 10)"
+    );
+    assert_eq!(
+        e("server_id_len = 2"),
+        "quic_lb[0].server_id_len: the katran profile has 3-octet server IDs"
+    );
+    assert!(e("key = \"8f95f09245765f80256934e50c66207f\"")
+        .starts_with("quic_lb[0].key: the katran profile is plaintext"));
+    let bad = LbConfig::from_toml(
+        "listen = \"127.0.0.1:4433\"\n[[quic_lb]]\nprofile = \"envoy\"\n\
+         [[backend]]\nserver_id = \"0a0b0c\"\naddress = \"127.0.0.1:5000\"\n",
+    );
+    assert_eq!(
+        bad.unwrap_err().to_string(),
+        "quic_lb[0].profile: unknown profile \"envoy\": expected \"katran\""
+    );
+    let zero = LbConfig::from_toml(
+        "listen = \"127.0.0.1:4433\"\n[[quic_lb]]\nprofile = \"katran\"\n\
+         [[backend]]\nserver_id = \"000000\"\naddress = \"127.0.0.1:5000\"\n",
+    );
+    assert!(zero
+        .unwrap_err()
+        .to_string()
+        .starts_with("backend[0].server_id: server ID 000000 is reserved"));
+}

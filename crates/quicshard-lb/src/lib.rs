@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod encap;
+pub mod nftables;
 pub mod parse;
 mod pipeline;
 pub mod pool;

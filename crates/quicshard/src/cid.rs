@@ -1,18 +1,24 @@
 //! Connection IDs: the QUIC-LB part from `quic_lb::Generator` followed by one shard byte.
 //!
 //! `cid = QUIC-LB part (1 + server_id_len + nonce_len octets) || shard byte`. The shard byte is
-//! drawn at random among the values `v < 256 - 256 % N` with `v % N == shard`, so every shard byte
-//! value is equally likely for its shard and the byte is not a constant that links a client's CIDs.
+//! `shard ^ steer::shard_mask(key, QUIC-LB part)`: the shard masked by a keyed hash of the octets
+//! before it (see [`crate::steer`] for the hash and the BPF program that inverts it). Every CID
+//! has a fresh nonce, so to an observer without the key the shard byte is a uniform random octet,
+//! independent of the shard and of the connection's other CIDs.
 //! [`ShardCidGenerator`] implements `quinn_proto::ConnectionIdGenerator`; its `validate` rejects
 //! CIDs with the wrong length, config rotation bits, self-encoded length or shard, so quinn-proto
 //! drops such packets silently instead of answering with a stateless reset.
 //!
-//! [`CidConfig`] is what all shards share: the QUIC-LB config, the server ID and the shard count.
+//! [`CidConfig`] is what all shards share: the QUIC-LB config, the server ID, the shard count and
+//! the [`ShardKey`].
 
 use std::time::Duration;
 
 use quinn_proto::{ConnectionId, ConnectionIdGenerator, InvalidCid};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
+
+use crate::steer::shard_mask;
+pub use crate::steer::ShardKey;
 
 /// Octets appended after the QUIC-LB part: the shard byte.
 pub const SHARD_BYTE_LEN: usize = 1;
@@ -31,7 +37,7 @@ pub enum CidConfigError {
     /// The QUIC-LB config has no room for the shard byte, or the server ID has the wrong length.
     #[error("QUIC-LB config: {0}")]
     Config(#[from] quic_lb::ConfigError),
-    /// Shard count must be in 1..=256 so each shard owns at least one shard-byte value.
+    /// Shard count must be in 1..=256: the shard byte holds the shard.
     #[error("shard count {0} is out of range: must be 1..=256")]
     Shards(usize),
 }
@@ -42,10 +48,12 @@ pub struct CidConfig {
     config: quic_lb::Config,
     server_id: Vec<u8>,
     n_shards: usize,
+    key: ShardKey,
 }
 
 impl CidConfig {
-    /// `config` must not declare extra octets yet: the shard byte is added here.
+    /// `config` must not declare extra octets yet: the shard byte is added here. The shard key
+    /// is random ([`CidConfig::with_shard_key`] sets it).
     pub fn new(
         config: quic_lb::Config,
         server_id: &[u8],
@@ -66,7 +74,14 @@ impl CidConfig {
             config,
             server_id: server_id.to_vec(),
             n_shards,
+            key: ShardKey::random(),
         })
+    }
+
+    /// The same layout with the shard byte masked under `key`.
+    pub fn with_shard_key(mut self, key: ShardKey) -> Self {
+        self.key = key;
+        self
     }
 
     /// A standalone server: config ID 0, a random 2-octet server ID, a 14-octet nonce and a random
@@ -95,6 +110,10 @@ impl CidConfig {
     pub fn n_shards(&self) -> usize {
         self.n_shards
     }
+    /// The key of the shard byte's mask (the steering program's constants).
+    pub fn shard_key(&self) -> &ShardKey {
+        &self.key
+    }
 
     /// The generator for `shard`, seeded from the OS.
     pub fn generator(&self, shard: usize) -> ShardCidGenerator {
@@ -112,31 +131,18 @@ impl CidConfig {
         ShardCidGenerator {
             lb,
             shard,
-            n_shards: self.n_shards,
+            key: self.key,
             cid_len: self.config.cid_len(),
             rng: SmallRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
         }
     }
 }
 
-/// Values below this are valid shard bytes; at and above it, `v % n` would favour low shards.
-pub fn shard_byte_limit(n_shards: usize) -> usize {
-    256 - 256 % n_shards
-}
-
-/// A uniformly random shard byte for `shard` out of `n_shards`.
-pub fn random_shard_byte(rng: &mut impl Rng, shard: usize, n_shards: usize) -> u8 {
-    let per_shard = shard_byte_limit(n_shards) / n_shards;
-    let i = rng.random_range(0..per_shard);
-    // < 256: i * n + shard <= (per_shard - 1) * n + n - 1 = limit - 1 <= 255
-    (i * n_shards + shard) as u8
-}
-
 /// `quinn_proto::ConnectionIdGenerator` for one shard.
 pub struct ShardCidGenerator {
     lb: quic_lb::Generator,
     shard: usize,
-    n_shards: usize,
+    key: ShardKey,
     cid_len: usize,
     rng: SmallRng,
 }
@@ -159,8 +165,8 @@ impl ShardCidGenerator {
         if config.self_encodes_length() && usize::from(first & 0x1f) != self.cid_len - 1 {
             return false;
         }
-        let shard_byte = usize::from(cid[self.cid_len - 1]);
-        shard_byte < shard_byte_limit(self.n_shards) && shard_byte % self.n_shards == self.shard
+        let last = self.cid_len - 1;
+        usize::from(cid[last] ^ shard_mask(&self.key, &cid[..last])) == self.shard
     }
 }
 
@@ -184,7 +190,8 @@ impl ConnectionIdGenerator for ShardCidGenerator {
                 config.lb_len()
             }
         };
-        buf[lb_len] = random_shard_byte(&mut self.rng, self.shard, self.n_shards);
+        // Invariant: shard < n_shards <= 256 (CidConfig::new), so it fits in the octet.
+        buf[lb_len] = self.shard as u8 ^ shard_mask(&self.key, &buf[..lb_len]);
         ConnectionId::new(&buf[..self.cid_len])
     }
 
@@ -208,16 +215,116 @@ impl ConnectionIdGenerator for ShardCidGenerator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzzing::run_bpf;
+    use crate::steer::{owner_shard, steering_program};
+    use proptest::prelude::*;
+
+    const KEY: [u8; 16] = [0x3c; 16];
+
+    /// Pearson's chi-square statistic of `counts` against the uniform distribution.
+    fn chi_square(counts: &[u64]) -> f64 {
+        let total: u64 = counts.iter().sum();
+        let expected = total as f64 / counts.len() as f64;
+        counts
+            .iter()
+            .map(|&c| (c as f64 - expected).powi(2) / expected)
+            .sum()
+    }
+
+    /// 99.9th percentile of chi-square with 255 degrees of freedom (Wilson-Hilferty: 330.5).
+    const CHI2_255_P999: f64 = 330.5;
+
+    fn layouts() -> Vec<(&'static str, quic_lb::Config, Vec<u8>)> {
+        vec![
+            (
+                "plaintext",
+                quic_lb::Config::new(1, 3, 6, None).unwrap(),
+                vec![1, 2, 3],
+            ),
+            (
+                "single_pass",
+                quic_lb::Config::new(2, 2, 14, Some([9; 16])).unwrap(),
+                vec![4, 5],
+            ),
+            (
+                "four_pass",
+                quic_lb::Config::new(3, 3, 4, Some([7; 16])).unwrap(),
+                vec![6, 7, 8],
+            ),
+        ]
+    }
 
     #[test]
-    fn shard_bytes_are_uniform_and_owned() {
-        let mut rng = SmallRng::seed_from_u64(1);
-        for n in [1, 2, 3, 4, 7, 200, 256] {
-            for shard in 0..n {
-                for _ in 0..50 {
-                    let v = usize::from(random_shard_byte(&mut rng, shard, n));
-                    assert_eq!(v % n, shard);
-                    assert!(v < shard_byte_limit(n));
+    fn shard_byte_is_uniform_and_unlinkable() {
+        const CIDS: usize = 256 * 100;
+        for (name, config, sid) in layouts() {
+            for n in [2, 3, 8] {
+                let cfg = CidConfig::new(config, &sid, n)
+                    .unwrap()
+                    .with_shard_key(ShardKey::from_bytes(KEY));
+                let mut g = cfg.generator_seeded(1, n as u64);
+                let last = cfg.cid_len() - 1;
+                let (mut bytes, mut pairs) = ([0u64; 256], [0u64; 256]);
+                let mut previous = None;
+                for _ in 0..CIDS {
+                    let b = g.generate_cid()[last];
+                    bytes[usize::from(b)] += 1;
+                    // Two CIDs of one connection (consecutive CIDs of one shard): an observer
+                    // comparing their shard bytes sees a uniform difference.
+                    if let Some(p) = previous.take() {
+                        pairs[usize::from(b ^ p)] += 1;
+                    } else {
+                        previous = Some(b);
+                    }
+                }
+                let (c1, c2) = (chi_square(&bytes), chi_square(&pairs));
+                assert!(c1 < CHI2_255_P999, "{name} n={n}: shard bytes chi2 {c1}");
+                assert!(c2 < CHI2_255_P999, "{name} n={n}: pair XOR chi2 {c2}");
+            }
+        }
+    }
+
+    fn layout() -> impl Strategy<Value = (quic_lb::Config, Vec<u8>)> {
+        (
+            0u8..=6,
+            1usize..=6,
+            4usize..=12,
+            proptest::option::of(any::<[u8; 16]>()),
+            any::<bool>(),
+        )
+            .prop_map(|(id, sid_len, nonce_len, key, self_len)| {
+                let config = quic_lb::Config::new(id, sid_len, nonce_len, key)
+                    .unwrap()
+                    .with_self_encoded_length(self_len);
+                (config, vec![0x5a; sid_len])
+            })
+    }
+
+    proptest! {
+        /// The program in the interpreter, the Rust twin and the generator agree on every CID,
+        /// in short and long headers, for every layout (plaintext and encrypted) and shard count.
+        #[test]
+        fn every_cid_steers_to_its_shard(
+            (config, sid) in layout(),
+            n in prop_oneof![1usize..=8, Just(255usize), Just(256usize)],
+            shard in any::<usize>(),
+            seed in any::<u64>(),
+            key in any::<[u8; 16]>(),
+        ) {
+            let shard = shard % n;
+            let key = ShardKey::from_bytes(key);
+            let cfg = CidConfig::new(config, &sid, n).unwrap().with_shard_key(key);
+            let cid_len = cfg.cid_len();
+            let program = steering_program(cid_len, n, &key);
+            let mut g = cfg.generator_seeded(shard, seed);
+            for _ in 0..4 {
+                let cid = g.generate_cid();
+                prop_assert!(g.validate(&cid).is_ok());
+                let short = [&[0x40][..], &cid, &[0; 24]].concat();
+                let long = [&[0xc0, 0, 0, 0, 1, cid_len as u8][..], &cid, &[0; 24]].concat();
+                for d in [short, long] {
+                    prop_assert_eq!(owner_shard(&d, cid_len, n, &key), Some(shard));
+                    prop_assert_eq!(run_bpf(&program, &d).map_err(TestCaseError::fail)?, shard as u32);
                 }
             }
         }
@@ -234,12 +341,31 @@ mod tests {
             for _ in 0..100 {
                 let cid = gens[s].generate_cid();
                 assert_eq!(cid.len(), 18);
-                assert_eq!(usize::from(cid[17]) % 4, s);
+                let short = [&[0x40][..], &cid].concat();
+                assert_eq!(owner_shard(&short, 18, 4, cfg.shard_key()), Some(s));
                 for (t, g) in gens.iter().enumerate() {
                     assert_eq!(g.validate(&cid).is_ok(), t == s);
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_key_is_settable_and_used() {
+        let config = quic_lb::Config::new(1, 2, 6, None).unwrap();
+        let a = CidConfig::new(config, &[1, 2], 8).unwrap();
+        let key = ShardKey::from_bytes(KEY);
+        let b = a.clone().with_shard_key(key);
+        assert_eq!(b.shard_key(), &key);
+        assert_ne!(a.shard_key(), b.shard_key(), "new() draws a random key");
+        // A generator under another key issues CIDs the first key does not steer to shard 5
+        // (for some CID: the masks differ).
+        let mut g = b.generator_seeded(5, 1);
+        let misrouted = (0..16).any(|_| {
+            let short = [&[0x40][..], &g.generate_cid()].concat();
+            owner_shard(&short, b.cid_len(), 8, a.shard_key()) != Some(5)
+        });
+        assert!(misrouted);
     }
 
     #[test]
@@ -256,8 +382,12 @@ mod tests {
             .validate(&ConnectionId::new(&cid[..cid.len() - 1]))
             .is_err());
         let mut bad = cid.to_vec();
-        bad[cid.len() - 1] = 255; // >= 256 - 256 % 3 = 255
+        bad[cid.len() - 1] ^= 3; // unmasks to shard 2
         assert!(g.validate(&ConnectionId::new(&bad)).is_err());
+        assert!(cfg
+            .generator_seeded(2, 9)
+            .validate(&ConnectionId::new(&bad))
+            .is_ok());
         assert!(g.validate(&ConnectionId::new(&[0u8; 8])).is_err());
     }
 

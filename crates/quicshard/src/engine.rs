@@ -82,6 +82,8 @@ pub struct Builder<H> {
     pub(crate) client_config: Option<ClientConfig>,
     transport: Option<TransportConfig>,
     quic_lb: Option<(quic_lb::Config, Vec<u8>)>,
+    /// `None`: a random key.
+    shard_key: Option<crate::steer::ShardKey>,
     bpf: bool,
     retry: bool,
     retry_threshold: Option<usize>,
@@ -146,6 +148,14 @@ impl<H: Handler> Builder<H> {
     /// single-pass key (18-octet CIDs). The config must leave one octet for the shard byte.
     pub fn quic_lb(mut self, config: quic_lb::Config, server_id: &[u8]) -> Self {
         self.quic_lb = Some((config, server_id.to_vec()));
+        self
+    }
+    /// The key that masks the shard byte of every CID (see [`crate::steer`]): the steering
+    /// program's constants. A process that takes over this engine's connections must use the
+    /// same key, shard count and QUIC-LB config, or it steers their datagrams to the wrong shard.
+    /// Default: a random key ([`Engine::shard_key`] reads it back).
+    pub fn shard_key(mut self, key: crate::steer::ShardKey) -> Self {
+        self.shard_key = Some(key);
         self
     }
     /// Attach the BPF steering program. Default on. Off, the kernel's 4-tuple hash picks the
@@ -261,6 +271,10 @@ impl<H: Handler> Builder<H> {
             Some((cfg, sid)) => CidConfig::new(*cfg, sid, n)?,
             None => CidConfig::standalone(n)?,
         };
+        let cid = match self.shard_key {
+            Some(key) => cid.with_shard_key(key),
+            None => cid,
+        };
         let alpn: Vec<&[u8]> = self.alpn.iter().map(|p| p.as_slice()).collect();
         let mut certificate = None;
         let server_tls = match self.server_tls.take() {
@@ -338,7 +352,8 @@ impl<H: Handler> Builder<H> {
         let bpf_attached = self.bpf
             && n > 1
             && {
-                let program = steer::steering_program(shared.cid.cid_len(), n);
+                let program =
+                    steer::steering_program(shared.cid.cid_len(), n, shared.cid.shard_key());
                 match steer::attach(&listen[0], &program) {
                     Ok(()) => true,
                     Err(e) => {
@@ -474,6 +489,7 @@ impl<H: Handler> Engine<H> {
             client_config: None,
             transport: None,
             quic_lb: None,
+            shard_key: None,
             bpf: true,
             retry: false,
             retry_threshold: None,
@@ -515,6 +531,10 @@ impl<H: Handler> Engine<H> {
     /// Length of the CIDs this engine issues (QUIC-LB part + shard byte).
     pub fn cid_len(&self) -> usize {
         self.cid_len
+    }
+    /// The key masking the shard byte of this engine's CIDs ([`Builder::shard_key`]).
+    pub fn shard_key(&self) -> crate::steer::ShardKey {
+        *self.shared.cid.shard_key()
     }
     /// The 0-RTT ticket store's counters (`None` without [`Builder::zero_rtt`]).
     pub fn ticket_stats(&self) -> Option<TicketStats> {

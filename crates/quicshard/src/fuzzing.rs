@@ -13,8 +13,9 @@ pub use crate::shard::inbound::{check_before_endpoint, handoff_target, EarlyDrop
 /// silently return 0, i.e. socket 0): the program must guard every load.
 pub fn run_bpf(program: &[libc::sock_filter], packet: &[u8]) -> Result<u32, String> {
     use libc::{
-        BPF_A, BPF_ABS, BPF_ADD, BPF_ALU, BPF_B, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP, BPF_JSET,
-        BPF_K, BPF_LD, BPF_LEN, BPF_MISC, BPF_MOD, BPF_RET, BPF_TAX, BPF_W, BPF_X,
+        BPF_A, BPF_ABS, BPF_ADD, BPF_ALU, BPF_B, BPF_IMM, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP,
+        BPF_JSET, BPF_K, BPF_LD, BPF_LEN, BPF_MISC, BPF_MOD, BPF_MUL, BPF_RET, BPF_RSH, BPF_TAX,
+        BPF_W, BPF_X, BPF_XOR,
     };
     let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
     loop {
@@ -29,10 +30,25 @@ pub fn run_bpf(program: &[libc::sock_filter], packet: &[u8]) -> Result<u32, Stri
                     .get(k as usize)
                     .ok_or(format!("load of byte {k} past the end"))?,
             );
-        } else if code == BPF_ALU | BPF_ADD | BPF_K {
-            a = a.wrapping_add(k);
-        } else if code == BPF_ALU | BPF_MOD | BPF_K {
-            a = a.checked_rem(k).ok_or("mod by 0")?;
+        } else if code == BPF_LD | BPF_W | BPF_ABS {
+            // big-endian, like the kernel's word loads
+            let at = k as usize;
+            let word = packet
+                .get(at..at.saturating_add(4))
+                .ok_or(format!("load of word {k} past the end"))?;
+            a = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        } else if code == BPF_LD | BPF_IMM {
+            a = k;
+        } else if code & 0x07 == BPF_ALU {
+            let src = if code & BPF_X != 0 { x } else { k };
+            a = match code & 0xf0 {
+                BPF_ADD => a.wrapping_add(src),
+                BPF_MUL => a.wrapping_mul(src),
+                BPF_XOR => a ^ src,
+                BPF_RSH if src < 32 => a >> src,
+                BPF_MOD => a.checked_rem(src).ok_or("mod by 0")?,
+                _ => return Err(format!("unsupported ALU op {code:#x} {src}")),
+            };
         } else if code == BPF_MISC | BPF_TAX {
             x = a;
         } else if code == BPF_RET | BPF_A {

@@ -73,6 +73,7 @@ struct Counters {
 pub struct Injector<H> {
     mailboxes: Arc<[MailboxTx<H>]>,
     cid_len: usize,
+    key: steer::ShardKey,
     counters: Arc<Counters>,
     arena: Arena,
 }
@@ -82,6 +83,7 @@ impl<H> Clone for Injector<H> {
         Self {
             mailboxes: self.mailboxes.clone(),
             cid_len: self.cid_len,
+            key: self.key,
             counters: self.counters.clone(),
             arena: Arena::default(),
         }
@@ -95,6 +97,7 @@ impl<H: Handler> Engine<H> {
         Injector {
             mailboxes: self.remote().mailboxes,
             cid_len: self.cid_len(),
+            key: self.shard_key(),
             counters: Arc::default(),
             arena: Arena::default(),
         }
@@ -106,7 +109,7 @@ impl<H> Injector<H> {
     /// The bool tells whether the hash was used.
     pub fn owner(&self, payload: &[u8], remote: &SocketAddr) -> (usize, bool) {
         let n = self.mailboxes.len();
-        match steer::owner_shard(payload, self.cid_len, n) {
+        match steer::owner_shard(payload, self.cid_len, n, &self.key) {
             Some(s) => (s, false),
             None => ((hash_addr(remote) % n.max(1) as u64) as usize, true),
         }
@@ -190,17 +193,23 @@ mod tests {
 
     #[test]
     fn injected_datagrams_reach_the_owning_shard_and_are_counted() {
+        // A given shard key is the one the engine (and its injector) steers with.
+        let key = steer::ShardKey::from_bytes([9; 16]);
         let engine = Engine::builder(|_| Nop)
             .shards(2)
             .listen("127.0.0.1:0".parse().unwrap())
+            .shard_key(key)
             .start()
             .unwrap();
+        assert_eq!(engine.shard_key(), key);
         let mut inj = engine.injector();
         let client: SocketAddr = "192.0.2.7:5555".parse().unwrap();
         assert_eq!(inj.inject(&[], client, None), Err(InjectError::Empty));
         // A short header whose DCID is not one of ours: the shard drops it as unknown.
         let mut short = vec![0x40u8; 40];
-        short[engine.cid_len()] = 1; // shard byte: shard 1
+        let last = engine.cid_len();
+        // shard byte: shard 1
+        short[last] = 1 ^ steer::shard_mask(&key, &short[1..last]);
         assert_eq!(inj.owner(&short, &client), (1, false));
         inj.inject(&short, client, None).unwrap();
         // Too short for the steering rule: placed by the client address, the same each time.

@@ -7,16 +7,31 @@
 //!
 //! # The rule
 //!
-//! Server connection IDs have a fixed length `cid_len` (at most 20) and their last byte is the
-//! *shard byte*; the owning shard is `shard_byte % n_shards`. Offsets are into the UDP payload.
+//! Server connection IDs have a fixed length `cid_len` (at most 20): a QUIC-LB part of
+//! `cid_len - 1` octets, then the *shard byte*. The shard byte is the shard XOR-ed with a keyed
+//! hash of the QUIC-LB part ([`shard_mask`]), so the owning shard is
+//! `(shard_byte ^ shard_mask(key, quic_lb_part)) % n_shards`. The QUIC-LB part differs in every
+//! CID (a random or encrypted nonce), so without the [`ShardKey`] the shard byte is a uniform
+//! random octet: two CIDs of one connection (or of one shard) share nothing an observer can
+//! compare. Offsets are into the UDP payload.
 //!
-//! - Short header (`byte[0] & 0x80 == 0`): the DCID is `byte[1..1 + cid_len]`, so the shard is
-//!   `byte[cid_len] % n`.
+//! - Short header (`byte[0] & 0x80 == 0`): the DCID is `byte[1..1 + cid_len]`.
 //! - Long header (`byte[0] & 0x80 != 0`): `byte[5]` is the DCID length and the DCID starts at
-//!   offset 6. If the length is `cid_len` it is one of our CIDs and the shard is
-//!   `byte[5 + cid_len] % n`. Any other length in `1..=20` is a client-chosen Initial DCID, which
-//!   the client reuses for its whole first flight, so `byte[6] % n` is deterministic for it.
+//!   offset 6. If the length is `cid_len` it is one of our CIDs, unmasked as above. Any other
+//!   length in `1..=20` is a client-chosen Initial DCID, which the client reuses for its whole
+//!   first flight, so `byte[6] % n` is deterministic for it.
 //!
+//! # The keyed hash
+//!
+//! [`shard_mask`] reads the QUIC-LB part as big-endian 32-bit words (the last one overlapping
+//! its predecessor when the length is not a multiple of 4; octet by octet when it is shorter
+//! than 4), folds each into a 32-bit state with a keyed multiply-xorshift round and finishes with
+//! murmur3's `fmix32` after a keyed XOR; the mask is the top octet. Every step is a 32-bit
+//! `ADD`/`XOR`/`MUL`/`RSH` that classic BPF has, with the key's four words as instruction
+//! constants, so the kernel program and the Rust twin compute the same octet. It is a keyed mix,
+//! not a MAC: it keeps the shard from an observer without the key; the key is not meant to
+//! resist an adversary who can query the server for chosen CIDs.
+
 //! # Fallback
 //!
 //! The rule falls back when it cannot pick a shard: an empty datagram, a datagram too short to
@@ -60,29 +75,125 @@ const LONG_DCID_LEN_OFFSET: usize = 5;
 /// Offset of the long-header DCID.
 const LONG_DCID_OFFSET: usize = 6;
 
+/// The key of the shard byte's mask: four 32-bit words, which become constants of the steering
+/// program. One per engine; a process taking over an engine's sockets must be given the same key
+/// or it misroutes every existing connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ShardKey([u32; 4]);
+
+impl ShardKey {
+    /// Length of [`ShardKey::to_bytes`].
+    pub const LEN: usize = 16;
+
+    /// A key drawn from the OS random source.
+    pub fn random() -> Self {
+        Self::from_bytes(rand::random())
+    }
+    /// The key with these octets (big-endian words).
+    pub fn from_bytes(bytes: [u8; Self::LEN]) -> Self {
+        let word =
+            |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        Self([word(0), word(4), word(8), word(12)])
+    }
+    /// The key's octets, for handing it to another process.
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        for (chunk, word) in out.chunks_exact_mut(4).zip(self.0) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        out
+    }
+    fn multiplier(&self) -> u32 {
+        self.0[1] | 1
+    }
+}
+
+impl std::fmt::Debug for ShardKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShardKey(..)")
+    }
+}
+
+/// murmur3 `fmix32` multipliers.
+const FMIX1: u32 = 0x85eb_ca6b;
+const FMIX2: u32 = 0xc2b2_ae35;
+/// Right shift of the per-word round.
+const ROUND_SHIFT: u32 = 15;
+
+/// One input unit of [`shard_mask`]: a big-endian word or an octet at an offset of the input.
+#[derive(Clone, Copy)]
+enum Chunk {
+    Word(usize),
+    Byte(usize),
+}
+
+/// The units [`shard_mask`] reads from `len` octets: words at 0, 4, ... with the last one at
+/// `len - 4` (overlapping) when `len >= 4`; otherwise each octet.
+fn chunks(len: usize) -> impl Iterator<Item = Chunk> {
+    let (words, bytes) = if len >= 4 {
+        (len.div_ceil(4), 0)
+    } else {
+        (0, len)
+    };
+    (0..words)
+        .map(move |i| Chunk::Word((4 * i).min(len - 4)))
+        .chain((0..bytes).map(Chunk::Byte))
+}
+
+/// The keyed mask of the shard byte: a function of the octets before it (the QUIC-LB part).
+/// The shard byte of a CID issued by shard `s` is `s ^ shard_mask(key, quic_lb_part)`.
+pub fn shard_mask(key: &ShardKey, part: &[u8]) -> u8 {
+    let mut h = key.0[0];
+    for chunk in chunks(part.len()) {
+        let w = match chunk {
+            Chunk::Word(o) => u32::from_be_bytes([part[o], part[o + 1], part[o + 2], part[o + 3]]),
+            Chunk::Byte(o) => u32::from(part[o]),
+        };
+        h = (h ^ w).wrapping_mul(key.multiplier());
+        h = (h ^ (h >> ROUND_SHIFT)).wrapping_add(key.0[2]);
+    }
+    h ^= key.0[3];
+    h ^= h >> 16;
+    h = h.wrapping_mul(FMIX1);
+    h ^= h >> 13;
+    h = h.wrapping_mul(FMIX2);
+    h ^= h >> 16;
+    (h >> 24) as u8
+}
+
+/// The unmasked shard byte of a whole server CID (`cid` not empty).
+fn unmask(key: &ShardKey, cid: &[u8]) -> usize {
+    let last = cid.len() - 1;
+    usize::from(cid[last] ^ shard_mask(key, &cid[..last]))
+}
+
 /// Which shard owns this datagram by the steering rule, or `None` if the rule falls back.
 ///
 /// `datagram` is a UDP payload. Never panics; `n_shards == 0` always gives `None`.
-pub fn owner_shard(datagram: &[u8], cid_len: usize, n_shards: usize) -> Option<usize> {
+pub fn owner_shard(
+    datagram: &[u8],
+    cid_len: usize,
+    n_shards: usize,
+    key: &ShardKey,
+) -> Option<usize> {
     let first = *datagram.first()?;
-    let shard_byte = if first & LONG_HEADER_BIT == 0 {
+    let shard = if first & LONG_HEADER_BIT == 0 {
         if cid_len == 0 {
             return None;
         }
-        // DCID is datagram[1..1 + cid_len]; its last byte is at cid_len.
-        *datagram.get(cid_len)?
+        unmask(key, datagram.get(1..1 + cid_len)?)
     } else {
         let dcid_len = usize::from(*datagram.get(LONG_DCID_LEN_OFFSET)?);
         if dcid_len == 0 || dcid_len > MAX_CID_LEN || datagram.len() < LONG_DCID_OFFSET + dcid_len {
             return None;
         }
         if dcid_len == cid_len {
-            datagram[LONG_DCID_OFFSET + cid_len - 1]
+            unmask(key, &datagram[LONG_DCID_OFFSET..LONG_DCID_OFFSET + cid_len])
         } else {
-            datagram[LONG_DCID_OFFSET]
+            usize::from(datagram[LONG_DCID_OFFSET])
         }
     };
-    usize::from(shard_byte).checked_rem(n_shards)
+    shard.checked_rem(n_shards)
 }
 
 /// The classic BPF program implementing the same rule as [`owner_shard`].
@@ -92,10 +203,10 @@ pub fn owner_shard(datagram: &[u8], cid_len: usize, n_shards: usize) -> Option<u
 /// # Panics
 ///
 /// If `cid_len > MAX_CID_LEN`, `n_shards == 0` or `n_shards > u32::MAX` (configuration errors).
-pub fn steering_program(cid_len: usize, n_shards: usize) -> Vec<sock_filter> {
+pub fn steering_program(cid_len: usize, n_shards: usize, key: &ShardKey) -> Vec<sock_filter> {
     use libc::{
-        BPF_A, BPF_ABS, BPF_ADD, BPF_ALU, BPF_B, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP, BPF_JSET,
-        BPF_K, BPF_LD, BPF_LEN, BPF_MISC, BPF_MOD, BPF_RET, BPF_TAX, BPF_W, BPF_X,
+        BPF_ABS, BPF_ADD, BPF_ALU, BPF_B, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP, BPF_JSET, BPF_K,
+        BPF_LD, BPF_LEN, BPF_MISC, BPF_RET, BPF_TAX, BPF_W, BPF_X,
     };
     use Label::{Fallback, Long, Next, Other};
     assert!(cid_len <= MAX_CID_LEN, "cid_len {cid_len} > {MAX_CID_LEN}");
@@ -107,8 +218,6 @@ pub fn steering_program(cid_len: usize, n_shards: usize) -> Vec<sock_filter> {
 
     let ld_len = Op::Stmt(BPF_LD | BPF_W | BPF_LEN, 0);
     let ldb = |offset: u32| Op::Stmt(BPF_LD | BPF_B | BPF_ABS, offset);
-    let mod_n = Op::Stmt(BPF_ALU | BPF_MOD | BPF_K, n);
-    let ret_a = Op::Stmt(BPF_RET | BPF_A, 0);
     let jump = |code: u32, k: u32, jt: Label, jf: Label| Op::Jump(BPF_JMP | code, k, jt, jf);
 
     let mut ops = vec![
@@ -117,17 +226,12 @@ pub fn steering_program(cid_len: usize, n_shards: usize) -> Vec<sock_filter> {
         ldb(0),
         jump(BPF_JSET | BPF_K, u32::from(LONG_HEADER_BIT), Long, Next),
     ];
-    // Short header: the shard byte is byte[cid_len].
+    // Short header: the CID is byte[1..1 + cid_len].
     if cid_len == 0 {
         ops.push(Op::Stmt(BPF_RET | BPF_K, BPF_FALLBACK));
     } else {
-        ops.extend([
-            ld_len,
-            jump(BPF_JGE | BPF_K, c + 1, Next, Fallback),
-            ldb(c),
-            mod_n,
-            ret_a,
-        ]);
+        ops.extend([ld_len, jump(BPF_JGE | BPF_K, c + 1, Next, Fallback)]);
+        unmask_ops(&mut ops, 1, cid_len, n, key);
     }
     // Long header: check the DCID length byte, then that the whole DCID is present.
     ops.extend([
@@ -143,19 +247,67 @@ pub fn steering_program(cid_len: usize, n_shards: usize) -> Vec<sock_filter> {
         jump(BPF_JGE | BPF_X, 0, Next, Fallback),
         ldb(dcid_len_at),
         jump(BPF_JEQ | BPF_K, c, Next, Other),
-        // One of our CIDs (cid_len >= 1 here: length 0 already fell back).
-        ldb((dcid_at + c).saturating_sub(1)),
-        mod_n,
-        ret_a,
+    ]);
+    // One of our CIDs (cid_len >= 1 here: length 0 already fell back).
+    if cid_len > 0 {
+        unmask_ops(&mut ops, dcid_at, cid_len, n, key);
+    }
+    ops.extend([
         // A client-chosen DCID: its first byte.
         Op::Mark(Other),
         ldb(dcid_at),
-        mod_n,
-        ret_a,
+        Op::Stmt(BPF_ALU | libc::BPF_MOD | BPF_K, n),
+        Op::Stmt(BPF_RET | libc::BPF_A, 0),
         Op::Mark(Fallback),
         Op::Stmt(BPF_RET | BPF_K, BPF_FALLBACK),
     ]);
     assemble(&ops)
+}
+
+/// Appends `return (cid[last] ^ shard_mask(key, cid[..last])) % n` for the `cid_len`-octet CID at
+/// packet offset `base`, which the caller has checked is all there. [`shard_mask`]'s state lives
+/// in `A`; `X` holds it while a word is loaded.
+fn unmask_ops(ops: &mut Vec<Op>, base: u32, cid_len: usize, n: u32, key: &ShardKey) {
+    use libc::{
+        BPF_A, BPF_ABS, BPF_ADD, BPF_ALU, BPF_B, BPF_IMM, BPF_K, BPF_LD, BPF_MISC, BPF_MOD,
+        BPF_MUL, BPF_RET, BPF_RSH, BPF_TAX, BPF_W, BPF_X, BPF_XOR,
+    };
+    // `BPF_LD | BPF_W | BPF_ABS` reads a big-endian word, like `shard_mask`.
+    let alu_k = |op: u32, k: u32| Op::Stmt(BPF_ALU | op | BPF_K, k);
+    let tax = Op::Stmt(BPF_MISC | BPF_TAX, 0);
+    let xor_x = Op::Stmt(BPF_ALU | BPF_XOR | BPF_X, 0);
+    // A ^= A >> shift
+    let xorshift = |ops: &mut Vec<Op>, shift: u32| {
+        ops.extend([tax, alu_k(BPF_RSH, shift), xor_x]);
+    };
+    // Invariant: cid_len <= 20, so offsets fit in u32.
+    let at = |offset: usize| base + offset as u32;
+    let last = cid_len - 1;
+    ops.push(Op::Stmt(BPF_LD | BPF_IMM, key.0[0]));
+    for chunk in chunks(last) {
+        ops.push(tax);
+        ops.push(match chunk {
+            Chunk::Word(o) => Op::Stmt(BPF_LD | BPF_W | BPF_ABS, at(o)),
+            Chunk::Byte(o) => Op::Stmt(BPF_LD | BPF_B | BPF_ABS, at(o)),
+        });
+        ops.extend([xor_x, alu_k(BPF_MUL, key.multiplier())]);
+        xorshift(ops, ROUND_SHIFT);
+        ops.push(alu_k(BPF_ADD, key.0[2]));
+    }
+    ops.push(alu_k(BPF_XOR, key.0[3]));
+    xorshift(ops, 16);
+    ops.push(alu_k(BPF_MUL, FMIX1));
+    xorshift(ops, 13);
+    ops.push(alu_k(BPF_MUL, FMIX2));
+    xorshift(ops, 16);
+    ops.extend([
+        alu_k(BPF_RSH, 24),
+        tax,
+        Op::Stmt(BPF_LD | BPF_B | BPF_ABS, at(last)),
+        xor_x,
+        alu_k(BPF_MOD, n),
+        Op::Stmt(BPF_RET | BPF_A, 0),
+    ]);
 }
 
 /// Jump targets of the steering program; `Next` is the following instruction.
@@ -302,124 +454,4 @@ pub fn attach(socket: &UdpSocket, program: &[sock_filter]) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fuzzing::run_bpf;
-    use proptest::prelude::*;
-
-    /// The program's verdict in `owner_shard`'s terms: `>= n` means fall back.
-    fn bpf_owner(datagram: &[u8], cid_len: usize, n: usize) -> Option<usize> {
-        let index = run_bpf(&steering_program(cid_len, n), datagram).unwrap();
-        Some(index as usize).filter(|&i| i < n)
-    }
-
-    fn short(dcid: &[u8]) -> Vec<u8> {
-        [&[0x41][..], dcid, b"payload"].concat()
-    }
-
-    fn long(dcid: &[u8]) -> Vec<u8> {
-        let len = u8::try_from(dcid.len()).unwrap();
-        [
-            &[0xc3, 0, 0, 0, 1, len][..],
-            dcid,
-            &[4, 9, 9, 9, 9],
-            b"token+payload",
-        ]
-        .concat()
-    }
-
-    /// Both the twin and the program give `want`.
-    fn check(datagram: &[u8], cid_len: usize, n: usize, want: Option<usize>) {
-        assert_eq!(
-            owner_shard(datagram, cid_len, n),
-            want,
-            "owner_shard {datagram:02x?}"
-        );
-        assert_eq!(bpf_owner(datagram, cid_len, n), want, "bpf {datagram:02x?}");
-    }
-
-    #[test]
-    fn steers_by_shard_byte() {
-        for n in 1..=8 {
-            for cid_len in [1, 4, 8, 16, 20] {
-                for b in [0u8, 1, 5, 7, 200, 255] {
-                    let mut cid = vec![0xaa; cid_len];
-                    cid[cid_len - 1] = b;
-                    let want = Some(usize::from(b) % n);
-                    check(&short(&cid), cid_len, n, want);
-                    check(&short(&cid)[..1 + cid_len], cid_len, n, want);
-                    check(&long(&cid), cid_len, n, want);
-                    check(&long(&cid)[..6 + cid_len], cid_len, n, want);
-                    // A client-chosen DCID of another length: its first byte.
-                    let client_len = if cid_len == 8 { 5 } else { 8 };
-                    let mut client = vec![0x55; client_len];
-                    client[0] = b;
-                    check(&long(&client), cid_len, n, want);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn falls_back_when_it_cannot_steer() {
-        for n in 1..=8 {
-            for cid_len in [1, 4, 8, 20] {
-                let cid = vec![0x07; cid_len];
-                check(&[], cid_len, n, None);
-                check(&[0x41], cid_len, n, None);
-                check(&short(&cid)[..cid_len], cid_len, n, None);
-                check(&long(&cid)[..5 + cid_len], cid_len, n, None);
-                check(&long(&cid)[..5], cid_len, n, None);
-                check(&long(&[]), cid_len, n, None);
-                check(&long(&[0x07; 21]), cid_len, n, None);
-                check(&long(&[0x07; 3])[..8], cid_len, n, None);
-            }
-            // No CID to steer by for short headers; long ones still steer by the client's DCID.
-            check(&short(&[9; 8]), 0, n, None);
-            check(&long(&[9; 8]), 0, n, Some(9 % n));
-        }
-        assert_eq!(owner_shard(&short(&[9; 8]), 8, 0), None);
-    }
-
-    #[test]
-    #[should_panic(expected = "n_shards")]
-    fn program_rejects_zero_shards() {
-        let _ = steering_program(8, 0);
-    }
-
-    fn datagram() -> impl Strategy<Value = (Vec<u8>, usize, usize)> {
-        (0..=MAX_CID_LEN, 1usize..=8, any::<u8>(), 0usize..60).prop_flat_map(
-            |(cid_len, n, first, len)| {
-                let dcid_len = prop_oneof![Just(cid_len as u8), 0u8..=22, any::<u8>()];
-                (proptest::collection::vec(any::<u8>(), len), dcid_len).prop_map(
-                    move |(mut bytes, dcid_len)| {
-                        if let Some(b) = bytes.first_mut() {
-                            *b = first;
-                        }
-                        if let Some(b) = bytes.get_mut(LONG_DCID_LEN_OFFSET) {
-                            *b = dcid_len;
-                        }
-                        (bytes, cid_len, n)
-                    },
-                )
-            },
-        )
-    }
-
-    proptest! {
-        #[test]
-        fn never_panics(bytes in any::<Vec<u8>>(), cid_len in 0usize..40, n in 0usize..12) {
-            if let Some(shard) = owner_shard(&bytes, cid_len, n) {
-                prop_assert!(shard < n);
-            }
-        }
-
-        #[test]
-        fn program_matches_twin((bytes, cid_len, n) in datagram()) {
-            let program = steering_program(cid_len, n);
-            let index = run_bpf(&program, &bytes).map_err(TestCaseError::fail)?;
-            let bpf = Some(index as usize).filter(|&i| i < n);
-            prop_assert_eq!(bpf, owner_shard(&bytes, cid_len, n));
-        }
-    }
-}
+mod tests;

@@ -268,7 +268,7 @@ fn inbound_path_before_the_endpoint() {
     let mut runner = proptest::test_runner::TestRunner::new(fuzz_common::fuzz_config());
     let result = runner.run(&(layout(), recipe()), |(l, r)| {
         let cfg = l.cid_config();
-        let (n, me, cid_len) = (l.n, l.me, cfg.cid_len());
+        let (n, me, cid_len, key) = (l.n, l.me, cfg.cid_len(), *cfg.shard_key());
         prop_assert!(cid_len <= 20);
         let mut gens = Gens {
             cfg,
@@ -279,11 +279,11 @@ fn inbound_path_before_the_endpoint() {
         let d = &b.data[..];
 
         // 1. the steering rule: in range, and exactly what the kernel's BPF program does
-        let owner = owner_shard(d, cid_len, n);
+        let owner = owner_shard(d, cid_len, n, &key);
         if let Some(o) = owner {
             prop_assert!(o < n);
         }
-        let bpf = run_bpf(&steering_program(cid_len, n), d).map_err(TestCaseError::fail)?;
+        let bpf = run_bpf(&steering_program(cid_len, n, &key), d).map_err(TestCaseError::fail)?;
         prop_assert!(
             bpf == BPF_FALLBACK || (bpf as usize) < n,
             "bpf returned {}",
@@ -292,7 +292,7 @@ fn inbound_path_before_the_endpoint() {
         prop_assert_eq!(Some(bpf as usize).filter(|&i| i < n), owner);
 
         // 2. the handoff decision on shard `me`
-        let target = handoff_target(d, cid_len, n, me);
+        let target = handoff_target(d, cid_len, n, &key, me);
         let want = if n > 1 {
             owner.filter(|&o| o != me)
         } else {

@@ -9,7 +9,18 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use quicshard::steer::{attach, bind_group, owner_shard, steering_program};
+use quicshard::steer::{attach, bind_group, steering_program, ShardKey};
+
+/// The shard key of every program here.
+const KEY: [u8; 16] = *b"steer-test-key!!";
+
+fn owner_shard(datagram: &[u8], cid_len: usize, n: usize) -> Option<usize> {
+    quicshard::steer::owner_shard(datagram, cid_len, n, &ShardKey::from_bytes(KEY))
+}
+
+fn program(cid_len: usize, n: usize) -> Vec<libc::sock_filter> {
+    steering_program(cid_len, n, &ShardKey::from_bytes(KEY))
+}
 
 const SHARDS: usize = 4;
 /// Not 8, so a client's typical 8-byte Initial DCID takes the "client-chosen DCID" branch.
@@ -138,14 +149,17 @@ fn long(dcid: &[u8], seq: u16) -> Vec<u8> {
 #[test]
 fn bpf_steers_every_datagram_to_its_owner() {
     let group = group();
-    if !attach_or_skip(&group[SHARDS - 1], &steering_program(CID_LEN, SHARDS)) {
+    if !attach_or_skip(&group[SHARDS - 1], &program(CID_LEN, SHARDS)) {
         return;
     }
     let client = client();
     let mut datagrams = Vec::new();
     for b in 0..=255u8 {
         let seq = u16::from(b);
+        // Octets before the shard byte vary too, so the kernel's word loads are checked.
         let mut cid = [0x5a; CID_LEN];
+        cid[2] = b.wrapping_mul(37);
+        cid[CID_LEN - 2] = b ^ 0x81;
         cid[CID_LEN - 1] = b;
         datagrams.push((&client, short(&cid, seq)));
         datagrams.push((&client, long(&cid, seq)));
@@ -186,7 +200,7 @@ fn bpf_falls_back_to_the_kernel_hash() {
         "all 16 clients hash to socket 0: {hashed:?}"
     );
 
-    if !attach_or_skip(&group[0], &steering_program(CID_LEN, SHARDS)) {
+    if !attach_or_skip(&group[0], &program(CID_LEN, SHARDS)) {
         return;
     }
     let cid = [0x03; CID_LEN];
@@ -300,7 +314,7 @@ fn filter_sees_the_udp_payload() {
 #[test]
 fn ipv6_group_steers_too() {
     let group = group_on("[::1]:0");
-    if !attach_or_skip(&group[1], &steering_program(CID_LEN, SHARDS)) {
+    if !attach_or_skip(&group[1], &program(CID_LEN, SHARDS)) {
         return;
     }
     let client = UdpSocket::bind("[::1]:0").unwrap();

@@ -81,8 +81,10 @@ impl<H: Handler> Shard<H> {
         let n = self.peers.len();
         // Only the shared port is steered: the client socket is this shard's alone.
         if s == LISTEN {
-            let cid_len = self.core.shared.cid.cid_len();
-            if let Some(owner) = handoff_target(&data, cid_len, n, self.core.id) {
+            let cid = &self.core.shared.cid;
+            if let Some(owner) =
+                handoff_target(&data, cid.cid_len(), n, cid.shard_key(), self.core.id)
+            {
                 let short = first & 0x80 == 0;
                 let msg = Msg::Datagram(Handoff {
                     data,
@@ -263,11 +265,18 @@ pub enum EarlyDrop {
 
 /// The shard a datagram received on the shared port must be handed to, if not `me`: the
 /// steering rule ([`steer::owner_shard`]) when there are several shards; `None` to keep it.
-pub fn handoff_target(data: &[u8], cid_len: usize, n_shards: usize, me: usize) -> Option<usize> {
+pub fn handoff_target(
+    data: &[u8],
+    cid_len: usize,
+    n_shards: usize,
+    key: &steer::ShardKey,
+    me: usize,
+) -> Option<usize> {
     if n_shards <= 1 {
         return None;
     }
-    steer::owner_shard(data, cid_len, n_shards).filter(|&owner| owner != me && owner < n_shards)
+    steer::owner_shard(data, cid_len, n_shards, key)
+        .filter(|&owner| owner != me && owner < n_shards)
 }
 
 /// The checks a datagram this shard keeps passes before `Endpoint::handle`: it is not empty and,

@@ -194,7 +194,10 @@ fn retried_by_shard_0(shared: &Shared, now: Instant) -> (Side, Vec<u8>) {
     assert_eq!(second.len(), 1, "one Initial datagram after the Retry");
     // the Retry's source CID is shard 0's, so the engine would steer this back to shard 0
     let cid_len = shared.cid.cid_len();
-    assert_eq!(owner_shard(&second[0], cid_len, SHARDS), Some(0));
+    assert_eq!(
+        owner_shard(&second[0], cid_len, SHARDS, shared.cid.shard_key()),
+        Some(0)
+    );
     let second = second.into_iter().next().unwrap();
     (client, second)
 }
@@ -221,7 +224,10 @@ fn retry_from_shard_0_is_accepted_on_shard_1() {
     shuttle(&mut client, &mut server, &mut now, |d, from_server| {
         heard_from_server |= from_server;
         if heard_from_server && !from_server {
-            assert_eq!(owner_shard(d, cid_len, SHARDS), Some(1));
+            assert_eq!(
+                owner_shard(d, cid_len, SHARDS, shared.cid.shard_key()),
+                Some(1)
+            );
         }
     });
     assert!(client.connected, "client handshake did not complete");

@@ -238,7 +238,7 @@ impl<H: Handler> Builder<H> {
                 key_lifetime: self.ticket_key_lifetime,
             }
         };
-        let server_config = build_server_config(
+        let (server_config, server_tickets) = build_server_config(
             server_tls,
             self.transport.clone().unwrap_or_default(),
             &tickets,
@@ -259,6 +259,7 @@ impl<H: Handler> Builder<H> {
             retry_threshold: self.retry_threshold,
             max_connections: self.max_connections,
             tickets,
+            server_tickets: Some(server_tickets),
         });
         Ok((shared, certificate))
     }

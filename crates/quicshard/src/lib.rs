@@ -18,6 +18,7 @@ pub mod handler;
 mod inject;
 pub mod random;
 mod ranks;
+mod reload;
 mod shard;
 mod shared;
 pub mod stats;
@@ -28,6 +29,7 @@ pub mod tls;
 pub use engine::{Builder, Engine, StartError, DEFAULT_MAX_CONNECTIONS};
 pub use handler::{ConnId, Handler, Remote, RemoteError, ShardCtx, ShardId, HANDLER_PANIC_CODE};
 pub use inject::{InjectError, InjectStats, Injector};
+pub use reload::ReloadError;
 pub use stats::ShardStats;
 
 pub use quinn_proto;

@@ -17,9 +17,19 @@ pub(crate) struct Args {
     stats_file: Option<PathBuf>,
 }
 
+/// A configuration file's error as one line naming the file once (a read error already names
+/// it, as its key).
+pub(crate) fn config_error(path: &std::path::Path, e: &quicshard_lb::ConfigError) -> String {
+    if e.key == path.display().to_string() {
+        e.to_string()
+    } else {
+        format!("{}: {e}", path.display())
+    }
+}
+
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
     let config = LbConfig::from_file(&args.config)
-        .map_err(|e| Failure::Usage(format!("{}: {e}", args.config.display())))?;
+        .map_err(|e| Failure::Usage(config_error(&args.config, &e)))?;
     signals::block_termination().map_err(|e| Failure::Refused(format!("signals: {e}")))?;
     let lb = Lb::start(config).map_err(|e| Failure::Refused(e.to_string()))?;
     println!("listening on {}", lb.local_addr());

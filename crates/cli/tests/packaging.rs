@@ -8,7 +8,10 @@ use common::workspace_root;
 #[test]
 fn both_licences_are_at_the_root() {
     for (file, marker) in [
-        ("LICENSE-MIT", "Permission is hereby granted, free of charge"),
+        (
+            "LICENSE-MIT",
+            "Permission is hereby granted, free of charge",
+        ),
         ("LICENSE-APACHE", "Apache License"),
     ] {
         let text = std::fs::read_to_string(workspace_root().join(file))

@@ -162,7 +162,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         Some(rate) => loadgen::openloop::run(&engine.remote(), &params, rate, &bar),
         None => loadgen::run(&engine.remote(), &params, &bar),
     };
-    report.full_handshakes = Some(full.load(std::sync::atomic::Ordering::Relaxed) as u64);
+    report.full_handshakes = Some(full.full.load(std::sync::atomic::Ordering::Relaxed) as u64);
     bar.finish_and_clear();
     engine.shutdown(Duration::from_secs(1));
     finish(&args, &report)

@@ -1,24 +1,31 @@
-//! `quicshard get`: downloads URLs of one authority over one connection (hq-interop), streams in
-//! parallel, each file written under `--output` by its base name.
+//! `quicshard get`: downloads URLs of one authority over one connection (h3, or hq-interop),
+//! streams in parallel, each body written under `--output` at its URL's path ([`target`]) or to
+//! standard output in URL order. The host's addresses are tried in turn until one completes a
+//! handshake ([`connect_each`]).
+
+mod progress;
+mod target;
 
 use std::collections::VecDeque;
+use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use quicshard::ShardId;
 
+pub(crate) use progress::Progress;
+use target::{Authority, Output};
+
 use crate::apps::client::{self, Event, Plan, Request};
-use crate::apps::h3_client::{self, Download, Fetch};
+use crate::apps::h3_client::{self, Download, Fetch, GetOptions};
 use crate::apps::{ALPN_H3, ALPN_HQ};
-use crate::{tlsfiles, Failure};
+use crate::tlsfiles::{self, CertChecks};
+use crate::Failure;
 
 /// Streams open at once.
 const PARALLEL: usize = 64;
-/// Give up if nothing at all happens for this long.
-const IDLE_LIMIT: Duration = Duration::from_secs(30);
 
 /// Arguments of `quicshard get`.
 #[derive(clap::Args)]
@@ -26,12 +33,25 @@ pub(crate) struct Args {
     /// Accept any server certificate (no authentication).
     #[arg(long, conflicts_with = "ca")]
     insecure: bool,
-    /// Trust the CA certificates in this PEM file.
+    /// Trust only the CA certificates in this PEM file (default: the system's trust store, or
+    /// the files SSL_CERT_FILE and SSL_CERT_DIR name).
     #[arg(long)]
     ca: Option<PathBuf>,
-    /// Directory the files are written to.
-    #[arg(long, default_value = ".")]
-    output: PathBuf,
+    /// Directory the files are written to, each at its URL's path (`https://h/a/n.txt` to
+    /// DIR/a/n.txt; a path ending in `/` to index.html there); `-` writes the bodies to standard
+    /// output in URL order. Two URLs that would write the same file are refused before
+    /// anything is downloaded.
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    output: String,
+    /// Seconds each address may take to complete its handshake, and the longest time without
+    /// progress after it.
+    #[arg(long, default_value_t = 30, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+    /// Use these addresses for HOST:PORT instead of resolving HOST (as curl's --resolve), tried in
+    /// order: `localhost:4433:[::1],127.0.0.1`.
+    #[arg(long, value_name = "HOST:PORT:ADDR[,ADDR]")]
+    resolve: Option<String>,
     /// Write TLS secrets here (NSS key log format), for Wireshark.
     #[arg(long)]
     keylog: Option<PathBuf>,
@@ -54,7 +74,8 @@ pub(crate) struct Args {
     /// --resume and --zero-rtt are hq-interop only and imply it.
     #[arg(long, value_enum)]
     alpn: Option<Alpn>,
-    /// https://HOST:PORT/PATH, all of the same authority.
+    /// https://HOST[:PORT]/PATH[?QUERY], all of the same host and port; HOST may be an IPv6
+    /// literal in brackets.
     #[arg(required = true)]
     urls: Vec<String>,
 }
@@ -69,69 +90,156 @@ pub(crate) enum Alpn {
     HqInterop,
 }
 
-/// `(host, port, path)` of an https URL.
-fn parse_url(url: &str) -> Result<(String, u16, String), Failure> {
-    let bad = |why: &str| Failure::Usage(format!("{url}: {why}"));
-    let rest = url
-        .strip_prefix("https://")
-        .ok_or_else(|| bad("not an https:// URL"))?;
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, p) = v6
-            .split_once(']')
-            .ok_or_else(|| bad("unclosed [ in host"))?;
-        (h.to_string(), p.strip_prefix(':').unwrap_or("443"))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p),
-            None => (authority.to_string(), "443"),
-        }
-    };
-    let port = port.parse().map_err(|_| bad("bad port"))?;
-    if host.is_empty() {
-        return Err(bad("no host"));
-    }
-    Ok((host, port, path.to_string()))
+/// Why one address gave no download.
+enum Attempt {
+    /// Every file arrived: the summary line.
+    Done(String),
+    /// No handshake with this address (why): the next address may do better.
+    NoHandshake(String),
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
-    let mut authority = None;
-    let mut requests = VecDeque::new();
-    std::fs::create_dir_all(&args.output)
-        .map_err(|e| Failure::Usage(format!("--output {}: {e}", args.output.display())))?;
-    for url in &args.urls {
-        let (host, port, path) = parse_url(url)?;
-        if authority.get_or_insert((host.clone(), port)) != &(host.clone(), port) {
-            return Err(Failure::Usage(format!(
-                "{url}: all URLs must have the same host and port"
-            )));
+    let output = Output::from(args.output.as_str());
+    let (authority, targets) = target::plan(&args.urls, &output)?;
+    // standard output: the bodies go to numbered files of a private directory first
+    let scratch = match output {
+        Output::Stdout => Some(
+            tempfile::Builder::new()
+                .prefix("quicshard-get")
+                .tempdir()
+                .map_err(|e| Failure::Refused(format!("temporary directory: {e}")))?,
+        ),
+        Output::Dir(_) => None,
+    };
+    let dests: Vec<PathBuf> = match (&output, &scratch) {
+        (Output::Dir(dir), _) => targets.iter().map(|t| dir.join(&t.file)).collect(),
+        (Output::Stdout, Some(tmp)) => (0..targets.len())
+            .map(|i| tmp.path().join(i.to_string()))
+            .collect(),
+        (Output::Stdout, None) => unreachable!("a scratch directory was made for stdout"),
+    };
+    for d in &dests {
+        if let Some(parent) = d.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Failure::Usage(format!("--output: {}: {e}", parent.display())))?;
         }
-        let name = path
-            .rsplit('/')
-            .next()
-            .filter(|n| !n.is_empty())
-            .unwrap_or("index.html");
-        requests.push_back(Request::Get {
-            path: path.clone(),
-            dest: args.output.join(name),
-        });
     }
-    let (host, port) = authority.expect("at least one URL (clap requires it)");
-    let addr: SocketAddr = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| Failure::Usage(format!("{host}: {e}")))?
-        .next()
-        .ok_or_else(|| Failure::Usage(format!("{host}: no address")))?;
+    let requests: VecDeque<Request> = (targets.iter().zip(&dests))
+        .map(|(t, dest)| Request::Get {
+            path: t.request.clone(),
+            dest: dest.clone(),
+        })
+        .collect();
+    let addrs = addresses(&authority, args.resolve.as_deref())?;
     if let Some(k) = &args.keylog {
         std::env::set_var("SSLKEYLOGFILE", k);
     }
+    let connections = if args.resume || args.zero_rtt { 2 } else { 1 };
+    let mut progress = Progress::new((requests.len() * connections) as u64);
+    let summary = connect_each(&args, &addrs, &authority, &requests, &progress)?;
+    progress.finish();
+    if output == Output::Stdout {
+        to_stdout(&dests)?;
+    }
+    let place = match &output {
+        Output::Dir(dir) => dir.display().to_string(),
+        Output::Stdout => "standard output".into(),
+    };
+    eprintln!("downloaded {} file(s) to {place} {summary}", requests.len());
+    Ok(())
+}
+
+/// The addresses to try for `authority`: `--resolve`'s when it names this host and port, else
+/// every address the resolver returns (IPv6 and IPv4, in its order).
+fn addresses(authority: &Authority, resolve: Option<&str>) -> Result<Vec<SocketAddr>, Failure> {
+    let Authority { host, port } = authority;
+    if let Some(spec) = resolve {
+        let bad = |why: &str| Failure::Usage(format!("--resolve {spec}: {why}"));
+        let (name, rest) = spec
+            .split_once(':')
+            .ok_or_else(|| bad("expected HOST:PORT:ADDR[,ADDR...]"))?;
+        let (p, list) = rest
+            .split_once(':')
+            .ok_or_else(|| bad("expected HOST:PORT:ADDR[,ADDR...]"))?;
+        let p: u16 = p.parse().map_err(|_| bad("bad port"))?;
+        let addrs = list
+            .split(',')
+            .map(|a| {
+                a.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, p))
+                    .map_err(|_| bad(&format!("{a} is not an IP address")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if name.eq_ignore_ascii_case(host) && p == *port {
+            return Ok(addrs);
+        }
+    }
+    let addrs: Vec<SocketAddr> = (host.as_str(), *port)
+        .to_socket_addrs()
+        .map_err(|e| Failure::Refused(format!("{host}: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(Failure::Refused(format!("{host}: no address")));
+    }
+    Ok(addrs)
+}
+
+/// Tries `addrs` in turn until one completes a handshake, then downloads everything from it: the
+/// summary line, or an error naming every address tried and what happened there. A refused
+/// certificate ends the search (every address serves the same name).
+fn connect_each(
+    args: &Args,
+    addrs: &[SocketAddr],
+    authority: &Authority,
+    requests: &VecDeque<Request>,
+    progress: &Progress,
+) -> Result<String, Failure> {
+    let mut tried = Vec::new();
+    for &addr in addrs {
+        match attempt(args, addr, authority, requests, progress)? {
+            Attempt::Done(summary) => return Ok(summary),
+            Attempt::NoHandshake(why) => tried.push(format!("{addr}: {why}")),
+        }
+    }
+    Err(Failure::Refused(format!(
+        "no connection to {}: {}",
+        authority.to_header(),
+        tried.join("; ")
+    )))
+}
+
+/// A handshake that failed because the certificate was refused is final, in one sentence.
+fn refused_certificate(
+    checks: &CertChecks,
+    addr: SocketAddr,
+    host: &str,
+    why: String,
+) -> Result<Attempt, Failure> {
+    match checks.refusal() {
+        Some(sentence) => Err(Failure::Refused(format!("{host} ({addr}): {sentence}"))),
+        None => Ok(Attempt::NoHandshake(why)),
+    }
+}
+
+/// The downloads over `addr`: h3 when offered and picked, else hq-interop.
+fn attempt(
+    args: &Args,
+    addr: SocketAddr,
+    authority: &Authority,
+    requests: &VecDeque<Request>,
+    progress: &Progress,
+) -> Result<Attempt, Failure> {
+    let host = authority.host.as_str();
+    let timeout = Duration::from_secs(args.timeout);
     let tuning = tlsfiles::ClientTuning {
         chacha20_only: args.chacha20,
         early_data: args.zero_rtt,
         ..Default::default()
     };
-    if try_h3(&args, addr, &host, port, &requests, &tuning)? {
-        return Ok(());
+    if let Some(done) = try_h3(args, addr, authority, requests, &tuning, progress)? {
+        return Ok(done);
     }
     let (client_cfg, cert_checks) = tlsfiles::client_tuned(
         args.insecure,
@@ -149,16 +257,29 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     let engine = client::engine_with(addr, client_cfg, Some(1), extras)
         .map_err(|e| Failure::Refused(e.to_string()))?;
     let connections = if args.resume || args.zero_rtt { 2 } else { 1 };
-    let mut result = Ok(());
-    for _ in 0..connections {
-        result = fetch(&engine, addr, &host, requests.clone());
-        if result.is_err() {
+    // Ok(Err(_)): no handshake at this address
+    let mut result: Result<Result<(), Attempt>, Failure> = Ok(Ok(()));
+    for first in [true, false].into_iter().take(connections) {
+        result = match fetch(&engine, addr, host, requests.clone(), timeout, progress) {
+            Ok(()) => Ok(Ok(())),
+            // only the first connection's address is still open to question
+            Err(Fetched::NoHandshake(why)) if first => {
+                refused_certificate(&cert_checks, addr, host, why).map(Err)
+            }
+            Err(Fetched::NoHandshake(why)) => Err(Failure::Refused(why)),
+            Err(Fetched::Failed(f)) => Err(f),
+        };
+        if !matches!(result, Ok(Ok(()))) {
             break;
         }
     }
     engine.shutdown(Duration::from_secs(1));
-    result?;
-    let checks = cert_checks.load(Ordering::Relaxed);
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(no_handshake)) => return Ok(no_handshake),
+        Err(f) => return Err(f),
+    }
+    let checks = cert_checks.full.load(Ordering::Relaxed);
     if connections == 2 && checks != 1 {
         return Err(Failure::Refused(format!(
             "second connection not resumed: {checks} full certificate checks in 2 handshakes"
@@ -176,28 +297,26 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     if args.key_update && report.key_updates.load(Ordering::Relaxed) == 0 {
         return Err(Failure::Refused("no key update was initiated".into()));
     }
-    eprintln!(
-        "downloaded {} file(s) to {} over {connections} connection(s); key updates {}, 0-RTT {accepted}",
-        requests.len(),
-        args.output.display(),
+    Ok(Attempt::Done(format!(
+        "from {addr} over {connections} connection(s); key updates {}, 0-RTT {accepted}",
         report.key_updates.load(Ordering::Relaxed),
-    );
-    Ok(())
+    )))
 }
 
-/// The h3 path (`--alpn h3`, or the default when no hq-interop-only flag is set): `Ok(true)` when
-/// h3 did the downloads, `Ok(false)` when hq-interop should (the server did not pick h3).
+/// The h3 path (`--alpn h3`, or the default when no hq-interop-only flag is set): `Some` when
+/// h3 did the downloads or could not connect, `None` when hq-interop should (the server did not
+/// pick h3).
 fn try_h3(
     args: &Args,
     addr: SocketAddr,
-    host: &str,
-    port: u16,
+    authority: &Authority,
     requests: &VecDeque<Request>,
     tuning: &tlsfiles::ClientTuning,
-) -> Result<bool, Failure> {
+    progress: &Progress,
+) -> Result<Option<Attempt>, Failure> {
     let hq_only = args.key_update || args.resume || args.zero_rtt;
     let offer: &[&[u8]] = match (args.alpn, hq_only) {
-        (Some(Alpn::HqInterop), _) | (None, true) => return Ok(false),
+        (Some(Alpn::HqInterop), _) | (None, true) => return Ok(None),
         (Some(Alpn::H3), true) => {
             return Err(Failure::Usage(
                 "--key-update, --resume and --zero-rtt need --alpn hq-interop".into(),
@@ -206,7 +325,7 @@ fn try_h3(
         (Some(Alpn::H3), false) => &[ALPN_H3],
         (None, false) => &[ALPN_H3, ALPN_HQ],
     };
-    let (cfg, _) = tlsfiles::client_tuned(
+    let (cfg, checks) = tlsfiles::client_tuned(
         args.insecure,
         args.ca.as_deref(),
         offer,
@@ -223,23 +342,36 @@ fn try_h3(
             Request::Perf { .. } => None,
         })
         .collect();
-    let authority = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
+    let opts = GetOptions {
+        h3_only: args.alpn == Some(Alpn::H3),
+        connect_limit: Duration::from_secs(args.timeout),
+        progress,
     };
-    let h3_only = args.alpn == Some(Alpn::H3);
-    match h3_client::get(addr, host, &authority, cfg, &files, h3_only)? {
-        Fetch::NotH3 => Ok(false),
+    let host = &authority.host;
+    match h3_client::get(addr, host, &authority.to_header(), cfg, &files, &opts)? {
+        Fetch::NotH3 => Ok(None),
+        Fetch::NoHandshake(why) => refused_certificate(&checks, addr, host, why).map(Some),
         Fetch::H3(r) => {
-            let n = r?;
-            eprintln!(
-                "downloaded {n} file(s) to {} over 1 connection(s) (h3)",
-                args.output.display()
-            );
-            Ok(true)
+            r?;
+            Ok(Some(Attempt::Done(format!(
+                "from {addr} over 1 connection(s) (h3)"
+            ))))
         }
     }
+}
+
+/// Copies the downloaded bodies to standard output, in order.
+fn to_stdout(files: &[PathBuf]) -> Result<(), Failure> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for f in files {
+        let copy = |f: &Path, out: &mut dyn Write| -> std::io::Result<u64> {
+            std::io::copy(&mut std::fs::File::open(f)?, out)
+        };
+        copy(f, &mut out).map_err(|e| Failure::Refused(format!("standard output: {e}")))?;
+    }
+    out.flush()
+        .map_err(|e| Failure::Refused(format!("standard output: {e}")))
 }
 
 /// What the client's connections show when it gives up waiting: quinn-proto's counters per
@@ -268,19 +400,25 @@ fn stall_report(engine: &quicshard::Engine<client::Client>) -> String {
     }
 }
 
-/// Downloads `requests` over one new connection; `Ok` iff every file arrived whole.
+/// How an hq-interop connection fell short.
+enum Fetched {
+    /// The handshake did not complete (why): nothing was downloaded.
+    NoHandshake(String),
+    /// Something failed after the handshake.
+    Failed(Failure),
+}
+
+/// Downloads `requests` over one new connection; `Ok` iff every file arrived whole. Gives up when
+/// nothing happens for `timeout`.
 fn fetch(
     engine: &quicshard::Engine<client::Client>,
     addr: SocketAddr,
     host: &str,
     requests: VecDeque<Request>,
-) -> Result<(), Failure> {
+    timeout: Duration,
+    progress: &Progress,
+) -> Result<(), Fetched> {
     let total = requests.len() as u64;
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} files {bytes} {msg}")
-            .expect("valid template"),
-    );
     let (tx, rx) = crossbeam_channel::bounded(1024);
     let plan = Plan {
         addr,
@@ -293,62 +431,50 @@ fn fetch(
     engine
         .remote()
         .run_on(ShardId(0), move |ctx, c| c.start(ctx, plan))
-        .map_err(|e| Failure::Refused(e.to_string()))?;
+        .map_err(|e| Fetched::Failed(Failure::Refused(e.to_string())))?;
     let (mut ok, mut errors, mut connected) = (0u64, Vec::new(), false);
     loop {
-        match rx.recv_timeout(IDLE_LIMIT) {
+        match rx.recv_timeout(timeout) {
             Ok(Event::Connected { .. }) => connected = true,
-            Ok(Event::Done { .. }) => {
+            Ok(Event::Done { bytes, .. }) => {
                 ok += 1;
-                bar.inc(1);
+                progress.bytes(bytes);
+                progress.file_done();
             }
             Ok(Event::Failed { reason }) => errors.push(reason),
             Ok(Event::Closed { error }) => {
+                if !connected {
+                    let why = error.unwrap_or_else(|| "closed during the handshake".into());
+                    return Err(Fetched::NoHandshake(why));
+                }
                 errors.extend(error);
                 break;
             }
+            Err(_) if !connected => {
+                return Err(Fetched::NoHandshake(format!(
+                    "no handshake within {} s ({})",
+                    timeout.as_secs(),
+                    stall_report(engine)
+                )))
+            }
             Err(_) => {
-                let stage = if connected {
-                    "after the handshake"
-                } else {
-                    "before the handshake completed"
-                };
                 errors.push(format!(
-                    "no progress for {} s {stage} ({})",
-                    IDLE_LIMIT.as_secs(),
+                    "no progress for {} s after the handshake ({})",
+                    timeout.as_secs(),
                     stall_report(engine)
                 ));
                 break;
             }
         }
     }
-    bar.finish_and_clear();
     if ok == total && errors.is_empty() {
         Ok(())
     } else {
-        Err(Failure::Refused(format!(
+        Err(Fetched::Failed(Failure::Refused(format!(
             "{ok} of {total} files downloaded; {}",
             errors
                 .first()
                 .map_or("connection ended early", String::as_str)
-        )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_urls() {
-        let (h, p, path) = parse_url("https://localhost:4433/a/b.txt").ok().unwrap();
-        assert_eq!(
-            (h.as_str(), p, path.as_str()),
-            ("localhost", 4433, "a/b.txt")
-        );
-        let (h, p, _) = parse_url("https://[::1]:443/x").ok().unwrap();
-        assert_eq!((h.as_str(), p), ("::1", 443));
-        assert!(parse_url("http://x/y").is_err());
-        assert!(parse_url("https://x:notaport/y").is_err());
+        ))))
     }
 }

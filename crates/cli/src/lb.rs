@@ -23,9 +23,19 @@ pub(crate) struct Args {
     emit_nftables: bool,
 }
 
+/// A configuration file's error as one line naming the file once (a read error already names
+/// it, as its key).
+pub(crate) fn config_error(path: &std::path::Path, e: &quicshard_lb::ConfigError) -> String {
+    if e.key == path.display().to_string() {
+        e.to_string()
+    } else {
+        format!("{}: {e}", path.display())
+    }
+}
+
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
     let config = LbConfig::from_file(&args.config)
-        .map_err(|e| Failure::Usage(format!("{}: {e}", args.config.display())))?;
+        .map_err(|e| Failure::Usage(config_error(&args.config, &e)))?;
     if args.emit_nftables {
         let rules = quicshard_lb::nftables::ruleset(&config)
             .map_err(|e| Failure::Refused(format!("{}: {e}", args.config.display())))?;

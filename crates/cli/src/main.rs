@@ -14,6 +14,7 @@ mod relay;
 mod serve;
 mod signals;
 mod tlsfiles;
+mod trust;
 
 use std::process::ExitCode;
 
@@ -33,7 +34,8 @@ enum Command {
     Demo(demo::Args),
     /// Serve files (hq-interop), perf and echo on N shards.
     Serve(serve::Args),
-    /// Download URLs over one connection (hq-interop).
+    /// Download URLs over one connection (h3 or hq-interop), verifying the server against the
+    /// system's trust store.
     Get(get::Args),
     /// Generate load against a server (perf protocol).
     Bench(bench::Args),
@@ -112,16 +114,46 @@ fn clap_failure(e: clap::Error) -> ExitCode {
         eprintln!("error: missing subcommand; see `quicshard --help`");
         return ExitCode::from(2);
     }
-    // clap's first paragraph says what is wrong (a missing argument's name is on the next line):
-    // fold it into one line and leave out the usage text.
-    let rendered = e.render().to_string();
-    let line = rendered
-        .split("\n\n")
-        .next()
-        .unwrap_or("error: invalid arguments")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
-    eprintln!("{line}");
+    eprintln!("{}", one_line(&e.render().to_string()));
     ExitCode::from(2)
+}
+
+/// clap's message as one line: its first paragraph says what is wrong (a missing argument's
+/// name is on the next line), and its `tip:` lines (a similar argument, `--` before a value that
+/// starts with `-`) are kept after a `;`; the usage text is left out.
+fn one_line(rendered: &str) -> String {
+    let mut paragraphs = rendered.split("\n\n");
+    let fold = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut line = fold(paragraphs.next().unwrap_or("error: invalid arguments"));
+    for tip in paragraphs
+        .flat_map(str::lines)
+        .map(str::trim)
+        .filter(|l| l.starts_with("tip:"))
+    {
+        line.push_str("; ");
+        line.push_str(&fold(tip));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn clap_errors_are_one_line_with_their_tips() {
+        let e = Cli::try_parse_from(["quicshard", "serve", "--shard", "2"])
+            .err()
+            .expect("--shard is not a flag");
+        let line = one_line(&e.render().to_string());
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("'--shard'"), "{line}");
+        assert!(
+            line.contains("tip: a similar argument exists: '--shards'"),
+            "{line}"
+        );
+        assert!(!line.contains("Usage"), "{line}");
+    }
 }

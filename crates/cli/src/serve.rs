@@ -1,4 +1,7 @@
-//! `quicshard serve`: files (hq-interop), perf and echo on N shards until SIGINT/SIGTERM.
+//! `quicshard serve`: files (hq-interop), perf and echo on N shards until SIGINT/SIGTERM; settings
+//! from flags over a `--config` file, the certificate reloaded on SIGHUP ([`config`]).
+
+mod config;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,8 +22,14 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Arguments of `quicshard serve`.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub(crate) struct Args {
+    /// TOML file with any of these settings, keyed by flag name (`shards = 4`,
+    /// `cert = "cert.pem"`; relative paths from the file's directory); flags override it.
+    /// SIGHUP reads it again and reloads the certificate and key for new handshakes; a change
+    /// to any other setting is refused (it needs a restart).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// UDP address to serve on (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:4433")]
     listen: SocketAddr,
@@ -131,7 +140,7 @@ fn quic_lb(args: &Args) -> Result<Option<(quic_lb::Config, Vec<u8>)>, Failure> {
     let sid =
         hex::decode(sid).map_err(|e| Failure::Usage(format!("--server-id {sid}: not hex: {e}")))?;
     let entries = quicshard_lb::config::quic_lb_from_file(path)
-        .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+        .map_err(|e| Failure::Usage(crate::lb::config_error(path, &e)))?;
     let entry = match args.quic_lb_id {
         Some(id) => entries.iter().find(|e| e.config.config_id() == id),
         None => entries.last(),
@@ -252,7 +261,8 @@ fn memory(args: &Args) -> Result<quicshard::MemoryBudget, Failure> {
     Ok(m)
 }
 
-pub(crate) fn run(args: Args) -> Result<(), Failure> {
+pub(crate) fn run(cli: Args) -> Result<(), Failure> {
+    let mut args = config::effective(&cli)?;
     let root = match &args.root {
         Some(r) => Some(Arc::new(
             r.canonicalize()
@@ -325,7 +335,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         cid_len = engine.cid_len(),
         "serving"
     );
-    let sig = signals::wait_termination().map_err(|e| Failure::Refused(format!("signals: {e}")))?;
+    let sig = config::serve_until_termination(&engine, &cli, &mut args)?;
     tracing::info!(signal = sig, "shutting down");
     // stop feeding the shards before they drain
     let decap = decap.map(decap::Decap::stop);

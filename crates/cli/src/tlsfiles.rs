@@ -2,9 +2,9 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use quicshard::rustls::pki_types::pem::PemObject;
+use quicshard::rustls::pki_types::pem::{self, PemObject};
 use quicshard::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use quicshard::{rustls, tls};
 
@@ -18,16 +18,42 @@ pub(crate) fn server_from_files(
 ) -> Result<rustls::ServerConfig, Failure> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| Failure::Usage(format!("--cert {}: {e}", cert.display())))?;
+        .map_err(|e| pem_failure("--cert", cert, "certificate", &e))?;
     if chain.is_empty() {
-        return Err(Failure::Usage(format!(
-            "--cert {}: no certificate in file",
-            cert.display()
-        )));
+        return Err(pem_failure(
+            "--cert",
+            cert,
+            "certificate",
+            &pem::Error::NoItemsFound,
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| Failure::Usage(format!("--key {}: {e}", key.display())))?;
+        .map_err(|e| pem_failure("--key", key, "private key", &e))?;
     tls::server_config(chain, key, alpn).map_err(|e| Failure::Usage(format!("--cert/--key: {e}")))
+}
+
+/// A PEM file's error as one line that names the flag and the file once and says in words
+/// what is wrong (`what`: the kind of item the flag wants).
+pub(crate) fn pem_failure(flag: &str, path: &Path, what: &str, e: &pem::Error) -> Failure {
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    let why = match e {
+        pem::Error::Io(io) => io.to_string(),
+        pem::Error::NoItemsFound => {
+            format!(
+                "no {what} in the file (expected a PEM block such as -----BEGIN {}-----)",
+                what.to_uppercase()
+            )
+        }
+        pem::Error::MissingSectionEnd { end_marker } => {
+            format!("a PEM block has no end line ({})", lossy(end_marker))
+        }
+        pem::Error::IllegalSectionStart { line } => {
+            format!("malformed PEM begin line: {}", lossy(line))
+        }
+        pem::Error::Base64Decode(b) => format!("a PEM block is not valid base64 ({b})"),
+        other => other.to_string(),
+    };
+    Failure::Usage(format!("{flag} {}: {why}", path.display()))
 }
 
 /// A client config: insecure, or trusting the CA certificates of a PEM file.
@@ -42,7 +68,7 @@ pub(crate) fn client(
         (false, Some(ca)) => {
             let roots = CertificateDer::pem_file_iter(ca)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| Failure::Usage(format!("--ca {}: {e}", ca.display())))?;
+                .map_err(|e| pem_failure("--ca", ca, "certificate", &e))?;
             tls::rustls_client_trusting(&roots, alpn)
         }
         (false, None) => {
@@ -82,15 +108,15 @@ pub(crate) enum Resumption {
     Off,
 }
 
-/// Like [`client`], with [`ClientTuning`]; also returns a counter of full certificate checks
-/// (a resumed handshake has no certificate, so it does not count).
+/// Like [`client`], with [`ClientTuning`], trusting the system's roots when neither `insecure`
+/// nor `ca` is given; also returns what the certificate checks saw ([`CertChecks`]).
 pub(crate) fn client_tuned(
     insecure: bool,
     ca: Option<&Path>,
     alpn: &[&[u8]],
     keylog: bool,
     tuning: &ClientTuning,
-) -> Result<(quicshard::quinn_proto::ClientConfig, Arc<AtomicUsize>), Failure> {
+) -> Result<(quicshard::quinn_proto::ClientConfig, Arc<CertChecks>), Failure> {
     use rustls::crypto::ring::{cipher_suite, default_provider};
     let tls_err = |e: rustls::Error| Failure::Usage(format!("TLS: {e}"));
     let mut provider = default_provider();
@@ -98,32 +124,11 @@ pub(crate) fn client_tuned(
         provider.cipher_suites = vec![cipher_suite::TLS13_CHACHA20_POLY1305_SHA256];
     }
     let provider = Arc::new(provider);
-    let inner: Arc<dyn rustls::client::danger::ServerCertVerifier> = match (insecure, ca) {
-        (true, _) => tls::accept_any_cert(provider.clone()),
-        (false, Some(ca)) => {
-            let mut store = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca)
-                .map_err(|e| Failure::Usage(format!("--ca {}: {e}", ca.display())))?
-            {
-                let cert =
-                    cert.map_err(|e| Failure::Usage(format!("--ca {}: {e}", ca.display())))?;
-                store.add(cert).map_err(tls_err)?;
-            }
-            let v = rustls::client::WebPkiServerVerifier::builder_with_provider(
-                Arc::new(store),
-                provider.clone(),
-            )
-            .build()
-            .map_err(|e| Failure::Usage(format!("--ca {}: {e}", ca.display())))?;
-            v
-        }
-        (false, None) => {
-            return Err(Failure::Usage(
-                "no way to verify the server: pass --ca PEM or --insecure".into(),
-            ))
-        }
-    };
-    let checks = Arc::new(AtomicUsize::new(0));
+    let inner = crate::trust::verifier(
+        crate::trust::Trust::from_flags(insecure, ca),
+        provider.clone(),
+    )?;
+    let checks = Arc::new(CertChecks::default());
     let verifier = Arc::new(CountingVerifier {
         inner,
         checks: checks.clone(),
@@ -163,12 +168,30 @@ pub(crate) fn client_tuned(
     ))
 }
 
-/// Counts the full certificate checks of `inner` (webpki with `--ca`, or
-/// [`tls::accept_any_cert`] with `--insecure`) and otherwise defers to it.
+/// What the certificate checks of a client config saw.
+#[derive(Debug, Default)]
+pub(crate) struct CertChecks {
+    /// Full certificate checks (a resumed handshake has no certificate, so it does not count).
+    pub(crate) full: AtomicUsize,
+    /// The first refusal, as a sentence ([`crate::trust::sentence`]); set once, without a lock
+    /// (the check runs on a shard thread).
+    refused: OnceLock<String>,
+}
+
+impl CertChecks {
+    /// Why the first refused certificate was refused, if one was.
+    pub(crate) fn refusal(&self) -> Option<&str> {
+        self.refused.get().map(String::as_str)
+    }
+}
+
+/// Counts the full certificate checks of `inner` (webpki with `--ca` or the system's roots, or
+/// [`tls::accept_any_cert`] with `--insecure`), remembers the last refusal, and otherwise defers
+/// to it.
 #[derive(Debug)]
 struct CountingVerifier {
     inner: Arc<dyn rustls::client::danger::ServerCertVerifier>,
-    checks: Arc<AtomicUsize>,
+    checks: Arc<CertChecks>,
 }
 
 impl rustls::client::danger::ServerCertVerifier for CountingVerifier {
@@ -180,9 +203,14 @@ impl rustls::client::danger::ServerCertVerifier for CountingVerifier {
         ocsp: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        self.checks.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        self.checks.full.fetch_add(1, Ordering::Relaxed);
+        let r = self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        if let Err(e) = &r {
+            let _ = self.checks.refused.set(crate::trust::sentence(e));
+        }
+        r
     }
 
     fn verify_tls12_signature(

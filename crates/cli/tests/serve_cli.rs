@@ -205,7 +205,10 @@ fn bad_input_is_one_line_and_nonzero() {
             "--shards",
         ),
         (vec!["get", "--insecure", "http://localhost/x"], "https://"),
-        (vec!["get", "https://localhost:1/x"], "--ca"),
+        (
+            vec!["get", "--ca", "/nonexistent.pem", "https://localhost:1/x"],
+            "--ca /nonexistent.pem: No such file",
+        ),
         (
             vec!["bench", "--connect", "nowhere", "--insecure"],
             "--connect",

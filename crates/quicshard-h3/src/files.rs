@@ -3,7 +3,8 @@
 //! resolution under the root and the per-connection request limit.
 //!
 //! - `GET /path`: 200 with `content-length`, `content-type` (by extension) and the file's bytes;
-//!   `/` and paths ending in `/` mean `index.html` there.
+//!   `/` and paths ending in `/` mean `index.html` there; the path is percent-decoded segment by
+//!   segment and the query ignored.
 //! - `HEAD /path`: the same headers, no body.
 //! - A missing file, a directory, or a path that would leave the root (`..`, a symlink pointing
 //!   outside): 404 with a short text body. Other methods: 405 with `allow: GET, HEAD`.
@@ -208,6 +209,12 @@ pub fn open_under(root: &Path, path: &str) -> Option<(File, u64, PathBuf)> {
     let path = path.split(['?', '#']).next().unwrap_or("");
     let mut rel = PathBuf::new();
     for part in path.split('/') {
+        // percent-encoding decoded per segment: an encoded `/` stays inside its segment, where
+        // the component check below refuses it
+        let part = percent_encoding::percent_decode_str(part)
+            .decode_utf8()
+            .ok()?;
+        let part: &str = &part;
         match Path::new(part).components().next() {
             None => {}
             Some(Component::Normal(p)) if Path::new(part).components().count() == 1 => rel.push(p),
@@ -259,6 +266,12 @@ mod tests {
         let root = dir.canonicalize().unwrap();
         assert_eq!(open_under(&root, "/a.txt").map(|f| f.1), Some(3));
         assert_eq!(open_under(&root, "/a.txt?x=1").map(|f| f.1), Some(3));
+        assert_eq!(
+            open_under(&root, "/a%2Etxt").map(|f| f.1),
+            Some(3),
+            "percent-decoded"
+        );
+        assert!(open_under(&root, "/sub%2F..%2F..%2Fa.txt").is_none());
         assert_eq!(open_under(&root, "/sub/").map(|f| f.1), Some(3));
         assert!(open_under(&root, "/missing").is_none());
         assert!(

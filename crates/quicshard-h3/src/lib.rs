@@ -6,6 +6,8 @@
 //! - [`files`]: [`FileServer`], a static file server (GET / HEAD / 404, per-connection request
 //!   limit) serving one connection per call.
 //! - [`client`]: [`client::connect`] and [`client::fetch`] for GET / HEAD requests.
+//! - `settings`: the SETTINGS rule h3 leaves out (SETTINGS_H3_DATAGRAM needs the peer's
+//!   `max_datagram_frame_size`, RFC 9297 §2.1.1), applied by [`quic`] to peers' streams.
 //!
 //! The engine must run in handle mode (`Engine::builder_handles` or, next to callback protocols
 //! on the same port, `Engine::builder_handles_mixed`) and offer ALPN [`ALPN`]. Any executor
@@ -27,6 +29,7 @@
 pub mod client;
 pub mod files;
 pub mod quic;
+mod settings;
 
 pub use files::FileServer;
 pub use quic::H3Connection;

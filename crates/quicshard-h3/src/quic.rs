@@ -7,6 +7,10 @@
 //! becomes `ApplicationClose { error_code }`, an idle timeout `Timeout`, RESET_STREAM and
 //! STOP_SENDING `StreamTerminated { error_code }`; everything else is `Undefined` / `Unknown`
 //! (h3 treats those like a terminated stream or a failed connection).
+//!
+//! On a connection whose peer did not send `max_datagram_frame_size`, the start of each stream
+//! the peer opens is checked for SETTINGS_H3_DATAGRAM = 1 ([`crate::settings`]): the connection
+//! is then closed with H3_SETTINGS_ERROR (RFC 9297 §2.1.1), which h3 0.0.8 does not do itself.
 
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -16,6 +20,8 @@ use h3::error::Code;
 use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
 use quicshard::handle::{self, ConnError, ReadError, StreamOpener, WriteError};
 use quinn_proto::{ConnectionError, VarInt};
+
+use crate::settings::{ControlPeek, Verdict, H3_SETTINGS_ERROR};
 
 /// Bytes asked for per `poll_data` call: one chunk h3 parses at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -106,10 +112,16 @@ impl<B: Buf> quic::Connection<B> for H3Connection {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<RecvStream, ConnectionErrorIncoming>> {
-        self.conn
-            .poll_accept_uni(cx)
-            .map_ok(|r| RecvStream::new(r, Code::H3_NO_ERROR))
-            .map_err(conn_error)
+        let r = ready!(self.conn.poll_accept_uni(cx)).map_err(conn_error)?;
+        let mut stream = RecvStream::new(r, Code::H3_NO_ERROR);
+        // RFC 9297 §2.1.1: a peer without max_datagram_frame_size must not enable h3 datagrams
+        if self.conn.max_datagram_size().is_none() {
+            stream.watch = Some(Box::new(Watch {
+                peek: ControlPeek::default(),
+                conn: self.conn.clone(),
+            }));
+        }
+        Poll::Ready(Ok(stream))
     }
 
     fn poll_accept_bidi(
@@ -270,6 +282,21 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
 pub struct RecvStream {
     stream: handle::RecvStream,
     scratch: Vec<u8>,
+    /// A peer's unidirectional stream on a connection without datagram support: its start is
+    /// checked for SETTINGS_H3_DATAGRAM ([`crate::settings`]) until the answer is known.
+    watch: Option<Box<Watch>>,
+}
+
+/// The SETTINGS_H3_DATAGRAM check of one stream.
+struct Watch {
+    peek: ControlPeek,
+    conn: handle::Connection,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").field("peek", &self.peek).finish()
+    }
 }
 
 impl RecvStream {
@@ -278,6 +305,34 @@ impl RecvStream {
         Self {
             stream,
             scratch: Vec::new(),
+            watch: None,
+        }
+    }
+
+    /// Feeds `bytes` to the SETTINGS_H3_DATAGRAM check: `Err` once it found the setting, after
+    /// closing the connection with H3_SETTINGS_ERROR.
+    fn check(&mut self, bytes: &[u8]) -> Result<(), StreamErrorIncoming> {
+        let Some(w) = self.watch.as_mut() else {
+            return Ok(());
+        };
+        match w.peek.feed(bytes) {
+            Verdict::NeedMore if !bytes.is_empty() => Ok(()),
+            Verdict::NeedMore | Verdict::Nothing => {
+                self.watch = None;
+                Ok(())
+            }
+            Verdict::DatagramsOn => {
+                w.conn.close(
+                    varint(H3_SETTINGS_ERROR),
+                    b"SETTINGS_H3_DATAGRAM without max_datagram_frame_size",
+                );
+                self.watch = None;
+                Err(StreamErrorIncoming::ConnectionErrorIncoming {
+                    connection_error: ConnectionErrorIncoming::ApplicationClose {
+                        error_code: H3_SETTINGS_ERROR,
+                    },
+                })
+            }
         }
     }
 }
@@ -293,9 +348,9 @@ impl quic::RecvStream for RecvStream {
             self.scratch = vec![0; READ_CHUNK];
         }
         let n = ready!(self.stream.poll_recv(cx, &mut self.scratch)).map_err(read_error)?;
-        Poll::Ready(Ok(
-            (n > 0).then(|| Bytes::copy_from_slice(&self.scratch[..n]))
-        ))
+        let data = (n > 0).then(|| Bytes::copy_from_slice(&self.scratch[..n]));
+        self.check(data.as_deref().unwrap_or(&[]))?;
+        Poll::Ready(Ok(data))
     }
 
     fn stop_sending(&mut self, error_code: u64) {

@@ -297,7 +297,8 @@ impl<H: Handler> Builder<H> {
         let mut transport = self.transport.take().unwrap_or_default();
         self.memory.apply(&mut transport);
         let transport = Arc::new(transport);
-        let server_config = build_server_config(server_tls, transport.clone(), &tickets)?;
+        let (server_config, server_tickets) =
+            build_server_config(server_tls, transport.clone(), &tickets)?;
         let mut client_config = match self.client_config.take() {
             Some(c) => c,
             None => tls::client_config_trusting(certificate.as_deref().unwrap_or(&[]), &alpn)?,
@@ -316,6 +317,7 @@ impl<H: Handler> Builder<H> {
             admission: self.admission,
             memory: self.memory,
             tickets,
+            server_tickets: Some(server_tickets),
         });
         Ok((shared, certificate))
     }

@@ -19,6 +19,7 @@ mod inject;
 pub mod memory;
 pub mod random;
 mod ranks;
+mod reload;
 mod shard;
 mod shared;
 pub mod stats;
@@ -31,6 +32,7 @@ pub use handler::{ConnId, Handler, Remote, RemoteError, ShardCtx, ShardId, HANDL
 pub use inject::{InjectError, InjectStats, Injector};
 pub use memory::MemoryBudget;
 pub use shard::Admission;
+pub use reload::ReloadError;
 pub use stats::ShardStats;
 
 pub use quinn_proto;

@@ -32,6 +32,9 @@ pub(crate) struct Shared {
     pub(crate) memory: crate::memory::MemoryBudget,
     /// How sessions resume across shards.
     pub(crate) tickets: Tickets,
+    /// The ticket state of `server_config`'s rustls config, for a replacement config
+    /// ([`crate::reload`]); `None` when the engine accepts no connections.
+    pub(crate) server_tickets: Option<ServerTickets>,
 }
 
 impl Shared {
@@ -42,16 +45,7 @@ impl Shared {
         &self,
         preferred: Option<std::net::SocketAddr>,
     ) -> Option<Arc<ServerConfig>> {
-        let shared = self.server_config.as_ref()?;
-        let Some(addr) = preferred else {
-            return Some(shared.clone());
-        };
-        let mut cfg = (**shared).clone();
-        match addr {
-            std::net::SocketAddr::V4(a) => cfg.preferred_address_v4(Some(a)),
-            std::net::SocketAddr::V6(a) => cfg.preferred_address_v6(Some(a)),
-        };
-        Some(Arc::new(cfg))
+        Some(with_preferred(self.server_config.as_ref()?, preferred))
     }
 
     pub(crate) fn endpoint_config_for(&self, shard: usize) -> Arc<EndpointConfig> {
@@ -59,6 +53,41 @@ impl Shared {
         let cid = self.cid.clone();
         cfg.cid_generator(move || Box::new(cid.generator(shard)));
         Arc::new(cfg)
+    }
+}
+
+/// `shared`, or a copy advertising `preferred` (a shard's own socket) as the server's preferred
+/// address (RFC 9000 §9.6).
+pub(crate) fn with_preferred(
+    shared: &Arc<ServerConfig>,
+    preferred: Option<std::net::SocketAddr>,
+) -> Arc<ServerConfig> {
+    let Some(addr) = preferred else {
+        return shared.clone();
+    };
+    let mut cfg = (**shared).clone();
+    match addr {
+        std::net::SocketAddr::V4(a) => cfg.preferred_address_v4(Some(a)),
+        std::net::SocketAddr::V6(a) => cfg.preferred_address_v6(Some(a)),
+    };
+    Arc::new(cfg)
+}
+
+/// The session-resumption parts of a shard-neutral rustls server config, kept so a replacement
+/// config resumes the same sessions.
+#[derive(Clone)]
+pub(crate) struct ServerTickets {
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    storage: Arc<dyn rustls::server::StoresServerSessions>,
+    max_early_data_size: u32,
+}
+
+impl ServerTickets {
+    /// Gives `tls` these tickets.
+    pub(crate) fn apply(&self, tls: &mut rustls::ServerConfig) {
+        tls.ticketer = self.ticketer.clone();
+        tls.session_storage = self.storage.clone();
+        tls.max_early_data_size = self.max_early_data_size;
     }
 }
 
@@ -72,12 +101,13 @@ pub(crate) enum Tickets {
 }
 
 /// Makes a rustls server config shard-neutral: tickets every shard can resume (see [`Tickets`])
-/// and, with the stateless ones, no stateful session cache.
+/// and, with the stateless ones, no stateful session cache. Also returns the ticket state it
+/// installed, for a later replacement ([`crate::reload`]).
 pub(crate) fn build_server_config(
     mut tls: rustls::ServerConfig,
     transport: Arc<TransportConfig>,
     tickets: &Tickets,
-) -> Result<Arc<ServerConfig>, TlsError> {
+) -> Result<(Arc<ServerConfig>, ServerTickets), TlsError> {
     match tickets {
         Tickets::Stateless { key_lifetime } => {
             tls.ticketer = crate::tickets::stateless_ticketer(*key_lifetime)?;
@@ -91,11 +121,16 @@ pub(crate) fn build_server_config(
             tls.max_early_data_size = u32::MAX;
         }
     }
+    let kept = ServerTickets {
+        ticketer: tls.ticketer.clone(),
+        storage: tls.session_storage.clone(),
+        max_early_data_size: tls.max_early_data_size,
+    };
     let quic = quinn_proto::crypto::rustls::QuicServerConfig::try_from(tls)?;
     // with_crypto draws one random token key: every shard shares it through this one Arc
     let mut cfg = ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(transport);
-    Ok(Arc::new(cfg))
+    Ok((Arc::new(cfg), kept))
 }
 
 /// No stateless tickets: rustls then issues stateful ones from `session_storage`.

@@ -23,6 +23,7 @@ use quicshard_h3::client::{self, SendRequest};
 use ranked_lock::{Mutex, Rank};
 
 use super::ALPN_H3;
+use crate::get::Progress;
 use crate::loadgen::{Limit, Params, Report};
 use crate::Failure;
 
@@ -31,7 +32,7 @@ const REPORT_RANK: Rank = Rank::new(1, "h3 bench report");
 
 /// GETs in flight at once on one connection.
 const PARALLEL: usize = 64;
-/// How long the handshake may take.
+/// How long a bench handshake may take.
 const CONNECT_LIMIT: Duration = Duration::from_secs(30);
 /// How long the connection may take to close after the last request.
 const CLOSE_LIMIT: Duration = Duration::from_secs(5);
@@ -71,11 +72,12 @@ async fn connect(
     engine: &Engine<HandleHandler>,
     addr: SocketAddr,
     server_name: &str,
+    limit: Duration,
 ) -> Result<Connection, String> {
-    match tokio::time::timeout(CONNECT_LIMIT, engine.connect_async(addr, server_name)).await {
+    match tokio::time::timeout(limit, engine.connect_async(addr, server_name)).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no handshake in {} s", CONNECT_LIMIT.as_secs())),
+        Err(_) => Err(format!("no handshake within {} s", limit.as_secs_f64())),
     }
 }
 
@@ -93,6 +95,18 @@ pub(crate) enum Fetch {
     H3(Result<usize, Failure>),
     /// The server picked another ALPN (only when `h3_only` is false).
     NotH3,
+    /// No connection: the handshake failed or did not complete in time (why).
+    NoHandshake(String),
+}
+
+/// How [`get`] connects and reports.
+pub(crate) struct GetOptions<'a> {
+    /// Fail when the server does not pick h3 (else [`Fetch::NotH3`]).
+    pub(crate) h3_only: bool,
+    /// How long the handshake may take.
+    pub(crate) connect_limit: Duration,
+    /// Told of every body byte and finished file.
+    pub(crate) progress: &'a Progress,
 }
 
 /// `get` over h3: downloads `files` from `authority` over one connection.
@@ -102,11 +116,11 @@ pub(crate) fn get(
     authority: &str,
     config: quinn_proto::ClientConfig,
     files: &[Download],
-    h3_only: bool,
+    opts: &GetOptions<'_>,
 ) -> Result<Fetch, Failure> {
     let engine = engine(addr, config, Some(1))?;
     let rt = runtime(1)?;
-    let r = get_on(&engine, &rt, addr, server_name, authority, files, h3_only);
+    let r = get_on(&engine, &rt, addr, server_name, authority, files, opts);
     drop(rt);
     engine.shutdown(Duration::from_secs(1));
     r
@@ -119,31 +133,42 @@ fn get_on(
     server_name: &str,
     authority: &str,
     files: &[Download],
-    h3_only: bool,
+    opts: &GetOptions<'_>,
 ) -> Result<Fetch, Failure> {
-    let conn = rt
-        .block_on(connect(engine, addr, server_name))
-        .map_err(Failure::Refused)?;
+    let conn = match rt.block_on(connect(engine, addr, server_name, opts.connect_limit)) {
+        Ok(c) => c,
+        Err(why) => return Ok(Fetch::NoHandshake(why)),
+    };
     // asks the shard (blocking, outside the runtime)
     let alpn = conn.alpn().map_err(|e| Failure::Refused(e.to_string()))?;
     if alpn.as_deref() != Some(ALPN_H3) {
         conn.close(quinn_proto::VarInt::from_u32(0), b"");
-        if !h3_only {
+        if !opts.h3_only {
             return Ok(Fetch::NotH3);
         }
         let got = alpn.map_or("none".into(), |a| String::from_utf8_lossy(&a).into_owned());
         return Err(Failure::Refused(format!("server chose ALPN {got}, not h3")));
     }
-    Ok(Fetch::H3(rt.block_on(download(conn, authority, files))))
+    Ok(Fetch::H3(rt.block_on(download(
+        conn,
+        authority,
+        files,
+        opts.progress,
+    ))))
 }
 
-async fn download(conn: Connection, authority: &str, files: &[Download]) -> Result<usize, Failure> {
+async fn download(
+    conn: Connection,
+    authority: &str,
+    files: &[Download],
+    progress: &Progress,
+) -> Result<usize, Failure> {
     let (send, drive) = client::connect(conn)
         .await
         .map_err(|e| Failure::Refused(format!("h3: {e}")))?;
     let driver = tokio::spawn(drive);
     let results: Vec<Result<(), String>> = stream::iter(files)
-        .map(|f| get_one(send.clone(), authority, f))
+        .map(|f| get_one(send.clone(), authority, f, progress))
         .buffer_unordered(PARALLEL)
         .collect()
         .await;
@@ -163,17 +188,26 @@ async fn download(conn: Connection, authority: &str, files: &[Download]) -> Resu
     )))
 }
 
-async fn get_one(mut send: SendRequest, authority: &str, f: &Download) -> Result<(), String> {
+async fn get_one(
+    mut send: SendRequest,
+    authority: &str,
+    f: &Download,
+    progress: &Progress,
+) -> Result<(), String> {
     use std::io::Write;
     let what = format!("GET /{}", f.path);
     let file = std::fs::File::create(&f.dest).map_err(|e| format!("{}: {e}", f.dest.display()))?;
     let mut out = std::io::BufWriter::new(file);
     let r = client::fetch(&mut send, Method::GET, authority, &f.path, |b| {
+        progress.bytes(b.len() as u64);
         out.write_all(b)
     })
     .await;
     let r = match r {
-        Ok(got) if got.status == StatusCode::OK => out.flush().map_err(|e| format!("{what}: {e}")),
+        Ok(got) if got.status == StatusCode::OK => {
+            progress.file_done();
+            out.flush().map_err(|e| format!("{what}: {e}"))
+        }
         Ok(got) => Err(format!("{what}: status {}", got.status)),
         Err(e) => Err(format!("{what}: {e}")),
     };
@@ -258,7 +292,14 @@ impl Run {
 
     async fn connection(self) {
         let t0 = Instant::now();
-        let conn = match connect(&self.engine, self.p.addr, &self.p.server_name).await {
+        let conn = match connect(
+            &self.engine,
+            self.p.addr,
+            &self.p.server_name,
+            CONNECT_LIMIT,
+        )
+        .await
+        {
             Ok(c) => c,
             Err(e) => return self.error(e),
         };

@@ -227,13 +227,10 @@ fn parse_get(request: &[u8]) -> Option<&str> {
         .map(|p| p.split(' ').next().unwrap_or(p))
 }
 
-/// Opens `rel` under `root`, refusing anything that resolves outside it or is not a file.
+/// Opens `rel` (a request path: percent-decoded, the query ignored) under `root` (canonical),
+/// refusing anything that resolves outside it or is not a file; as the h3 file server does.
 pub(crate) fn open_under(root: &Path, rel: &str) -> Option<File> {
-    let path = root.join(rel).canonicalize().ok()?;
-    if !path.starts_with(root) || !path.is_file() {
-        return None;
-    }
-    File::open(path).ok()
+    quicshard_h3::files::open_under(root, rel).map(|(file, _, _)| file)
 }
 
 impl Handler for Server {

@@ -14,6 +14,8 @@ pub(crate) fn qs() -> Command {
 pub(crate) struct Proc {
     child: Option<Child>,
     pub(crate) port: u16,
+    /// stderr's lines, once [`Proc::stderr_line`] took stderr over.
+    stderr: Option<std::sync::mpsc::Receiver<String>>,
 }
 
 impl Proc {
@@ -36,6 +38,42 @@ impl Proc {
         Self {
             child: Some(child),
             port,
+            stderr: None,
+        }
+    }
+
+    /// Sends `sig` (e.g. `libc::SIGHUP`) to the process.
+    pub(crate) fn signal(&self, sig: i32) {
+        let child = self.child.as_ref().expect("not stopped yet");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, sig) };
+    }
+
+    /// The next stderr line containing `needle`, waiting at most `limit` (panics after, with
+    /// what was read). The lines before it are consumed.
+    pub(crate) fn stderr_line(&mut self, needle: &str, limit: std::time::Duration) -> String {
+        let child = self.child.as_mut().expect("not stopped yet");
+        let lines = self.stderr.get_or_insert_with(|| {
+            let err = child.stderr.take().expect("stderr piped");
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx
+        });
+        let deadline = std::time::Instant::now() + limit;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("no stderr line with {needle:?} within {limit:?}; saw {seen:?}"),
+            }
         }
     }
 
@@ -123,4 +161,29 @@ pub(crate) fn bench_json(port: u16, args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&o.stderr)
     );
     serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// A CA and a server certificate it signed for `localhost`, as PEM files in `dir`:
+/// `{tag}-ca.pem`, `{tag}-ca.key`, `{tag}-cert.pem`, `{tag}-cert.key`; returns their paths in
+/// that order.
+pub(crate) fn ca_and_server_cert(dir: &std::path::Path, tag: &str) -> [std::path::PathBuf; 4] {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("quicshard test CA {tag}"));
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca_cert, &ca_key)
+        .unwrap();
+    let paths =
+        ["ca.pem", "ca.key", "cert.pem", "cert.key"].map(|n| dir.join(format!("{tag}-{n}")));
+    std::fs::write(&paths[0], ca_cert.pem()).unwrap();
+    std::fs::write(&paths[1], ca_key.serialize_pem()).unwrap();
+    std::fs::write(&paths[2], leaf.pem()).unwrap();
+    std::fs::write(&paths[3], leaf_key.serialize_pem()).unwrap();
+    paths
 }

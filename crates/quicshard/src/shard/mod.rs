@@ -171,6 +171,8 @@ pub(crate) struct Core {
     pub(crate) stats: Arc<Counters>,
     /// `Some(deadline)` once shutdown began.
     pub(crate) stopping: Option<Instant>,
+    /// The address this shard advertises as the server's preferred address, if any.
+    pub(crate) preferred: Option<std::net::SocketAddr>,
     /// The slot being driven: touching it does not re-queue it (the drive flushes it anyway).
     pub(crate) driving: Option<u32>,
     /// Validates DCIDs of short-header packets before the endpoint sees them.

@@ -92,6 +92,7 @@ impl<H: Handler> ShardParts<H> {
             shared,
             stats: self.stats,
             stopping: None,
+            preferred: self.preferred,
             driving: None,
             resp_buf: Vec::new(),
             client_sock: self.client_sock,

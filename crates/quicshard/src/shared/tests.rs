@@ -49,7 +49,7 @@ fn shared() -> (Shared, rustls::ServerConfig) {
     let (chain, key) = tls::self_signed(&["localhost"]).unwrap();
     let server_tls = tls::server_config(chain.clone(), key.clone_key(), &[]).unwrap();
     let other_tls = tls::server_config(chain.clone(), key, &[]).unwrap();
-    let server_config = build_server_config(server_tls, Arc::default(), &stateless()).unwrap();
+    let (server_config, _) = build_server_config(server_tls, Arc::default(), &stateless()).unwrap();
     let shared = Shared {
         server_config: Some(server_config),
         endpoint_config: EndpointConfig::default(),
@@ -61,6 +61,7 @@ fn shared() -> (Shared, rustls::ServerConfig) {
         admission: crate::Admission::default(),
         memory: crate::memory::MemoryBudget::default(),
         tickets: stateless(),
+        server_tickets: None,
     };
     (shared, other_tls)
 }
@@ -242,7 +243,7 @@ fn retry_token_does_not_validate_under_another_key() {
     let (_client, second) = retried_by_shard_0(&shared, now);
 
     // same certificate, same shard layout, but a second `build_server_config`: another token key
-    let other = build_server_config(
+    let (other, _) = build_server_config(
         other_tls,
         Arc::new(TransportConfig::default()),
         &stateless(),
@@ -316,7 +317,7 @@ fn a_replayed_zero_rtt_flight_falls_back_on_another_shard() {
     let store = Arc::new(TicketStore::new(64));
     let tickets = Tickets::ZeroRtt(store.clone());
     let server_tls = tls::server_config(chain.clone(), key, &[]).unwrap();
-    let config = build_server_config(server_tls, Arc::default(), &tickets).unwrap();
+    let (config, _) = build_server_config(server_tls, Arc::default(), &tickets).unwrap();
     let shared = Shared {
         server_config: Some(config.clone()),
         endpoint_config: EndpointConfig::default(),
@@ -328,6 +329,7 @@ fn a_replayed_zero_rtt_flight_falls_back_on_another_shard() {
         admission: crate::Admission::default(),
         memory: crate::memory::MemoryBudget::default(),
         tickets,
+        server_tickets: None,
     };
     let mut now = Instant::now();
 

@@ -101,7 +101,7 @@ pub(crate) struct Args {
     send_pool: Option<u64>,
     /// Bytes one shard may commit to its connections: the send pool plus, per connection, its
     /// --conn-window, its smallest send window and 32 KiB; new connections beyond it are refused
-    /// (default 4 GiB).
+    /// (default 16 GiB).
     #[arg(long, value_name = "BYTES")]
     memory_budget: Option<u64>,
     /// This server's QUIC-LB server ID (hex); needs --quic-lb-config.

@@ -44,9 +44,10 @@ pub const MIN_SEND_WINDOW: u64 = 256 * 1024;
 pub const DEFAULT_RECEIVE_WINDOW: u64 = 1024 * 1024;
 /// Default receive window of one stream (quinn-proto's own default is 1.25 MB).
 pub const DEFAULT_STREAM_RECEIVE_WINDOW: u64 = 1024 * 1024;
-/// Default budget of one shard for all of its connections: 4 GiB, i.e. the send pool and about
-/// 3,100 connections that each fill their receive window and the smallest send window.
-pub const DEFAULT_PER_SHARD: u64 = 4 << 30;
+/// Default budget of one shard for all of its connections: 16 GiB, i.e. the send pool and about
+/// 12,700 connections that each fill their receive window and the smallest send window (the
+/// 10,000 idle connections of `docs/BENCHMARKS.md` fit on one shard).
+pub const DEFAULT_PER_SHARD: u64 = 16 << 30;
 
 /// Per-connection windows and the per-shard bound (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

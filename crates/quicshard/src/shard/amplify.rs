@@ -5,8 +5,11 @@
 //! it starts a datagram, so a full datagram after a small one overshoots (3.05x was measured).
 //! The engine therefore keeps its own account per connection ([`AmpBudget`]) and enforces it in
 //! `Shard::transmit`, where every datagram passes: `poll_transmit` is called only when the budget
-//! covers a whole batch of `current_mtu`-sized datagrams, so no datagram ever has to be held
-//! back after it was produced. Budget left below one MTU stays unused until more bytes arrive.
+//! covers a whole batch of `current_mtu`-sized datagrams. With less than one MTU left, it asks
+//! for one datagram and sends it only if it fits (a 64-byte NEW_CONNECTION_ID often does);
+//! one that does not is discarded unsent, and quinn-proto, which counts it as lost, sends its
+//! frames again once acknowledgments or its probe timer say so. Nothing is ever held back in a
+//! queue.
 //!
 //! # What counts as validated (a conservative rule)
 //! quinn-proto does not expose its own `validated` flag, so the engine decides from what it sees:
@@ -68,23 +71,33 @@ impl AmpBudget {
         self.received = self.received.saturating_add(len as u64);
     }
 
-    /// A datagram (or GSO batch) of `len` bytes was produced for sending.
+    /// A datagram (or GSO batch) of `len` bytes was sent.
     pub(crate) fn on_sent(&mut self, len: usize) {
         self.sent = self.sent.saturating_add(len as u64);
+        self.blocked = false;
     }
 
-    /// How many datagrams of at most `mtu` bytes may be produced now: `None` without a limit,
-    /// `Some(0)` when the connection must wait for more bytes from the client or validation.
-    /// The second value is `true` when this call starts a blocked episode (count it).
-    pub(crate) fn allowance(&mut self, mtu: usize) -> (Option<usize>, bool) {
+    /// Bytes that may still be sent before validation (`u64::MAX` once validated).
+    pub(crate) fn left(&self) -> u64 {
         if self.validated {
-            return (None, false);
+            return u64::MAX;
         }
-        let left = (self.received.saturating_mul(FACTOR)).saturating_sub(self.sent);
-        let n = usize::try_from(left / mtu.max(1) as u64).unwrap_or(usize::MAX);
-        let starts = n == 0 && !self.blocked;
-        self.blocked = n == 0;
-        (Some(n), starts)
+        (self.received.saturating_mul(FACTOR)).saturating_sub(self.sent)
+    }
+
+    /// How many whole datagrams of `mtu` bytes may be produced now: `None` without a limit.
+    /// With `Some(0)`, a smaller datagram may still fit in [`AmpBudget::left`].
+    pub(crate) fn allowance(&self, mtu: usize) -> Option<usize> {
+        if self.validated {
+            return None;
+        }
+        Some(usize::try_from(self.left() / mtu.max(1) as u64).unwrap_or(usize::MAX))
+    }
+
+    /// The connection stopped for want of budget; `true` if it was sending until now (count
+    /// one episode, not every attempt).
+    pub(crate) fn block(&mut self) -> bool {
+        !std::mem::replace(&mut self.blocked, true)
     }
 }
 
@@ -197,19 +210,23 @@ mod tests {
     #[test]
     fn budget_is_three_times_received_in_whole_datagrams() {
         let mut b = AmpBudget::new(Side::Server);
-        assert_eq!(b.allowance(1200), (Some(0), true));
-        assert_eq!(b.allowance(1200), (Some(0), false), "one episode");
+        assert_eq!(b.allowance(1200), Some(0));
+        assert_eq!(b.left(), 0);
+        assert!(b.block());
+        assert!(!b.block(), "one episode");
         b.on_received(1200);
-        assert_eq!(b.allowance(1200), (Some(3), false));
+        assert_eq!(b.allowance(1200), Some(3));
         b.on_sent(1200);
         b.on_sent(64);
-        assert_eq!(b.allowance(1200), (Some(1), false));
+        assert_eq!(b.allowance(1200), Some(1));
         b.on_sent(1200);
-        // 1,136 bytes are left: not a whole datagram
-        assert_eq!(b.allowance(1200), (Some(0), true));
+        // 1,136 bytes are left: not a whole datagram, but a smaller one may fit
+        assert_eq!(b.allowance(1200), Some(0));
+        assert_eq!(b.left(), 1136);
+        assert!(b.block(), "sending in between ended the last episode");
         b.validate();
-        assert_eq!(b.allowance(1200), (None, false));
-        assert_eq!(AmpBudget::new(Side::Client).allowance(1200), (None, false));
+        assert_eq!(b.allowance(1200), None);
+        assert_eq!(AmpBudget::new(Side::Client).allowance(1200), None);
     }
 
     #[test]

@@ -227,20 +227,29 @@ impl<H: Handler> Shard<H> {
                 return false;
             }
             // before the address is validated, only as many whole datagrams as 3x the bytes
-            // received covers (`amplify`); the rest waits for the client's next datagram
-            let max = match e.amp.allowance(mtu) {
-                (None, _) => max,
-                (Some(0), starts) => {
-                    if starts {
+            // received covers (`amplify`); below one MTU, one datagram is tried and sent only
+            // if it fits; the rest waits for the client's next datagram
+            let (max, fit) = match e.amp.allowance(mtu) {
+                None => (max, u64::MAX),
+                Some(0) if e.amp.left() == 0 => {
+                    if e.amp.block() {
                         core.stats.amplification_blocked.fetch_add(1, Relaxed);
                     }
                     return false;
                 }
-                (Some(n), _) => n.min(max),
+                Some(0) => (1, e.amp.left()),
+                Some(n) => (n.min(max), u64::MAX),
             };
             let Some(t) = e.conn.poll_transmit(core.now, max, sock.next_buf()) else {
                 return false;
             };
+            if t.size as u64 > fit {
+                // not committed: quinn-proto will count it lost and resend its frames
+                if e.amp.block() {
+                    core.stats.amplification_blocked.fetch_add(1, Relaxed);
+                }
+                return false;
+            }
             e.amp.on_sent(t.size);
             sock.commit(&t);
         }

@@ -32,9 +32,13 @@ pub(crate) struct Args {
     /// Directory the files are written to.
     #[arg(long, default_value = ".")]
     output: PathBuf,
-    /// Write TLS secrets here (NSS key log format), for Wireshark.
+    /// Write TLS secrets here (NSS key log format), for Wireshark; overrides $SSLKEYLOGFILE,
+    /// which is honoured without it.
     #[arg(long)]
     keylog: Option<PathBuf>,
+    /// Write a qlog trace of every connection into DIR (default: $QLOGDIR, else none).
+    #[arg(long, value_name = "DIR")]
+    qlog_dir: Option<PathBuf>,
     /// Offer only the TLS_CHACHA20_POLY1305_SHA256 cipher suite.
     #[arg(long)]
     chacha20: bool,
@@ -123,8 +127,9 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         .next()
         .ok_or_else(|| Failure::Usage(format!("{host}: no address")))?;
     if let Some(k) = &args.keylog {
-        std::env::set_var("SSLKEYLOGFILE", k);
+        std::env::set_var(crate::diag::KEYLOG_ENV, k);
     }
+    crate::diag::qlog_setup(args.qlog_dir.as_deref())?;
     let tuning = tlsfiles::ClientTuning {
         chacha20_only: args.chacha20,
         early_data: args.zero_rtt,
@@ -137,7 +142,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         args.insecure,
         args.ca.as_deref(),
         &[ALPN_HQ],
-        args.keylog.is_some(),
+        crate::diag::keylog_wanted(),
         &tuning,
     )?;
     let extras = client::Extras {
@@ -210,7 +215,7 @@ fn try_h3(
         args.insecure,
         args.ca.as_deref(),
         offer,
-        args.keylog.is_some(),
+        crate::diag::keylog_wanted(),
         tuning,
     )?;
     let files: Vec<Download> = requests

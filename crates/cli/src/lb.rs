@@ -1,6 +1,8 @@
 //! `quicshard lb`: the QUIC-LB load balancer, configured by TOML, reloaded on SIGHUP.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use quicshard_lb::{Lb, LbConfig};
 
@@ -12,17 +14,35 @@ pub(crate) struct Args {
     /// The TOML configuration (listen, mode, workers, [[quic_lb]], [[backend]], [timers]).
     #[arg(long)]
     config: PathBuf,
-    /// Write the counters as JSON here on exit.
+    /// Write the counters as JSON here on exit (checked writable at start-up).
     #[arg(long)]
     stats_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (TCP).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
     let config = LbConfig::from_file(&args.config)
         .map_err(|e| Failure::Usage(format!("{}: {e}", args.config.display())))?;
+    crate::diag::check_stats_file(args.stats_file.as_deref())?;
     signals::block_termination().map_err(|e| Failure::Refused(format!("signals: {e}")))?;
-    let lb = Lb::start(config).map_err(|e| Failure::Refused(e.to_string()))?;
+    let lb = Arc::new(Lb::start(config).map_err(|e| Failure::Refused(e.to_string()))?);
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let lb = lb.clone();
+            let stats = move || serde_json::to_value(lb.stats()).unwrap_or_default();
+            Some(crate::metrics::start(
+                addr,
+                crate::metrics::LbCollector(Box::new(stats)),
+            )?)
+        }
+        None => None,
+    };
     println!("listening on {}", lb.local_addr());
+    if let Some(m) = &metrics {
+        println!("metrics on http://{}/metrics", m.addr());
+    }
     loop {
         let sig = signals::wait_any().map_err(|e| Failure::Refused(format!("signals: {e}")))?;
         if !signals::is_reload(sig) {
@@ -39,8 +59,15 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
             }
         }
     }
+    // the metrics thread's collector holds the other reference to the load balancer
+    if let Some(m) = metrics {
+        m.stop();
+    }
     let stats = lb.stats();
-    lb.shutdown();
+    match Arc::try_unwrap(lb) {
+        Ok(lb) => lb.shutdown(),
+        Err(_) => tracing::error!("load balancer still referenced; its threads stop at exit"),
+    }
     let json = serde_json::to_value(stats).map_err(|e| Failure::Refused(format!("stats: {e}")))?;
     if let Some(path) = &args.stats_file {
         std::fs::write(path, json.to_string())

@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod handle;
 pub mod handler;
 mod inject;
+pub mod qlog;
 pub mod random;
 mod ranks;
 mod shard;

@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub(crate) max_connections: usize,
     /// How sessions resume across shards.
     pub(crate) tickets: Tickets,
+    /// Per-connection qlog traces, if on.
+    pub(crate) qlog: Option<crate::qlog::Qlog>,
 }
 
 impl Shared {

@@ -33,6 +33,8 @@ pub(crate) struct Entry {
     handshaking: bool,
     /// Its accepted 0-RTT was counted.
     pub(crate) zero_rtt_counted: bool,
+    /// When the connection was accepted or initiated (handshake time, close log).
+    pub(crate) started: Instant,
 }
 
 struct Slot {
@@ -52,7 +54,13 @@ pub(crate) struct ConnTable {
 
 impl ConnTable {
     /// Stores a new connection at `slot` (its `ConnectionHandle`) and queues it.
-    pub(crate) fn insert(&mut self, slot: usize, conn: Connection, sock: usize) -> u32 {
+    pub(crate) fn insert(
+        &mut self,
+        slot: usize,
+        conn: Connection,
+        sock: usize,
+        now: Instant,
+    ) -> u32 {
         if self.slots.len() <= slot {
             self.slots.resize_with(slot + 1, || Slot {
                 gen: 0,
@@ -75,6 +83,7 @@ impl ConnTable {
             peer_closed: false,
             handshaking: false,
             zero_rtt_counted: false,
+            started: now,
         });
         self.live += 1;
         // slot < endpoint slab size, which is far below u32::MAX connections

@@ -208,18 +208,25 @@ impl<H: Handler> Shard<H> {
             }
             return;
         }
+        let traced = match (&core.shared.qlog, &core.qlog_server_config) {
+            (Some(q), Some(base)) => q.server_config(base, incoming.orig_dst_cid(), core.now),
+            _ => None,
+        };
         match core
             .endpoint
-            .accept(incoming, core.now, &mut core.resp_buf, None)
+            .accept(incoming, core.now, &mut core.resp_buf, traced)
         {
             Ok((ch, conn)) => {
-                core.conns.insert(ch.0, conn, s);
+                core.conns.insert(ch.0, conn, s, core.now);
                 // slot < endpoint slab size, far below u32::MAX
                 core.conns.start_handshake(ch.0 as u32);
                 core.stats.connections_accepted.fetch_add(1, Relaxed);
                 core.stats
                     .connections_open
                     .store(core.conns.len() as u64, Relaxed);
+                core.stats
+                    .handshakes_in_progress
+                    .store(core.conns.handshaking() as u64, Relaxed);
             }
             Err(e) => {
                 tracing::debug!(shard = core.id, cause = %e.cause, "accept failed");

@@ -59,6 +59,7 @@ fn shared() -> (Shared, rustls::ServerConfig) {
         retry_threshold: None,
         max_connections: 16,
         tickets: stateless(),
+        qlog: None,
     };
     (shared, other_tls)
 }
@@ -318,6 +319,7 @@ fn a_replayed_zero_rtt_flight_falls_back_on_another_shard() {
         retry_threshold: None,
         max_connections: 16,
         tickets,
+        qlog: None,
     };
     let mut now = Instant::now();
 

@@ -134,6 +134,18 @@ mod tests {
     }
 
     #[test]
+    fn a_fixed_transport_config_is_refused_with_qlog() {
+        struct Nop;
+        impl crate::Handler for Nop {}
+        let start = |b: crate::Builder<Nop>| b.shards(1).qlog_dir(std::env::temp_dir()).start();
+        let fixed = crate::Engine::builder(|_| Nop).transport(TransportConfig::default());
+        assert!(matches!(start(fixed), Err(crate::StartError::Qlog(_))));
+        let made = crate::Engine::builder(|_| Nop).transport_factory(TransportConfig::default);
+        let engine = start(made).expect("a transport factory works with qlog");
+        engine.shutdown(std::time::Duration::from_secs(1));
+    }
+
+    #[test]
     fn a_file_is_not_a_directory() {
         let f = std::env::temp_dir().join(format!("quicshard-qlog-{}", std::process::id()));
         std::fs::write(&f, b"").unwrap();

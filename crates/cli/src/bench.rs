@@ -71,6 +71,9 @@ pub(crate) struct Args {
     /// The resource --alpn h3 GETs, e.g. /1k.bin (a file under the server's --root).
     #[arg(long)]
     path: Option<String>,
+    /// Write a qlog trace of every connection into DIR (default: $QLOGDIR, else none).
+    #[arg(long, value_name = "DIR")]
+    qlog_dir: Option<std::path::PathBuf>,
 }
 
 /// The protocols `bench` generates load with.
@@ -83,6 +86,7 @@ pub(crate) enum BenchAlpn {
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
+    crate::diag::qlog_setup(args.qlog_dir.as_deref())?;
     let addr: SocketAddr = args
         .connect
         .to_socket_addrs()

@@ -52,9 +52,13 @@ pub(crate) struct Args {
     /// order: `localhost:4433:[::1],127.0.0.1`.
     #[arg(long, value_name = "HOST:PORT:ADDR[,ADDR]")]
     resolve: Option<String>,
-    /// Write TLS secrets here (NSS key log format), for Wireshark.
+    /// Write TLS secrets here (NSS key log format), for Wireshark; overrides $SSLKEYLOGFILE,
+    /// which is honoured without it.
     #[arg(long)]
     keylog: Option<PathBuf>,
+    /// Write a qlog trace of every connection into DIR (default: $QLOGDIR, else none).
+    #[arg(long, value_name = "DIR")]
+    qlog_dir: Option<PathBuf>,
     /// Offer only the TLS_CHACHA20_POLY1305_SHA256 cipher suite.
     #[arg(long)]
     chacha20: bool,
@@ -132,8 +136,9 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         .collect();
     let addrs = addresses(&authority, args.resolve.as_deref())?;
     if let Some(k) = &args.keylog {
-        std::env::set_var("SSLKEYLOGFILE", k);
+        std::env::set_var(crate::diag::KEYLOG_ENV, k);
     }
+    crate::diag::qlog_setup(args.qlog_dir.as_deref())?;
     let connections = if args.resume || args.zero_rtt { 2 } else { 1 };
     let mut progress = Progress::new((requests.len() * connections) as u64);
     let summary = connect_each(&args, &addrs, &authority, &requests, &progress)?;
@@ -245,7 +250,7 @@ fn attempt(
         args.insecure,
         args.ca.as_deref(),
         &[ALPN_HQ],
-        args.keylog.is_some(),
+        crate::diag::keylog_wanted(),
         &tuning,
     )?;
     let extras = client::Extras {
@@ -329,7 +334,7 @@ fn try_h3(
         args.insecure,
         args.ca.as_deref(),
         offer,
-        args.keylog.is_some(),
+        crate::diag::keylog_wanted(),
         tuning,
     )?;
     let files: Vec<Download> = requests

@@ -6,10 +6,13 @@ mod bench;
 mod cid;
 mod client_tickets;
 mod demo;
+mod diag;
 mod get;
 mod impair;
 mod lb;
 mod loadgen;
+mod logging;
+mod metrics;
 mod relay;
 mod serve;
 mod signals;
@@ -24,6 +27,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "quicshard", version, about)]
 struct Cli {
+    /// Log line format on stderr (`RUST_LOG` sets the filter; default `warn`).
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,13 +80,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return clap_failure(e),
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    let result = match cli.command {
+    let result = logging::init(cli.log_format).and_then(|()| match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Get(args) => get::run(args),
@@ -89,7 +89,7 @@ fn main() -> ExitCode {
         Command::Impair(args) => impair::run(args),
         Command::Cid(args) => cid::run(args),
         Command::Relay(args) => relay::run(args),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(msg)) => {

@@ -49,9 +49,15 @@ pub(crate) struct Args {
     /// Directory served by hq-interop (GET /path); without it every GET is not found.
     #[arg(long)]
     root: Option<PathBuf>,
-    /// Write per-shard counters as JSON here on exit.
+    /// Write per-shard counters as JSON here on exit (checked writable at start-up).
     #[arg(long)]
     stats_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (TCP).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Write a qlog trace of every connection into DIR (default: $QLOGDIR, else none).
+    #[arg(long, value_name = "DIR")]
+    qlog_dir: Option<PathBuf>,
     /// Do not attach the BPF steering program (the kernel hash plus handoff only).
     #[arg(long)]
     no_bpf: bool,
@@ -216,20 +222,27 @@ fn unacked_streams(ctx: &mut quicshard::ShardCtx<'_>) -> usize {
     pending
 }
 
-/// The transport config of the limit flags, if any is set.
-fn transport(args: &Args) -> Option<quinn_proto::TransportConfig> {
+/// A maker of the transport config of the limit flags, if any is set (a maker: traced
+/// connections each need their own config). The windows come from the memory budget
+/// ([`memory`]), which the engine applies to every config.
+fn transport(
+    args: &Args,
+) -> Option<impl Fn() -> quinn_proto::TransportConfig + Send + Sync + 'static> {
     use quinn_proto::VarInt;
-    if args.idle_timeout.is_none() && args.max_streams.is_none() {
+    let (idle, streams) = (args.idle_timeout, args.max_streams);
+    if idle.is_none() && streams.is_none() {
         return None;
     }
-    let mut t = quinn_proto::TransportConfig::default();
-    if let Some(ms) = args.idle_timeout {
-        t.max_idle_timeout(Some(VarInt::from_u32(ms).into()));
-    }
-    if let Some(n) = args.max_streams {
-        t.max_concurrent_bidi_streams(VarInt::from_u32(n));
-    }
-    Some(t)
+    Some(move || {
+        let mut t = quinn_proto::TransportConfig::default();
+        if let Some(ms) = idle {
+            t.max_idle_timeout(Some(VarInt::from_u32(ms).into()));
+        }
+        if let Some(n) = streams {
+            t.max_concurrent_bidi_streams(VarInt::from_u32(n));
+        }
+        t
+    })
 }
 
 /// The memory budget of the window flags (the engine's defaults for those not given).
@@ -274,6 +287,8 @@ pub(crate) fn run(cli: Args) -> Result<(), Failure> {
         )),
         None => None,
     };
+    crate::diag::check_stats_file(args.stats_file.as_deref())?;
+    crate::diag::qlog_setup(args.qlog_dir.as_deref())?;
     let h3_root = root.clone();
     let mut builder = h3_server::builder(root)
         .listen(args.listen)
@@ -302,8 +317,9 @@ pub(crate) fn run(cli: Args) -> Result<(), Failure> {
     }
     builder = builder.memory(memory(&args)?);
     if let Some(t) = transport(&args) {
-        builder = builder.transport(t);
+        builder = builder.transport_factory(t);
     }
+    builder = crate::diag::with_keylog(crate::diag::with_qlog(builder));
     if let Some(n) = crate::count_flag("shards", args.shards)? {
         builder = builder.shards(n);
     }
@@ -328,7 +344,17 @@ pub(crate) fn run(cli: Args) -> Result<(), Failure> {
         Some(addr) => Some(decap::start(addr, engine.local_addr(), engine.injector())?),
         None => None,
     };
+    let metrics = match args.metrics {
+        Some(addr) => Some(crate::metrics::start(
+            addr,
+            crate::metrics::EngineCollector(engine.stats_reader()),
+        )?),
+        None => None,
+    };
     println!("listening on {}", engine.local_addr());
+    if let Some(m) = &metrics {
+        println!("metrics on http://{}/metrics", m.addr());
+    }
     tracing::info!(
         shards = engine.shards(),
         bpf = engine.bpf_attached(),
@@ -348,6 +374,9 @@ pub(crate) fn run(cli: Args) -> Result<(), Failure> {
         None => eprintln!("shutdown: a shard did not answer the drain check; closing anyway"),
     }
     let stats = h3.shutdown(engine, DRAIN_TIMEOUT);
+    if let Some(m) = metrics {
+        m.stop();
+    }
     let mut json = stats_json(&stats);
     if let Some(d) = &decap {
         json["decap"] = d.to_json();
@@ -385,7 +414,7 @@ pub(crate) fn stats_json(stats: &[ShardStats]) -> serde_json::Value {
     serde_json::json!({ "shards": shards })
 }
 
-/// One line per shard on stderr (stdout carries only the `listening on` line).
+/// One line per shard on stderr (stdout carries only the `listening on` and `metrics on` lines).
 pub(crate) fn print_stats(stats: &[ShardStats]) {
     for (i, s) in stats.iter().enumerate() {
         eprintln!(

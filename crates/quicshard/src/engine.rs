@@ -27,11 +27,12 @@ use rustls::pki_types::CertificateDer;
 use crate::cid::{CidConfig, CidConfigError};
 use crate::handler::{Handler, Remote, ShardId};
 use crate::memory::{MemoryBudget, MemoryBudgetError};
+use crate::qlog::{Qlog, TransportFactory};
 use crate::shard::io::{Sock, CLIENT};
 use crate::shard::mailbox::{mailbox, Msg};
 use crate::shard::{self, ShardParts, WAKER_TOKEN};
 use crate::shared::{build_server_config, Shared, Tickets};
-use crate::stats::{Counters, ShardStats};
+use crate::stats::{Counters, HistogramSnapshot, ShardStats, StatsReader};
 use crate::steer;
 use crate::tickets::{TicketStats, TicketStore};
 use crate::tls::{self, TlsError};
@@ -66,6 +67,10 @@ pub enum StartError {
     /// The memory budget is inconsistent (a zero window, a shard budget below one connection).
     #[error(transparent)]
     Memory(#[from] MemoryBudgetError),
+    /// The qlog directory ([`Builder::qlog_dir`]) is not a usable directory, or qlog cannot be
+    /// combined with the transport configuration given.
+    #[error("qlog: {0}")]
+    Qlog(std::io::Error),
     /// Creating a poller, waker, socket state or thread failed (resource limits).
     #[error("shard setup: {0}")]
     Io(#[from] std::io::Error),
@@ -81,6 +86,9 @@ pub struct Builder<H> {
     server_tls: Option<rustls::ServerConfig>,
     pub(crate) client_config: Option<ClientConfig>,
     transport: Option<TransportConfig>,
+    transport_factory: Option<TransportFactory>,
+    qlog_dir: Option<std::path::PathBuf>,
+    key_log: Option<Arc<dyn rustls::KeyLog>>,
     quic_lb: Option<(quic_lb::Config, Vec<u8>)>,
     /// `None`: a random key.
     shard_key: Option<crate::steer::ShardKey>,
@@ -142,6 +150,33 @@ impl<H: Handler> Builder<H> {
     /// config's). Default: quinn-proto's defaults (the client config's own for `connect`).
     pub fn transport(mut self, t: TransportConfig) -> Self {
         self.transport = Some(t);
+        self
+    }
+    /// Like [`Builder::transport`], from a function that makes one config per connection when a
+    /// connection needs its own (qlog traces, [`Builder::qlog_dir`]); replaces
+    /// [`Builder::transport`]. Default: none.
+    pub fn transport_factory(
+        mut self,
+        f: impl Fn() -> TransportConfig + Send + Sync + 'static,
+    ) -> Self {
+        self.transport = Some(f());
+        self.transport_factory = Some(Arc::new(f));
+        self
+    }
+    /// Write a qlog trace of every connection (server and client side) into `dir`, an existing
+    /// directory: `<original DCID in hex>_server.sqlog` or `..._client.sqlog`, JSON-SEQ (see
+    /// [`crate::qlog`]). Each traced connection's transport config comes from
+    /// [`Builder::transport_factory`] (quinn-proto's defaults without one; a config given to
+    /// [`Builder::transport`] alone cannot be copied, so [`Builder::start`] refuses it with qlog
+    /// on). Default: off.
+    pub fn qlog_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.qlog_dir = Some(dir.into());
+        self
+    }
+    /// Where the server TLS config (given or default) logs its secrets, e.g.
+    /// `rustls::KeyLogFile` (NSS key log format, `SSLKEYLOGFILE`). Default: rustls' default (none).
+    pub fn key_log(mut self, log: Arc<dyn rustls::KeyLog>) -> Self {
+        self.key_log = Some(log);
         self
     }
     /// QUIC-LB config and this server's ID. Default: a random 2-octet server ID and a random
@@ -277,13 +312,34 @@ impl<H: Handler> Builder<H> {
         };
         let alpn: Vec<&[u8]> = self.alpn.iter().map(|p| p.as_slice()).collect();
         let mut certificate = None;
-        let server_tls = match self.server_tls.take() {
+        let mut server_tls = match self.server_tls.take() {
             Some(t) => t,
             None => {
                 let (chain, key) = tls::self_signed(&["localhost"])?;
                 certificate = Some(chain.clone());
                 tls::server_config(chain, key, &alpn)?
             }
+        };
+        if let Some(log) = &self.key_log {
+            server_tls.key_log = log.clone();
+        }
+        let qlog = match self.qlog_dir.take() {
+            Some(_) if self.transport.is_some() && self.transport_factory.is_none() => {
+                return Err(StartError::Qlog(std::io::Error::other(
+                    "qlog needs Builder::transport_factory instead of Builder::transport",
+                )))
+            }
+            Some(dir) => {
+                // every traced connection's config gets the memory budget's windows too
+                let (base, memory) = (self.transport_factory.clone(), self.memory);
+                let factory: TransportFactory = Arc::new(move || {
+                    let mut t = base.as_ref().map_or_else(TransportConfig::default, |f| f());
+                    memory.apply(&mut t);
+                    t
+                });
+                Some(Qlog::new(dir, Some(factory)).map_err(StartError::Qlog)?)
+            }
+            None => None,
         };
         let tickets = if self.zero_rtt {
             Tickets::ZeroRtt(Arc::new(TicketStore::new(self.ticket_capacity)))
@@ -318,6 +374,7 @@ impl<H: Handler> Builder<H> {
             memory: self.memory,
             tickets,
             server_tickets: Some(server_tickets),
+            qlog,
         });
         Ok((shared, certificate))
     }
@@ -490,6 +547,9 @@ impl<H: Handler> Engine<H> {
             server_tls: None,
             client_config: None,
             transport: None,
+            transport_factory: None,
+            qlog_dir: None,
+            key_log: None,
             quic_lb: None,
             shard_key: None,
             bpf: true,
@@ -549,6 +609,17 @@ impl<H: Handler> Engine<H> {
     /// A snapshot of every shard's counters, in shard order.
     pub fn stats(&self) -> Vec<ShardStats> {
         self.stats.iter().map(|c| c.snapshot()).collect()
+    }
+
+    /// Every shard's handshake durations (connection accepted or initiated to handshake
+    /// complete), in shard order; buckets as in [`crate::stats::HANDSHAKE_BUCKETS_MICROS`].
+    pub fn handshake_times(&self) -> Vec<HistogramSnapshot> {
+        self.stats_reader().handshake_times()
+    }
+
+    /// A reader of the counters that any thread can keep (see [`StatsReader`]).
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader::new(&self.stats)
     }
 
     /// Stops accepting, closes every connection with CONNECTION_CLOSE, drains until all are

@@ -17,6 +17,7 @@ pub mod handle;
 pub mod handler;
 mod inject;
 pub mod memory;
+pub mod qlog;
 pub mod random;
 mod ranks;
 mod reload;
@@ -31,8 +32,8 @@ pub use engine::{Builder, Engine, StartError, DEFAULT_MAX_CONNECTIONS};
 pub use handler::{ConnId, Handler, Remote, RemoteError, ShardCtx, ShardId, HANDLER_PANIC_CODE};
 pub use inject::{InjectError, InjectStats, Injector};
 pub use memory::MemoryBudget;
-pub use shard::Admission;
 pub use reload::ReloadError;
+pub use shard::Admission;
 pub use stats::ShardStats;
 
 pub use quinn_proto;

@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     /// The ticket state of `server_config`'s rustls config, for a replacement config
     /// ([`crate::reload`]); `None` when the engine accepts no connections.
     pub(crate) server_tickets: Option<ServerTickets>,
+    /// Per-connection qlog traces, if on.
+    pub(crate) qlog: Option<crate::qlog::Qlog>,
 }
 
 impl Shared {

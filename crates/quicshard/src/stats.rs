@@ -5,6 +5,89 @@
 //! so two counters may disagree by the events of one loop iteration.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The [`ShardStats`] fields that are gauges (a current level); every other field only grows.
+pub const GAUGES: &[&str] = &["connections_open", "handshakes_in_progress"];
+
+/// Upper bounds, in microseconds, of the handshake-duration histogram's buckets (the last bucket,
+/// beyond them, is unbounded): from a loopback handshake (~1 ms) to a lossy long path.
+pub const HANDSHAKE_BUCKETS_MICROS: [u64; 12] = [
+    500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000,
+    5_000_000,
+];
+const BUCKETS: usize = HANDSHAKE_BUCKETS_MICROS.len() + 1;
+
+/// A fixed-bucket histogram of durations: atomics only, nothing allocated when recording.
+#[derive(Debug, Default)]
+pub(crate) struct DurationHistogram {
+    counts: [AtomicU64; BUCKETS],
+    sum_micros: AtomicU64,
+}
+
+impl DurationHistogram {
+    /// Counts one duration (`Relaxed`; the shard is the only writer).
+    pub(crate) fn record(&self, d: Duration) {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = HANDSHAKE_BUCKETS_MICROS.partition_point(|&b| b < micros);
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: std::array::from_fn(|i| self.counts[i].load(Relaxed)),
+            sum_micros: self.sum_micros.load(Relaxed),
+        }
+    }
+}
+
+/// A snapshot of one shard's handshake durations ([`crate::Engine::handshake_times`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// Handshakes per bucket (not cumulative): `counts[i]` took at most
+    /// `HANDSHAKE_BUCKETS_MICROS[i]` µs and more than the bound before; the last entry counts
+    /// those beyond every bound.
+    pub counts: [u64; BUCKETS],
+    /// Sum of all durations, in microseconds.
+    pub sum_micros: u64,
+}
+
+impl HistogramSnapshot {
+    /// Handshakes counted.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// Reads an engine's counters from any thread ([`crate::Engine::stats_reader`]), e.g. for a
+/// metrics endpoint; it outlives the engine (the final values stay readable).
+#[derive(Debug, Clone)]
+pub struct StatsReader {
+    shards: Arc<[Arc<Counters>]>,
+}
+
+impl StatsReader {
+    pub(crate) fn new(shards: &[Arc<Counters>]) -> Self {
+        Self {
+            shards: shards.into(),
+        }
+    }
+
+    /// A snapshot of every shard's counters, in shard order (as [`crate::Engine::stats`]).
+    pub fn stats(&self) -> Vec<ShardStats> {
+        self.shards.iter().map(|c| c.snapshot()).collect()
+    }
+
+    /// Every shard's handshake durations (as [`crate::Engine::handshake_times`]).
+    pub fn handshake_times(&self) -> Vec<HistogramSnapshot> {
+        self.shards
+            .iter()
+            .map(|c| c.handshake_time.snapshot())
+            .collect()
+    }
+}
 
 macro_rules! stats {
     ($( $(#[$doc:meta])* $name:ident, )*) => {
@@ -18,6 +101,8 @@ macro_rules! stats {
         #[derive(Debug, Default)]
         pub(crate) struct Counters {
             $( pub(crate) $name: AtomicU64, )*
+            /// Handshake durations (not part of [`ShardStats`]: see [`HistogramSnapshot`]).
+            pub(crate) handshake_time: DurationHistogram,
         }
 
         impl Counters {
@@ -50,6 +135,8 @@ stats! {
     connections_accepted,
     /// Connections currently owned by this shard (server and client side); a gauge.
     connections_open,
+    /// Accepted (server side) connections whose handshake has not completed; a gauge.
+    handshakes_in_progress,
     /// Connections fully drained and removed from this shard.
     connections_closed,
     /// Connections the peer closed (CONNECTION_CLOSE received). The shard sends nothing more on
@@ -147,4 +234,23 @@ stats! {
     /// Turns that took longer than 50 ms of wall time while the thread had the CPU for less than
     /// half of it: the thread was descheduled (the machine is overloaded), logged at debug.
     descheduled_turns,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_land_in_the_bucket_of_their_upper_bound() {
+        let h = DurationHistogram::default();
+        h.record(Duration::from_micros(500)); // on the first bound: first bucket
+        h.record(Duration::from_micros(501));
+        h.record(Duration::from_secs(60)); // beyond every bound
+        let s = h.snapshot();
+        assert_eq!(s.counts[0], 1);
+        assert_eq!(s.counts[1], 1);
+        assert_eq!(s.counts[HANDSHAKE_BUCKETS_MICROS.len()], 1);
+        assert_eq!(s.count(), 3);
+        assert_eq!(s.sum_micros, 500 + 501 + 60_000_000);
+    }
 }

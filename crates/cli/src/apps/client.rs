@@ -71,6 +71,7 @@ pub(crate) fn engine_with(
     })
     .listen(local)
     .client_config(config);
+    builder = crate::diag::with_qlog(builder);
     if let Some(n) = shards {
         builder = builder.shards(n.clamp(1, 256));
     }

@@ -53,6 +53,7 @@ fn engine(
         .listen(local)
         .client_config(config)
         .bpf(false);
+    b = crate::diag::with_qlog(b);
     if let Some(n) = shards {
         b = b.shards(n);
     }

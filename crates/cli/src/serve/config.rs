@@ -40,6 +40,14 @@ struct File {
     zero_rtt: Option<bool>,
     preferred_address: Option<bool>,
     h3_max_requests: Option<usize>,
+    no_turn_sharing: Option<bool>,
+    handshakes_per_turn: Option<usize>,
+    handshake_queue: Option<usize>,
+    send_window: Option<u64>,
+    send_pool: Option<u64>,
+    memory_budget: Option<u64>,
+    metrics: Option<SocketAddr>,
+    qlog_dir: Option<PathBuf>,
 }
 
 /// The settings `serve` runs with: `cli` over `--config`'s file (if any) over the defaults.
@@ -108,6 +116,14 @@ fn merge(args: &mut Args, file: File, dir: &Path) {
     args.decap = args.decap.or(file.decap);
     args.zero_rtt |= file.zero_rtt.unwrap_or(false);
     args.preferred_address |= file.preferred_address.unwrap_or(false);
+    args.no_turn_sharing |= file.no_turn_sharing.unwrap_or(false);
+    args.handshakes_per_turn = args.handshakes_per_turn.or(file.handshakes_per_turn);
+    args.handshake_queue = args.handshake_queue.or(file.handshake_queue);
+    args.send_window = args.send_window.or(file.send_window);
+    args.send_pool = args.send_pool.or(file.send_pool);
+    args.memory_budget = args.memory_budget.or(file.memory_budget);
+    args.metrics = args.metrics.or(file.metrics);
+    args.qlog_dir = args.qlog_dir.take().or(path(file.qlog_dir));
 }
 
 /// `--listen`'s default.
@@ -131,7 +147,10 @@ fn needs_restart(running: &Args, new: &Args) -> Option<&'static str> {
         stream_window => "stream-window", conn_window => "conn-window", server_id => "server-id",
         quic_lb_config => "quic-lb-config", quic_lb_id => "quic-lb-id", decap => "decap",
         zero_rtt => "zero-rtt", preferred_address => "preferred-address",
-        h3_max_requests => "h3-max-requests",
+        h3_max_requests => "h3-max-requests", no_turn_sharing => "no-turn-sharing",
+        handshakes_per_turn => "handshakes-per-turn", handshake_queue => "handshake-queue",
+        send_window => "send-window", send_pool => "send-pool", memory_budget => "memory-budget",
+        metrics => "metrics", qlog_dir => "qlog-dir",
     );
     None
 }

@@ -21,25 +21,38 @@ pub(crate) struct Proc {
 impl Proc {
     /// Starts `quicshard ARGS` and waits for its ready line.
     pub(crate) fn start(args: &[&str]) -> Self {
-        let mut child = qs()
-            .args(args)
+        Self::start_with(qs().args(args), 0).0
+    }
+
+    /// Starts `cmd` and waits for its ready line and the `more` stdout lines after it (returned,
+    /// without their newlines).
+    pub(crate) fn start_with(cmd: &mut Command, more: usize) -> (Self, Vec<String>) {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let mut out = BufReader::new(child.stdout.as_mut().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        out.read_line(&mut line).unwrap();
         let addr = line
             .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("{args:?}: first line {line:?}"));
+            .unwrap_or_else(|| panic!("{cmd:?}: first line {line:?}"));
         let port = addr.trim().rsplit(':').next().unwrap().parse().unwrap();
-        Self {
-            child: Some(child),
-            port,
-            stderr: None,
+        let mut lines = Vec::new();
+        for _ in 0..more {
+            let mut l = String::new();
+            out.read_line(&mut l).unwrap();
+            lines.push(l.trim_end().to_string());
         }
+        (
+            Self {
+                child: Some(child),
+                port,
+                stderr: None,
+            },
+            lines,
+        )
     }
 
     /// Sends `sig` (e.g. `libc::SIGHUP`) to the process.
@@ -117,16 +130,22 @@ pub(crate) fn workspace_root() -> std::path::PathBuf {
 /// A Python with aioquic: `$QUICSHARD_PYTHON`, else the workspace's `.venv` (made by
 /// `scripts/test`). Panics with what to do when there is none: tests that need a peer never skip.
 pub(crate) fn aioquic_python() -> std::path::PathBuf {
+    venv_python("aioquic")
+}
+
+/// A Python that can import `module` (`$QUICSHARD_PYTHON`, else the workspace's `.venv`, which
+/// `scripts/test` creates with aioquic and prometheus-client); panics with what to do otherwise.
+pub(crate) fn venv_python(module: &str) -> std::path::PathBuf {
     let p = std::env::var_os("QUICSHARD_PYTHON")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
     let ok = Command::new(&p)
-        .args(["-c", "import aioquic"])
+        .args(["-c", &format!("import {module}")])
         .output()
         .is_ok_and(|o| o.status.success());
     assert!(
         ok,
-        "{} cannot import aioquic: run scripts/test once (it creates .venv) or set QUICSHARD_PYTHON",
+        "{} cannot import {module}: run scripts/test once (it creates .venv) or set QUICSHARD_PYTHON",
         p.display()
     );
     p

@@ -168,12 +168,17 @@ impl<H: Handler> Shard<H> {
             return;
         }
         let validated = incoming.remote_address_validated();
+        // with qlog on, the connection's own server config carries its trace
+        let traced = match (&core.shared.qlog, &core.qlog_server_config) {
+            (Some(q), Some(base)) => q.server_config(base, incoming.orig_dst_cid(), core.now),
+            _ => None,
+        };
         match core
             .endpoint
-            .accept(incoming, core.now, &mut core.resp_buf, None)
+            .accept(incoming, core.now, &mut core.resp_buf, traced)
         {
             Ok((ch, conn)) => {
-                core.conns.insert(ch.0, conn, s);
+                core.conns.insert(ch.0, conn, s, core.now);
                 let w = core.shared.memory.send_window_for(core.conns.len());
                 core.conns.fit_send_window(w, Some(ch.0 as u32));
                 if let Some(e) = core.conns.get_mut(ch.0 as u32) {
@@ -190,6 +195,9 @@ impl<H: Handler> Shard<H> {
                 core.stats
                     .connections_open
                     .store(core.conns.len() as u64, Relaxed);
+                core.stats
+                    .handshakes_in_progress
+                    .store(core.conns.handshaking() as u64, Relaxed);
             }
             Err(e) => {
                 tracing::debug!(shard = core.id, cause = %e.cause, "accept failed");

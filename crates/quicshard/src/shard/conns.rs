@@ -36,6 +36,8 @@ pub(crate) struct Entry {
     pub(crate) zero_rtt_counted: bool,
     /// Bytes received from and sent to a not yet validated address (see `amplify`).
     pub(crate) amp: AmpBudget,
+    /// When the connection was accepted or initiated (handshake time, close log).
+    pub(crate) started: Instant,
 }
 
 struct Slot {
@@ -60,7 +62,13 @@ pub(crate) struct ConnTable {
 
 impl ConnTable {
     /// Stores a new connection at `slot` (its `ConnectionHandle`) and queues it.
-    pub(crate) fn insert(&mut self, slot: usize, conn: Connection, sock: usize) -> u32 {
+    pub(crate) fn insert(
+        &mut self,
+        slot: usize,
+        conn: Connection,
+        sock: usize,
+        now: Instant,
+    ) -> u32 {
         if self.slots.len() <= slot {
             let gen = self.gen_floor;
             self.slots
@@ -83,6 +91,7 @@ impl ConnTable {
             peer_closed: false,
             handshaking: false,
             zero_rtt_counted: false,
+            started: now,
         });
         self.live += 1;
         // slot < endpoint slab size, which is far below u32::MAX connections

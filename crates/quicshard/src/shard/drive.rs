@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::Bytes;
 use quinn_proto::{ConnectionError, ConnectionHandle, Event, StreamEvent, VarInt};
 
+use super::conns::Entry;
 use super::timers::Timer;
 use super::{Shard, EVENT_PASSES_PER_DRIVE, TRANSMITS_PER_DRIVE};
 use crate::handler::{ConnId, Handler, ShardCtx, HANDLER_PANIC_CODE};
@@ -56,6 +57,7 @@ impl<H: Handler> Shard<H> {
         if e.drained {
             if !e.closed_reported {
                 e.closed_reported = true;
+                log_close(core.id, e, &ConnectionError::LocallyClosed, core.now);
                 let id = core.conns.id(core.id, slot);
                 self.call(id, |h, ctx| {
                     h.on_closed(ctx, id, &ConnectionError::LocallyClosed)
@@ -69,6 +71,9 @@ impl<H: Handler> Shard<H> {
             core.stats
                 .connections_open
                 .store(core.conns.len() as u64, Relaxed);
+            core.stats
+                .handshakes_in_progress
+                .store(core.conns.handshaking() as u64, Relaxed);
             return;
         }
         // a server connection knows once it read the ClientHello whether it took early data
@@ -113,12 +118,18 @@ impl<H: Handler> Shard<H> {
         let id = self.core.conns.id(self.core.id, slot);
         match ev {
             Event::Connected => {
-                if let Some(e) = self.core.conns.get_mut(slot) {
+                let core = &mut self.core;
+                core.stats.handshakes.fetch_add(1, Relaxed);
+                if let Some(e) = core.conns.get_mut(slot) {
                     // the client's Finished arrived: its address is validated
                     e.amp.validate();
+                    let took = core.now.saturating_duration_since(e.started);
+                    core.stats.handshake_time.record(took);
                 }
-                self.core.stats.handshakes.fetch_add(1, Relaxed);
-                self.core.conns.handshake_done(slot);
+                core.conns.handshake_done(slot);
+                core.stats
+                    .handshakes_in_progress
+                    .store(core.conns.handshaking() as u64, Relaxed);
                 self.call(id, |h, ctx| h.on_connection(ctx, id));
             }
             Event::ConnectionLost { reason } => {
@@ -135,6 +146,7 @@ impl<H: Handler> Shard<H> {
                     if e.peer_closed {
                         self.core.stats.closed_by_peer.fetch_add(1, Relaxed);
                     }
+                    log_close(self.core.id, e, &reason, self.core.now);
                 }
                 self.call(id, |h, ctx| h.on_closed(ctx, id, &reason));
             }
@@ -255,4 +267,24 @@ impl<H: Handler> Shard<H> {
         }
         true
     }
+}
+
+/// The `info` line for a closing connection (once per connection, when its handler learns of
+/// the close): peer, shard, side, age, UDP bytes each way and the reason. Nothing is formatted
+/// unless a subscriber takes `info` for this module.
+fn log_close(shard: usize, e: &Entry, reason: &ConnectionError, now: std::time::Instant) {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
+    let stats = e.conn.stats();
+    tracing::info!(
+        peer = %e.conn.remote_address(),
+        shard,
+        side = if e.conn.side().is_server() { "server" } else { "client" },
+        duration_ms = now.saturating_duration_since(e.started).as_millis() as u64,
+        bytes_in = stats.udp_rx.bytes,
+        bytes_out = stats.udp_tx.bytes,
+        reason = %reason,
+        "connection closed"
+    );
 }

@@ -181,6 +181,8 @@ pub(crate) struct Core {
     pub(crate) resp_buf: Vec<u8>,
     /// The socket `connect` uses: [`CLIENT`], or [`LISTEN`] on a memory link (one port).
     pub(crate) client_sock: usize,
+    /// With qlog on: this shard's server config, which each traced connection copies.
+    pub(crate) qlog_server_config: Option<Arc<quinn_proto::ServerConfig>>,
 }
 
 impl Core {
@@ -210,10 +212,13 @@ impl Core {
         if self.stopping.is_some() {
             return Err(quinn_proto::ConnectError::EndpointStopping);
         }
-        let cfg = self.shared.client_config.clone();
+        let cfg = match &self.shared.qlog {
+            Some(q) => q.client_config(&self.shared.client_config, self.now),
+            None => self.shared.client_config.clone(),
+        };
         let (ch, conn) = self.endpoint.connect(self.now, cfg, addr, server_name)?;
         let slot = ch.0 as u32;
-        self.conns.insert(ch.0, conn, self.client_sock);
+        self.conns.insert(ch.0, conn, self.client_sock, self.now);
         let w = self.shared.memory.send_window_for(self.conns.len());
         self.conns.fit_send_window(w, Some(slot));
         self.stats.connections_initiated.fetch_add(1, Relaxed);

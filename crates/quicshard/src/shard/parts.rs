@@ -75,6 +75,7 @@ impl<H: Handler> ShardParts<H> {
         let shared = self.shared;
         let endpoint_config = shared.endpoint_config_for(id);
         let server_config = shared.server_config_for(self.preferred);
+        let qlog_server_config = server_config.clone().filter(|_| shared.qlog.is_some());
         let endpoint = Endpoint::new(endpoint_config, server_config, true, None);
         let token_base = self.poller.token_base();
         let shared_admission = shared.admission;
@@ -96,6 +97,7 @@ impl<H: Handler> ShardParts<H> {
             driving: None,
             resp_buf: Vec::new(),
             client_sock: self.client_sock,
+            qlog_server_config,
         };
         Shard {
             core,

@@ -62,6 +62,7 @@ fn shared() -> (Shared, rustls::ServerConfig) {
         memory: crate::memory::MemoryBudget::default(),
         tickets: stateless(),
         server_tickets: None,
+        qlog: None,
     };
     (shared, other_tls)
 }
@@ -330,6 +331,7 @@ fn a_replayed_zero_rtt_flight_falls_back_on_another_shard() {
         memory: crate::memory::MemoryBudget::default(),
         tickets,
         server_tickets: None,
+        qlog: None,
     };
     let mut now = Instant::now();
 

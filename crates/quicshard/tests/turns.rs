@@ -127,19 +127,33 @@ fn a_long_turn_is_a_stall_only_when_it_used_the_cpu() {
     for _ in 0..2 {
         rx.recv_timeout(TIMEOUT).expect("a shard did not run");
     }
-    wait_for("both turns accounted", TIMEOUT, || {
+    wait_for("both long turns accounted", TIMEOUT, || {
         let s = srv.stats();
-        s[0].stalled_turns + s[1].descheduled_turns >= 2
+        (0..2).all(|i| s[i].stalled_turns + s[i].descheduled_turns >= 1)
     });
     let s = srv.stats();
-    assert_eq!((s[0].stalled_turns, s[0].descheduled_turns), (1, 0));
-    assert_eq!((s[1].stalled_turns, s[1].descheduled_turns), (0, 1));
-    assert!(s[0].cpu_micros * 2 >= s[0].busy_micros, "{:?}", s[0]);
+    // the sleeping turn used no CPU: descheduled, whatever the machine's load
+    assert_eq!(
+        (s[1].stalled_turns, s[1].descheduled_turns),
+        (0, 1),
+        "{:?}",
+        s[1]
+    );
     assert!(
         s[1].cpu_micros < 40_000 && s[1].busy_micros >= 80_000,
         "{:?}",
         s[1]
     );
+    // the computing turn is a stall when the thread had the CPU for half of it (on a quiet
+    // machine, always; a loaded one may take the CPU away, and then it is descheduled)
+    assert_eq!(s[0].stalled_turns + s[0].descheduled_turns, 1, "{:?}", s[0]);
+    // (the counters also hold the shard's short turns: a margin of a tenth either way)
+    let share = s[0].cpu_micros as f64 / s[0].busy_micros as f64;
+    if s[0].stalled_turns == 1 {
+        assert!(share >= 0.45, "{:?}", s[0]);
+    } else {
+        assert!(share < 0.55, "{:?}", s[0]);
+    }
 }
 
 /// `n` client Initials (one per client, each from its own address), made by quinn-proto

@@ -21,7 +21,8 @@ use bytes::BytesMut;
 use quinn_proto::Incoming;
 
 use super::inbound::send_response;
-use super::Shard;
+use super::io::Sock;
+use super::{Core, Shard};
 use crate::handler::Handler;
 
 /// How a shard admits new connections (see [`Builder::admission`](crate::Builder::admission)).
@@ -92,6 +93,30 @@ impl AdmitQueue {
     }
 }
 
+/// Refuses `incoming` with CONNECTION_REFUSED (counted) if the shard is stopping or at its
+/// connection limit or memory budget (connections times one connection's bound); hands it back
+/// otherwise. Checked when an Initial arrives and again when it is accepted.
+pub(super) fn refuse_if_full(
+    core: &mut Core,
+    sock: &mut Sock,
+    incoming: Incoming,
+) -> Option<Incoming> {
+    core.resp_buf.clear();
+    let memory_full = core.conns.len() >= core.shared.memory.max_connections();
+    if core.stopping.is_none() && core.conns.len() < core.shared.max_connections && !memory_full {
+        return Some(incoming);
+    }
+    if core.stopping.is_none() {
+        core.stats.connections_refused.fetch_add(1, Relaxed);
+        if memory_full {
+            core.stats.refused_memory.fetch_add(1, Relaxed);
+        }
+    }
+    let t = core.endpoint.refuse(incoming, &mut core.resp_buf);
+    send_response(sock, core, &t);
+    None
+}
+
 impl<H: Handler> Shard<H> {
     /// A new Initial that passed the Retry and connection-limit checks: queued for the
     /// admission pass of this turn ([`Self::admit`]), or refused if the queue is full.
@@ -152,21 +177,9 @@ impl<H: Handler> Shard<H> {
     /// have been accepted since the Initial was queued.
     fn accept(&mut self, s: usize, incoming: Incoming, len: usize) {
         let core = &mut self.core;
-        core.resp_buf.clear();
-        // the memory budget: this shard's connections times one connection's bound
-        let memory_full = core.conns.len() >= core.shared.memory.max_connections();
-        if core.stopping.is_some() || core.conns.len() >= core.shared.max_connections || memory_full
-        {
-            if core.stopping.is_none() {
-                core.stats.connections_refused.fetch_add(1, Relaxed);
-                if memory_full {
-                    core.stats.refused_memory.fetch_add(1, Relaxed);
-                }
-            }
-            let t = core.endpoint.refuse(incoming, &mut core.resp_buf);
-            send_response(&mut self.socks[s], core, &t);
+        let Some(incoming) = refuse_if_full(core, &mut self.socks[s], incoming) else {
             return;
-        }
+        };
         let validated = incoming.remote_address_validated();
         // with qlog on, the connection's own server config carries its trace
         let traced = match (&core.shared.qlog, &core.qlog_server_config) {

@@ -194,21 +194,9 @@ impl<H: Handler> Shard<H> {
         let pending = self.admit.waiting();
         let core = &mut self.core;
         let sock = &mut self.socks[s];
-        core.resp_buf.clear();
-        // the memory budget: this shard's connections times one connection's bound
-        let memory_full = core.conns.len() >= core.shared.memory.max_connections();
-        if core.stopping.is_some() || core.conns.len() >= core.shared.max_connections || memory_full
-        {
-            if core.stopping.is_none() {
-                core.stats.connections_refused.fetch_add(1, Relaxed);
-                if memory_full {
-                    core.stats.refused_memory.fetch_add(1, Relaxed);
-                }
-            }
-            let t = core.endpoint.refuse(incoming, &mut core.resp_buf);
-            send_response(sock, core, &t);
+        let Some(incoming) = super::admit::refuse_if_full(core, sock, incoming) else {
             return;
-        }
+        };
         // Retry always, or (load-based) once enough handshakes are in progress on this shard.
         let retry = core.shared.retry
             || core

@@ -110,6 +110,29 @@ pub(crate) fn start_turn_cpu_clock() {
     TURN_CPU.with(|c| c.set(sys::thread_cpu_micros()));
 }
 
+/// What a turn longer than [`STALL_WARNING`] was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LongTurn {
+    /// The thread had the CPU for at least [`STALL_CPU_SHARE`] of it: the engine's own stall.
+    Stalled,
+    /// It did not: the thread was descheduled (or blocked) for most of it.
+    Descheduled,
+}
+
+/// Classifies a turn of `busy` wall time that used `cpu` of thread CPU time (`None`: not long).
+fn long_turn(busy: Duration, cpu: Duration) -> Option<LongTurn> {
+    if busy <= STALL_WARNING {
+        return None;
+    }
+    Some(
+        if cpu.as_secs_f64() >= busy.as_secs_f64() * STALL_CPU_SHARE {
+            LongTurn::Stalled
+        } else {
+            LongTurn::Descheduled
+        },
+    )
+}
+
 /// Counts a decrypted session ticket on the calling shard (no-op off shard threads).
 pub(crate) fn count_resumption() {
     SHARD_COUNTERS.with(|c| {
@@ -367,9 +390,10 @@ impl<H: Handler> Shard<H> {
             .busy_micros
             .fetch_add(busy.as_micros() as u64, Relaxed);
         stats.cpu_micros.fetch_add(cpu, Relaxed);
-        if busy > STALL_WARNING {
-            let cpu = Duration::from_micros(cpu);
-            if cpu.as_secs_f64() >= busy.as_secs_f64() * STALL_CPU_SHARE {
+        let cpu = Duration::from_micros(cpu);
+        match long_turn(busy, cpu) {
+            None => {}
+            Some(LongTurn::Stalled) => {
                 stats.stalled_turns.fetch_add(1, Relaxed);
                 tracing::warn!(
                     shard = self.core.id,
@@ -377,7 +401,8 @@ impl<H: Handler> Shard<H> {
                     ?cpu,
                     "shard loop iteration stalled"
                 );
-            } else {
+            }
+            Some(LongTurn::Descheduled) => {
                 stats.descheduled_turns.fetch_add(1, Relaxed);
                 tracing::debug!(
                     shard = self.core.id,
@@ -541,5 +566,20 @@ impl<H: Handler> Shard<H> {
             self.drive(slot);
         }
         !self.core.conns.has_dirty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_turn_is_a_stall_only_with_half_its_time_on_the_cpu() {
+        let ms = Duration::from_millis;
+        assert_eq!(long_turn(ms(50), ms(50)), None);
+        assert_eq!(long_turn(ms(80), ms(80)), Some(LongTurn::Stalled));
+        assert_eq!(long_turn(ms(80), ms(40)), Some(LongTurn::Stalled));
+        assert_eq!(long_turn(ms(80), ms(39)), Some(LongTurn::Descheduled));
+        assert_eq!(long_turn(ms(500), ms(0)), Some(LongTurn::Descheduled));
     }
 }

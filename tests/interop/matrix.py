@@ -51,7 +51,10 @@ def compare(root, outputs, names):
     """None if every output directory holds every file byte for byte, else why not."""
     for out, suffix in outputs:
         for n in names:
-            got = os.path.join(out, os.path.basename(n) + suffix)
+            # a client saves a file under its URL path (quicshard get) or its base name
+            got = os.path.join(out, n + suffix)
+            if not os.path.exists(got):
+                got = os.path.join(out, os.path.basename(n) + suffix)
             if not os.path.exists(got):
                 return f"{os.path.basename(got)} missing"
             with open(os.path.join(root, n), "rb") as a, open(got, "rb") as b:

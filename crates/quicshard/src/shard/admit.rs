@@ -205,12 +205,7 @@ impl<H: Handler> Shard<H> {
                 // slot < endpoint slab size, far below u32::MAX
                 core.conns.start_handshake(ch.0 as u32);
                 core.stats.connections_accepted.fetch_add(1, Relaxed);
-                core.stats
-                    .connections_open
-                    .store(core.conns.len() as u64, Relaxed);
-                core.stats
-                    .handshakes_in_progress
-                    .store(core.conns.handshaking() as u64, Relaxed);
+                core.publish_gauges();
             }
             Err(e) => {
                 tracing::debug!(shard = core.id, cause = %e.cause, "accept failed");

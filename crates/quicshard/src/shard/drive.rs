@@ -68,12 +68,7 @@ impl<H: Handler> Shard<H> {
             let w = core.shared.memory.send_window_for(core.conns.len());
             core.conns.fit_send_window(w, None);
             core.stats.connections_closed.fetch_add(1, Relaxed);
-            core.stats
-                .connections_open
-                .store(core.conns.len() as u64, Relaxed);
-            core.stats
-                .handshakes_in_progress
-                .store(core.conns.handshaking() as u64, Relaxed);
+            core.publish_gauges();
             return;
         }
         // a server connection knows once it read the ClientHello whether it took early data

@@ -209,6 +209,17 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// Publishes the gauges that follow the connection table: open connections and handshakes
+    /// in progress (after a connection is added, completes its handshake or is removed).
+    pub(crate) fn publish_gauges(&self) {
+        self.stats
+            .connections_open
+            .store(self.conns.len() as u64, Relaxed);
+        self.stats
+            .handshakes_in_progress
+            .store(self.conns.handshaking() as u64, Relaxed);
+    }
+
     pub(crate) fn touch(&mut self, id: ConnId) -> Option<&mut Connection> {
         if id.shard as usize != self.id {
             return None;

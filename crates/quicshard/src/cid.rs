@@ -17,8 +17,8 @@ use std::time::Duration;
 use quinn_proto::{ConnectionId, ConnectionIdGenerator, InvalidCid};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-use crate::steer::shard_mask;
 pub use crate::steer::ShardKey;
+use crate::steer::{shard_byte, shard_mask, MAX_SLOTTED_SHARDS};
 
 /// Octets appended after the QUIC-LB part: the shard byte.
 pub const SHARD_BYTE_LEN: usize = 1;
@@ -40,6 +40,9 @@ pub enum CidConfigError {
     /// Shard count must be in 1..=256: the shard byte holds the shard.
     #[error("shard count {0} is out of range: must be 1..=256")]
     Shards(usize),
+    /// A handover slot needs a slot of 0 or 1 and at most 128 shards.
+    #[error("slot {0} with {1} shards: a handover needs slot 0 or 1 and at most 128 shards")]
+    Slot(u8, usize),
 }
 
 /// The CID layout shared by all shards of one engine.
@@ -49,6 +52,8 @@ pub struct CidConfig {
     server_id: Vec<u8>,
     n_shards: usize,
     key: ShardKey,
+    /// The slot bit of every CID's shard byte ([`crate::steer::Group::Slots`]).
+    slot: u8,
 }
 
 impl CidConfig {
@@ -75,7 +80,27 @@ impl CidConfig {
             server_id: server_id.to_vec(),
             n_shards,
             key: ShardKey::random(),
+            slot: 0,
         })
+    }
+
+    /// The same layout issuing CIDs of `slot` (0 or 1; see [`crate::steer::Group::Slots`]).
+    ///
+    /// # Errors
+    ///
+    /// [`CidConfigError::Slot`] for slot 1 with more than 128 shards (no room for the bit) or a
+    /// slot above 1.
+    pub fn with_slot(mut self, slot: u8) -> Result<Self, CidConfigError> {
+        if slot > 1 || (slot == 1 && self.n_shards > MAX_SLOTTED_SHARDS) {
+            return Err(CidConfigError::Slot(slot, self.n_shards));
+        }
+        self.slot = slot;
+        Ok(self)
+    }
+
+    /// The slot of this layout's CIDs.
+    pub fn slot(&self) -> u8 {
+        self.slot
     }
 
     /// The same layout with the shard byte masked under `key`.
@@ -132,6 +157,7 @@ impl CidConfig {
             lb,
             shard,
             key: self.key,
+            slot: self.slot,
             cid_len: self.config.cid_len(),
             rng: SmallRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
         }
@@ -143,6 +169,7 @@ pub struct ShardCidGenerator {
     lb: quic_lb::Generator,
     shard: usize,
     key: ShardKey,
+    slot: u8,
     cid_len: usize,
     rng: SmallRng,
 }
@@ -166,7 +193,7 @@ impl ShardCidGenerator {
             return false;
         }
         let last = self.cid_len - 1;
-        usize::from(cid[last] ^ shard_mask(&self.key, &cid[..last])) == self.shard
+        cid[last] ^ shard_mask(&self.key, &cid[..last]) == shard_byte(self.shard, self.slot)
     }
 }
 
@@ -190,8 +217,7 @@ impl ConnectionIdGenerator for ShardCidGenerator {
                 config.lb_len()
             }
         };
-        // Invariant: shard < n_shards <= 256 (CidConfig::new), so it fits in the octet.
-        buf[lb_len] = self.shard as u8 ^ shard_mask(&self.key, &buf[..lb_len]);
+        buf[lb_len] = shard_byte(self.shard, self.slot) ^ shard_mask(&self.key, &buf[..lb_len]);
         ConnectionId::new(&buf[..self.cid_len])
     }
 
@@ -301,6 +327,34 @@ mod tests {
     }
 
     proptest! {
+        /// A CID of either handover slot goes to that slot's socket of its shard, and only its
+        /// own slot's generator takes it.
+        #[test]
+        fn a_slotted_cid_steers_to_its_slot_and_is_only_valid_there(
+            (config, sid) in layout(),
+            n in prop_oneof![1usize..=8, Just(128usize)],
+            shard in any::<usize>(),
+            slot in 0u8..=1,
+            seed in any::<u64>(),
+        ) {
+            let shard = shard % n;
+            let base = CidConfig::new(config, &sid, n).unwrap();
+            let cfg = base.clone().with_slot(slot).unwrap();
+            let key = *cfg.shard_key();
+            let other = base.with_slot(1 - slot).unwrap().generator_seeded(shard, seed);
+            let group = crate::steer::Group::Slots { active: 1 - slot, by_cid: true };
+            let program = crate::steer::program(cfg.cid_len(), n, &key, group);
+            let mut g = cfg.generator_seeded(shard, seed);
+            for _ in 0..4 {
+                let cid = g.generate_cid();
+                prop_assert!(g.validate(&cid).is_ok());
+                prop_assert!(other.validate(&cid).is_err(), "the other slot's shard takes it");
+                let short = [&[0x40][..], &cid, &[0; 24]].concat();
+                let want = usize::from(slot) * n + shard;
+                prop_assert_eq!(run_bpf(&program, &short).map_err(TestCaseError::fail)?, want as u32);
+            }
+        }
+
         /// The program in the interpreter, the Rust twin and the generator agree on every CID,
         /// in short and long headers, for every layout (plaintext and encrypted) and shard count.
         #[test]

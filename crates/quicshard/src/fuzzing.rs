@@ -13,9 +13,9 @@ pub use crate::shard::inbound::{check_before_endpoint, handoff_target, EarlyDrop
 /// silently return 0, i.e. socket 0): the program must guard every load.
 pub fn run_bpf(program: &[libc::sock_filter], packet: &[u8]) -> Result<u32, String> {
     use libc::{
-        BPF_A, BPF_ABS, BPF_ADD, BPF_ALU, BPF_B, BPF_IMM, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP,
-        BPF_JSET, BPF_K, BPF_LD, BPF_LEN, BPF_MISC, BPF_MOD, BPF_MUL, BPF_RET, BPF_RSH, BPF_TAX,
-        BPF_W, BPF_X, BPF_XOR,
+        BPF_A, BPF_ABS, BPF_ADD, BPF_ALU, BPF_AND, BPF_B, BPF_IMM, BPF_JEQ, BPF_JGE, BPF_JGT,
+        BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_LEN, BPF_MISC, BPF_MOD, BPF_MUL, BPF_RET, BPF_RSH,
+        BPF_TAX, BPF_W, BPF_X, BPF_XOR,
     };
     let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
     loop {
@@ -45,6 +45,7 @@ pub fn run_bpf(program: &[libc::sock_filter], packet: &[u8]) -> Result<u32, Stri
                 BPF_ADD => a.wrapping_add(src),
                 BPF_MUL => a.wrapping_mul(src),
                 BPF_XOR => a ^ src,
+                BPF_AND => a & src,
                 BPF_RSH if src < 32 => a >> src,
                 BPF_MOD => a.checked_rem(src).ok_or("mod by 0")?,
                 _ => return Err(format!("unsupported ALU op {code:#x} {src}")),

@@ -9,8 +9,11 @@
 //!
 //! Server connection IDs have a fixed length `cid_len` (at most 20): a QUIC-LB part of
 //! `cid_len - 1` octets, then the *shard byte*. The shard byte is the shard XOR-ed with a keyed
-//! hash of the QUIC-LB part ([`shard_mask`]), so the owning shard is
-//! `(shard_byte ^ shard_mask(key, quic_lb_part)) % n_shards`. The QUIC-LB part differs in every
+//! hash of the QUIC-LB part ([`shard_mask`]). The unmasked octet `u = shard_byte ^
+//! shard_mask(key, quic_lb_part)` holds the shard in its low seven bits and the *slot* in its top
+//! bit ([`Group::Slots`], for a handover between two processes; 0 otherwise): the owning shard is
+//! `(u & 0x7f) % n_shards` (`u % n_shards` above 128 shards, which leave no room for the slot).
+//! The QUIC-LB part differs in every
 //! CID (a random or encrypted nonce), so without the [`ShardKey`] the shard byte is a uniform
 //! random octet: two CIDs of one connection (or of one shard) share nothing an observer can
 //! compare. Offsets are into the UDP payload.
@@ -20,6 +23,16 @@
 //!   offset 6. If the length is `cid_len` it is one of our CIDs, unmasked as above. Any other
 //!   length in `1..=20` is a client-chosen Initial DCID, which the client reuses for its whole
 //!   first flight, so `byte[6] % n` is deterministic for it.
+//!
+//! # Two slots (handover)
+//!
+//! For a handover between two processes ([`crate::handover`]) the reuseport group holds two
+//! slots of `n_shards` sockets each, slot `s`'s shard `i` at index `s * n_shards + i`. A
+//! [`Group::Slots`] program sends a datagram for one of our CIDs to the slot its unmasked top
+//! bit names (`by_cid`), or to the `active` slot (once the other process is gone); a client-chosen
+//! DCID, and a datagram the rule cannot steer, to the `active` slot (the process that accepts new
+//! connections). No index ever falls back to the kernel's hash, which would spread over both
+//! slots.
 //!
 //! # The keyed hash
 //!
@@ -162,9 +175,90 @@ pub fn shard_mask(key: &ShardKey, part: &[u8]) -> u8 {
 }
 
 /// The unmasked shard byte of a whole server CID (`cid` not empty).
-fn unmask(key: &ShardKey, cid: &[u8]) -> usize {
+fn unmask(key: &ShardKey, cid: &[u8]) -> u8 {
     let last = cid.len() - 1;
-    usize::from(cid[last] ^ shard_mask(key, &cid[..last]))
+    cid[last] ^ shard_mask(key, &cid[..last])
+}
+
+/// Largest shard count whose CIDs carry a slot bit ([`Group::Slots`]).
+pub const MAX_SLOTTED_SHARDS: usize = 128;
+
+/// The slot bit of an unmasked shard byte.
+const SLOT_BIT: u8 = 0x80;
+
+/// The shard an unmasked shard byte names among `n` (`n > 0`).
+fn shard_of(u: u8, n: usize) -> usize {
+    if n <= MAX_SLOTTED_SHARDS {
+        usize::from(u & !SLOT_BIT) % n
+    } else {
+        usize::from(u) % n
+    }
+}
+
+/// The unmasked shard byte for `shard` in `slot` (0 or 1; 1 needs `shard <` [`MAX_SLOTTED_SHARDS`]).
+pub(crate) fn shard_byte(shard: usize, slot: u8) -> u8 {
+    // invariant: shard < n_shards <= 256, and slot 1 is only used with n_shards <= 128
+    (shard as u8) | if slot == 1 { SLOT_BIT } else { 0 }
+}
+
+/// Which sockets of the reuseport group the steering program picks from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// One socket per shard: shard `i` is socket `i`; datagrams the rule cannot steer fall back
+    /// to the kernel's hash.
+    Single,
+    /// Two slots of `n` sockets ([`crate::handover`]): our CIDs go to the slot in their shard
+    /// byte (`by_cid`) or to `active`; everything else goes to `active`.
+    Slots {
+        /// The slot (0 or 1) of the process that accepts new connections.
+        active: u8,
+        /// Whether a CID's slot bit picks the slot (both processes run) or `active` does.
+        by_cid: bool,
+    },
+}
+
+/// The group index the steering program returns for `datagram` under `group`; `None` means the
+/// kernel's fallback hash ([`Group::Single`] only). Never panics; `n_shards == 0` gives `None`.
+pub fn socket_index(
+    datagram: &[u8],
+    cid_len: usize,
+    n_shards: usize,
+    key: &ShardKey,
+    group: Group,
+) -> Option<usize> {
+    let Group::Slots { active, by_cid } = group else {
+        return owner_shard(datagram, cid_len, n_shards, key);
+    };
+    if n_shards == 0 {
+        return None;
+    }
+    let base = |slot: u8| usize::from(slot) * n_shards;
+    let Some((dcid, ours)) = steer_dcid(datagram, cid_len) else {
+        return Some(base(active));
+    };
+    if !ours {
+        return Some(base(active) + usize::from(dcid[0]) % n_shards);
+    }
+    let u = unmask(key, dcid);
+    let slot = if by_cid { u >> 7 } else { active };
+    Some(base(slot) + shard_of(u, n_shards))
+}
+
+/// The DCID the rule steers by and whether it has our length, or `None` if it falls back.
+fn steer_dcid(datagram: &[u8], cid_len: usize) -> Option<(&[u8], bool)> {
+    let first = *datagram.first()?;
+    if first & LONG_HEADER_BIT == 0 {
+        if cid_len == 0 {
+            return None;
+        }
+        return Some((datagram.get(1..1 + cid_len)?, true));
+    }
+    let dcid_len = usize::from(*datagram.get(LONG_DCID_LEN_OFFSET)?);
+    if dcid_len == 0 || dcid_len > MAX_CID_LEN {
+        return None;
+    }
+    let dcid = datagram.get(LONG_DCID_OFFSET..LONG_DCID_OFFSET + dcid_len)?;
+    Some((dcid, dcid_len == cid_len))
 }
 
 /// Which shard owns this datagram by the steering rule, or `None` if the rule falls back.
@@ -176,24 +270,15 @@ pub fn owner_shard(
     n_shards: usize,
     key: &ShardKey,
 ) -> Option<usize> {
-    let first = *datagram.first()?;
-    let shard = if first & LONG_HEADER_BIT == 0 {
-        if cid_len == 0 {
-            return None;
-        }
-        unmask(key, datagram.get(1..1 + cid_len)?)
+    if n_shards == 0 {
+        return None;
+    }
+    let (dcid, ours) = steer_dcid(datagram, cid_len)?;
+    Some(if ours {
+        shard_of(unmask(key, dcid), n_shards)
     } else {
-        let dcid_len = usize::from(*datagram.get(LONG_DCID_LEN_OFFSET)?);
-        if dcid_len == 0 || dcid_len > MAX_CID_LEN || datagram.len() < LONG_DCID_OFFSET + dcid_len {
-            return None;
-        }
-        if dcid_len == cid_len {
-            unmask(key, &datagram[LONG_DCID_OFFSET..LONG_DCID_OFFSET + cid_len])
-        } else {
-            usize::from(datagram[LONG_DCID_OFFSET])
-        }
-    };
-    shard.checked_rem(n_shards)
+        usize::from(dcid[0]) % n_shards
+    })
 }
 
 /// The classic BPF program implementing the same rule as [`owner_shard`].
@@ -204,6 +289,16 @@ pub fn owner_shard(
 ///
 /// If `cid_len > MAX_CID_LEN`, `n_shards == 0` or `n_shards > u32::MAX` (configuration errors).
 pub fn steering_program(cid_len: usize, n_shards: usize, key: &ShardKey) -> Vec<sock_filter> {
+    program(cid_len, n_shards, key, Group::Single)
+}
+
+/// The classic BPF program implementing [`socket_index`] for `group`.
+///
+/// # Panics
+///
+/// As [`steering_program`]; also if `group` is [`Group::Slots`] with more than
+/// [`MAX_SLOTTED_SHARDS`] shards or a slot above 1.
+pub fn program(cid_len: usize, n_shards: usize, key: &ShardKey, group: Group) -> Vec<sock_filter> {
     use libc::{
         BPF_ABS, BPF_ADD, BPF_ALU, BPF_B, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP, BPF_JSET, BPF_K,
         BPF_LD, BPF_LEN, BPF_MISC, BPF_RET, BPF_TAX, BPF_W, BPF_X,
@@ -212,6 +307,17 @@ pub fn steering_program(cid_len: usize, n_shards: usize, key: &ShardKey) -> Vec<
     assert!(cid_len <= MAX_CID_LEN, "cid_len {cid_len} > {MAX_CID_LEN}");
     assert!(n_shards > 0, "n_shards must be at least 1");
     let n = u32::try_from(n_shards).expect("n_shards fits in u32");
+    if let Group::Slots { active, .. } = group {
+        assert!(
+            n_shards <= MAX_SLOTTED_SHARDS && active <= 1,
+            "two slots need n_shards <= {MAX_SLOTTED_SHARDS} and slot 0 or 1"
+        );
+    }
+    // what the program returns when it cannot steer, and the first index of the active slot
+    let (fallback, active_base) = match group {
+        Group::Single => (BPF_FALLBACK, 0),
+        Group::Slots { active, .. } => (u32::from(active) * n, u32::from(active) * n),
+    };
     // Invariant: cid_len <= 20, so these small offsets fit in u32.
     let c = cid_len as u32;
     let (dcid_len_at, dcid_at) = (LONG_DCID_LEN_OFFSET as u32, LONG_DCID_OFFSET as u32);
@@ -228,10 +334,10 @@ pub fn steering_program(cid_len: usize, n_shards: usize, key: &ShardKey) -> Vec<
     ];
     // Short header: the CID is byte[1..1 + cid_len].
     if cid_len == 0 {
-        ops.push(Op::Stmt(BPF_RET | BPF_K, BPF_FALLBACK));
+        ops.push(Op::Stmt(BPF_RET | BPF_K, fallback));
     } else {
         ops.extend([ld_len, jump(BPF_JGE | BPF_K, c + 1, Next, Fallback)]);
-        unmask_ops(&mut ops, 1, cid_len, n, key);
+        unmask_ops(&mut ops, 1, cid_len, n, key, group);
     }
     // Long header: check the DCID length byte, then that the whole DCID is present.
     ops.extend([
@@ -250,27 +356,29 @@ pub fn steering_program(cid_len: usize, n_shards: usize, key: &ShardKey) -> Vec<
     ]);
     // One of our CIDs (cid_len >= 1 here: length 0 already fell back).
     if cid_len > 0 {
-        unmask_ops(&mut ops, dcid_at, cid_len, n, key);
+        unmask_ops(&mut ops, dcid_at, cid_len, n, key, group);
     }
     ops.extend([
-        // A client-chosen DCID: its first byte.
+        // A client-chosen DCID: its first byte, in the active slot.
         Op::Mark(Other),
         ldb(dcid_at),
         Op::Stmt(BPF_ALU | libc::BPF_MOD | BPF_K, n),
+        Op::Stmt(BPF_ALU | BPF_ADD | BPF_K, active_base),
         Op::Stmt(BPF_RET | libc::BPF_A, 0),
         Op::Mark(Fallback),
-        Op::Stmt(BPF_RET | BPF_K, BPF_FALLBACK),
+        Op::Stmt(BPF_RET | BPF_K, fallback),
     ]);
     assemble(&ops)
 }
 
-/// Appends `return (cid[last] ^ shard_mask(key, cid[..last])) % n` for the `cid_len`-octet CID at
-/// packet offset `base`, which the caller has checked is all there. [`shard_mask`]'s state lives
-/// in `A`; `X` holds it while a word is loaded.
-fn unmask_ops(ops: &mut Vec<Op>, base: u32, cid_len: usize, n: u32, key: &ShardKey) {
+/// Appends `return index(u)` for the `cid_len`-octet CID at packet offset `base`, which the
+/// caller has checked is all there, where `u = cid[last] ^ shard_mask(key, cid[..last])` and
+/// `index` is the shard (`shard_of`) plus the first index of its slot under `group`.
+/// [`shard_mask`]'s state lives in `A`; `X` holds it while a word is loaded.
+fn unmask_ops(ops: &mut Vec<Op>, base: u32, cid_len: usize, n: u32, key: &ShardKey, group: Group) {
     use libc::{
-        BPF_A, BPF_ABS, BPF_ADD, BPF_ALU, BPF_B, BPF_IMM, BPF_K, BPF_LD, BPF_MISC, BPF_MOD,
-        BPF_MUL, BPF_RET, BPF_RSH, BPF_TAX, BPF_W, BPF_X, BPF_XOR,
+        BPF_A, BPF_ABS, BPF_ADD, BPF_ALU, BPF_AND, BPF_B, BPF_IMM, BPF_JMP, BPF_JSET, BPF_K,
+        BPF_LD, BPF_MISC, BPF_MOD, BPF_MUL, BPF_RET, BPF_RSH, BPF_TAX, BPF_W, BPF_X, BPF_XOR,
     };
     // `BPF_LD | BPF_W | BPF_ABS` reads a big-endian word, like `shard_mask`.
     let alu_k = |op: u32, k: u32| Op::Stmt(BPF_ALU | op | BPF_K, k);
@@ -305,9 +413,34 @@ fn unmask_ops(ops: &mut Vec<Op>, base: u32, cid_len: usize, n: u32, key: &ShardK
         tax,
         Op::Stmt(BPF_LD | BPF_B | BPF_ABS, at(last)),
         xor_x,
-        alu_k(BPF_MOD, n),
-        Op::Stmt(BPF_RET | BPF_A, 0),
     ]);
+    // A = u: the shard (and its slot's first index), as `shard_of` and `socket_index`
+    let slotted = n as usize <= MAX_SLOTTED_SHARDS;
+    let shard_in_slot = |ops: &mut Vec<Op>, slot_base: u32| {
+        if slotted {
+            ops.push(alu_k(BPF_AND, u32::from(!SLOT_BIT)));
+        }
+        ops.extend([alu_k(BPF_MOD, n), alu_k(BPF_ADD, slot_base)]);
+        ops.push(Op::Stmt(BPF_RET | BPF_A, 0));
+    };
+    match group {
+        Group::Single => shard_in_slot(ops, 0),
+        Group::Slots {
+            active,
+            by_cid: false,
+        } => shard_in_slot(ops, u32::from(active) * n),
+        Group::Slots { by_cid: true, .. } => {
+            // slot 1 if the slot bit is set: skip slot 0's four instructions
+            ops.push(Op::Skip(
+                BPF_JMP | BPF_JSET | BPF_K,
+                u32::from(SLOT_BIT),
+                4,
+                0,
+            ));
+            shard_in_slot(ops, 0);
+            shard_in_slot(ops, n);
+        }
+    }
 }
 
 /// Jump targets of the steering program; `Next` is the following instruction.
@@ -326,6 +459,8 @@ enum Op {
     Stmt(u32, u32),
     /// A conditional jump: code, `k`, target if true, target if false.
     Jump(u32, u32, Label, Label),
+    /// A conditional jump by fixed offsets: code, `k`, instructions skipped if true, if false.
+    Skip(u32, u32, u8, u8),
     /// Marks where a label points; emits nothing.
     Mark(Label),
 }
@@ -365,6 +500,12 @@ fn assemble(ops: &[Op]) -> Vec<sock_filter> {
                 code: code(c),
                 jt: offset(pc, jt),
                 jf: offset(pc, jf),
+                k,
+            }),
+            Op::Skip(c, k, jt, jf) => program.push(sock_filter {
+                code: code(c),
+                jt,
+                jf,
                 k,
             }),
             Op::Mark(_) => {}

@@ -55,7 +55,8 @@ fn steers_by_shard_byte() {
         for cid_len in [1, 4, 8, 16, 20] {
             for b in [0u8, 1, 5, 7, 200, 255] {
                 let cid = cid_for(cid_len, 0xaa, b);
-                let want = Some(usize::from(b) % n);
+                // the top bit is the slot's: the shard is in the low seven
+                let want = Some(usize::from(b & 0x7f) % n);
                 check(&short(&cid), cid_len, n, want);
                 check(&short(&cid)[..1 + cid_len], cid_len, n, want);
                 check(&long(&cid), cid_len, n, want);
@@ -64,10 +65,78 @@ fn steers_by_shard_byte() {
                 let client_len = if cid_len == 8 { 5 } else { 8 };
                 let mut client = vec![0x55; client_len];
                 client[0] = b;
-                check(&long(&client), cid_len, n, want);
+                check(&long(&client), cid_len, n, Some(usize::from(b) % n));
             }
         }
     }
+}
+
+#[test]
+fn above_128_shards_the_whole_byte_is_the_shard() {
+    for n in [129, 200, 256] {
+        for b in [0u8, 127, 128, 200, 255] {
+            let cid = cid_for(18, 0x11, b);
+            check(&short(&cid), 18, n, Some(usize::from(b) % n));
+        }
+    }
+}
+
+/// The program's index under `group`, as `socket_index` returns it.
+fn bpf_index(datagram: &[u8], cid_len: usize, n: usize, group: Group) -> Option<usize> {
+    let index = run_bpf(&program(cid_len, n, &key(), group), datagram).unwrap();
+    Some(index as usize).filter(|_| index != BPF_FALLBACK)
+}
+
+#[test]
+fn two_slots_route_our_cids_by_their_slot_and_the_rest_to_the_active_one() {
+    for n in [1, 2, 3, 8, 128] {
+        for active in [0u8, 1] {
+            let both = Group::Slots {
+                active,
+                by_cid: true,
+            };
+            let alone = Group::Slots {
+                active,
+                by_cid: false,
+            };
+            let base = usize::from(active) * n;
+            for slot in [0u8, 1] {
+                for shard in [0, n / 2, n - 1] {
+                    let cid = cid_for(18, 0x42, shard_byte(shard, slot));
+                    for d in [short(&cid), long(&cid)] {
+                        let by_slot = usize::from(slot) * n + shard;
+                        assert_eq!(socket_index(&d, 18, n, &key(), both), Some(by_slot));
+                        assert_eq!(bpf_index(&d, 18, n, both), Some(by_slot));
+                        assert_eq!(socket_index(&d, 18, n, &key(), alone), Some(base + shard));
+                        assert_eq!(bpf_index(&d, 18, n, alone), Some(base + shard));
+                    }
+                }
+            }
+            // a client-chosen DCID and an unsteerable datagram: the active slot
+            let client = long(&[9; 8]);
+            for g in [both, alone] {
+                assert_eq!(socket_index(&client, 18, n, &key(), g), Some(base + 9 % n));
+                assert_eq!(bpf_index(&client, 18, n, g), Some(base + 9 % n));
+                assert_eq!(socket_index(&[], 18, n, &key(), g), Some(base));
+                assert_eq!(bpf_index(&[], 18, n, g), Some(base));
+                assert_eq!(bpf_index(&[0x41, 1], 18, n, g), Some(base));
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "two slots")]
+fn two_slots_need_room_for_the_bit() {
+    let _ = program(
+        18,
+        129,
+        &key(),
+        Group::Slots {
+            active: 0,
+            by_cid: true,
+        },
+    );
 }
 
 #[test]
@@ -143,6 +212,17 @@ proptest! {
         let index = run_bpf(&program, &bytes).map_err(TestCaseError::fail)?;
         let bpf = Some(index as usize).filter(|&i| i < n);
         prop_assert_eq!(bpf, owner_shard(&bytes, cid_len, n, &key));
+    }
+
+    #[test]
+    fn slotted_program_matches_twin((bytes, cid_len, n) in datagram(), key in any::<[u8; 16]>(),
+                                    active in 0u8..=1, by_cid in any::<bool>()) {
+        let key = ShardKey::from_bytes(key);
+        let group = Group::Slots { active, by_cid };
+        let index = run_bpf(&program(cid_len, n, &key, group), &bytes)
+            .map_err(TestCaseError::fail)?;
+        prop_assert!((index as usize) < 2 * n);
+        prop_assert_eq!(Some(index as usize), socket_index(&bytes, cid_len, n, &key, group));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use quinn_proto::{ClientConfig, EndpointConfig, TransportConfig};
+use quinn_proto::{ClientConfig, TransportConfig};
 use rustls::pki_types::CertificateDer;
 
 use crate::cid::{CidConfig, CidConfigError};
@@ -71,6 +71,9 @@ pub enum StartError {
     /// combined with the transport configuration given.
     #[error("qlog: {0}")]
     Qlog(std::io::Error),
+    /// The handover ([`Builder::handover`]) failed; the process does not serve.
+    #[error(transparent)]
+    Handover(#[from] crate::handover::HandoverError),
     /// Creating a poller, waker, socket state or thread failed (resource limits).
     #[error("shard setup: {0}")]
     Io(#[from] std::io::Error),
@@ -110,6 +113,11 @@ pub struct Builder<H> {
     /// Handle mode: the hub the shards' `HandleHandler`s share (set by `builder_handles`).
     pub(crate) handles: Option<Arc<crate::handle::Hub>>,
     memory: MemoryBudget,
+    /// `None`: random.
+    secrets: Option<crate::Secrets>,
+    handover: Option<std::path::PathBuf>,
+    /// From a predecessor: its CID layout in this process's slot.
+    inherited_cid: Option<CidConfig>,
 }
 
 impl<H: Handler> Builder<H> {
@@ -290,6 +298,22 @@ impl<H: Handler> Builder<H> {
         self.turn_sharing = on;
         self
     }
+    /// The secrets the engine's tokens, stateless resets, session tickets and shard byte are made
+    /// with ([`crate::Secrets`]). Default: random. A predecessor's replace them in a handover.
+    pub fn secrets(mut self, secrets: crate::Secrets) -> Self {
+        self.secrets = Some(secrets);
+        self
+    }
+    /// Zero-downtime upgrades through the Unix socket at `path` ([`crate::handover`]): if a
+    /// running engine listens there, this one takes over its port, secrets and CID layout (it
+    /// must have the same shard count), and the old one stops accepting and drains
+    /// ([`Handover::replaced`](crate::Handover::replaced), [`Engine::drain`]); otherwise this
+    /// engine starts fresh. Either way it then listens at `path` for its own successor. Needs
+    /// BPF steering and at most 128 shards. Default: off.
+    pub fn handover(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.handover = Some(path.into());
+        self
+    }
     /// ALPN protocols for the default TLS configs. Default none.
     pub fn alpn(mut self, protocols: &[&[u8]]) -> Self {
         self.alpn = protocols.iter().map(|p| p.to_vec()).collect();
@@ -302,14 +326,16 @@ impl<H: Handler> Builder<H> {
         &mut self,
         n: usize,
     ) -> Result<(Arc<Shared>, Option<Vec<CertificateDer<'static>>>), StartError> {
-        let cid = match &self.quic_lb {
-            Some((cfg, sid)) => CidConfig::new(*cfg, sid, n)?,
-            None => CidConfig::standalone(n)?,
+        let mut secrets = self.secrets.clone().unwrap_or_else(crate::Secrets::random);
+        let cid = match (self.inherited_cid.take(), &self.quic_lb) {
+            (Some(cid), _) => cid,
+            (None, Some((cfg, sid))) => CidConfig::new(*cfg, sid, n)?,
+            (None, None) => CidConfig::standalone(n)?,
         };
-        let cid = match self.shard_key {
-            Some(key) => cid.with_shard_key(key),
-            None => cid,
-        };
+        if let Some(key) = self.shard_key {
+            secrets.shard_key = key;
+        }
+        let cid = cid.with_shard_key(secrets.shard_key);
         let alpn: Vec<&[u8]> = self.alpn.iter().map(|p| p.as_slice()).collect();
         let mut certificate = None;
         let mut server_tls = match self.server_tls.take() {
@@ -354,7 +380,7 @@ impl<H: Handler> Builder<H> {
         self.memory.apply(&mut transport);
         let transport = Arc::new(transport);
         let (server_config, server_tickets) =
-            build_server_config(server_tls, transport.clone(), &tickets)?;
+            build_server_config(server_tls, transport.clone(), &tickets, &secrets)?;
         let mut client_config = match self.client_config.take() {
             Some(c) => c,
             None => tls::client_config_trusting(certificate.as_deref().unwrap_or(&[]), &alpn)?,
@@ -364,7 +390,7 @@ impl<H: Handler> Builder<H> {
         }
         let shared = Arc::new(Shared {
             server_config: Some(server_config),
-            endpoint_config: EndpointConfig::default(),
+            endpoint_config: secrets.endpoint_config(),
             client_config,
             cid,
             retry: self.retry,
@@ -375,6 +401,8 @@ impl<H: Handler> Builder<H> {
             tickets,
             server_tickets: Some(server_tickets),
             qlog,
+            secrets,
+            retire: Arc::default(),
         });
         Ok((shared, certificate))
     }
@@ -382,11 +410,23 @@ impl<H: Handler> Builder<H> {
     /// Binds, attaches BPF, spawns the shard threads.
     pub fn start(mut self) -> Result<Engine<H>, StartError> {
         let n = self.shards;
+        let plan = match &self.handover {
+            Some(path) => Some(crate::handover::Plan::prepare(path, n, self.listen)?),
+            None => None,
+        };
+        if let Some((secrets, cid)) = plan.as_ref().and_then(|p| p.inherited()) {
+            self.secrets = Some(secrets);
+            self.shard_key = None;
+            self.inherited_cid = Some(cid);
+        }
         let (shared, certificate) = self.configure(n)?;
-        let listen = steer::bind_group(self.listen, n).map_err(|source| StartError::Bind {
-            addr: self.listen,
-            source,
-        })?;
+        let listen = match &plan {
+            Some(p) => p.listen_sockets()?,
+            None => steer::bind_group(self.listen, n).map_err(|source| StartError::Bind {
+                addr: self.listen,
+                source,
+            })?,
+        };
         let local_addr = listen[0].local_addr()?;
         let client_ip = match local_addr.ip() {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -408,7 +448,9 @@ impl<H: Handler> Builder<H> {
                 "no preferred address advertised: the listen address is unspecified"
             );
         }
-        let bpf_attached = self.bpf
+        // with a handover the plan attaches its two-slot program once the shards run
+        let bpf_attached = plan.is_none()
+            && self.bpf
             && n > 1
             && {
                 let program =
@@ -501,7 +543,7 @@ impl<H: Handler> Builder<H> {
                 self.turn_sharing,
             )?);
         }
-        Ok(Engine {
+        let mut engine = Engine {
             remote: Remote { mailboxes: peers },
             threads,
             stats,
@@ -512,7 +554,23 @@ impl<H: Handler> Builder<H> {
             handles: self.handles,
             shared,
             direct: None,
-        })
+            handover: None,
+        };
+        if let Some(plan) = plan {
+            let mut injector = engine.injector();
+            let shared = &engine.shared;
+            let handover = plan.finish(
+                shared.secrets.clone(),
+                shared.cid.clone(),
+                shared.retire.clone(),
+                Box::new(move |payload, remote, local| {
+                    let _ = injector.inject(payload, remote, local);
+                }),
+            )?;
+            engine.bpf_attached = true;
+            engine.handover = Some(handover);
+        }
+        Ok(engine)
     }
 }
 
@@ -532,6 +590,8 @@ pub struct Engine<H: Handler> {
     pub(crate) shared: Arc<Shared>,
     /// Direct backend only: the driver and this engine's shard in it (see `crate::direct`).
     pub(crate) direct: Option<(Arc<crate::direct::Direct>, usize)>,
+    /// With [`Builder::handover`].
+    pub(crate) handover: Option<crate::Handover>,
 }
 
 impl<H: Handler> Engine<H> {
@@ -567,6 +627,9 @@ impl<H: Handler> Engine<H> {
             turn_sharing: true,
             handles: None,
             memory: MemoryBudget::default(),
+            secrets: None,
+            handover: None,
+            inherited_cid: None,
         }
     }
 
@@ -622,6 +685,35 @@ impl<H: Handler> Engine<H> {
         StatsReader::new(&self.stats)
     }
 
+    /// The handover state, with [`Builder::handover`].
+    pub fn handover(&self) -> Option<&crate::Handover> {
+        self.handover.as_ref()
+    }
+
+    /// After a successor took over ([`Builder::handover`]): waits until every connection has
+    /// closed by itself or `timeout` passed, then shuts down ([`Engine::shutdown`]: the
+    /// connections left are closed with CONNECTION_CLOSE). Returns the final counters and how
+    /// many connections were still open when the drain began and when it ended.
+    pub fn drain(self, timeout: Duration) -> (Vec<ShardStats>, crate::handover::Drained) {
+        let open = |e: &Self| e.stats().iter().map(|s| s.connections_open).sum::<u64>();
+        let at_start = open(&self);
+        let deadline = Instant::now() + timeout;
+        // the shards publish their open-connection gauge as connections close: a drain of
+        // seconds needs no finer notice than a look every 10 ms
+        while open(&self) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let left = open(&self);
+        let stats = self.shutdown(Duration::from_secs(1));
+        (
+            stats,
+            crate::handover::Drained {
+                open_at_start: at_start,
+                closed_at_timeout: left,
+            },
+        )
+    }
+
     /// Stops accepting, closes every connection with CONNECTION_CLOSE, drains until all are
     /// drained or `timeout` passed, joins the threads; returns the final counters.
     pub fn shutdown(mut self, timeout: Duration) -> Vec<ShardStats> {
@@ -630,6 +722,9 @@ impl<H: Handler> Engine<H> {
     }
 
     fn stop(&mut self, timeout: Duration) {
+        if let Some(h) = self.handover.take() {
+            h.close();
+        }
         let deadline = Instant::now() + timeout;
         if let Some((direct, index)) = self.direct.take() {
             direct.shutdown(index, deadline);
@@ -649,7 +744,7 @@ impl<H: Handler> Engine<H> {
 
 impl<H: Handler> Drop for Engine<H> {
     fn drop(&mut self) {
-        if !self.threads.is_empty() || self.direct.is_some() {
+        if !self.threads.is_empty() || self.direct.is_some() || self.handover.is_some() {
             self.stop(Duration::ZERO);
         }
     }

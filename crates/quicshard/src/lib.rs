@@ -15,12 +15,14 @@ mod engine;
 pub mod fuzzing;
 pub mod handle;
 pub mod handler;
+pub mod handover;
 mod inject;
 pub mod memory;
 pub mod qlog;
 pub mod random;
 mod ranks;
 mod reload;
+pub mod secrets;
 mod shard;
 mod shared;
 pub mod stats;
@@ -30,9 +32,11 @@ pub mod tls;
 
 pub use engine::{Builder, Engine, StartError, DEFAULT_MAX_CONNECTIONS};
 pub use handler::{ConnId, Handler, Remote, RemoteError, ShardCtx, ShardId, HANDLER_PANIC_CODE};
+pub use handover::{Handover, HandoverError, HandoverStats};
 pub use inject::{InjectError, InjectStats, Injector};
 pub use memory::MemoryBudget;
 pub use reload::ReloadError;
+pub use secrets::Secrets;
 pub use shard::Admission;
 pub use stats::ShardStats;
 

@@ -33,12 +33,16 @@ pub(crate) const PIPE: Rank = Rank::new(16, "stream pipe");
 pub(crate) const SHARD_QUEUE: Rank = Rank::new(20, "shard ready queue");
 /// One part of the shared session-ticket store (taken inside rustls, under no other lock).
 pub(crate) const TICKETS: Rank = Rank::new(22, "ticket store part");
+/// The stateless ticketer's current keys (taken inside rustls, under no other lock).
+pub(crate) const TICKET_KEYS: Rank = Rank::new(23, "ticket keys");
 /// A poller's list of ready registrations.
 pub(crate) const POLLER: Rank = Rank::new(24, "poller ready list");
 /// A blocked thread's wake-up flag.
 pub(crate) const SIGNAL: Rank = Rank::new(30, "thread signal");
 /// One direction of an in-memory link.
 pub(crate) const MEM_LINK: Rank = Rank::new(40, "memory link queue");
+/// A retiring process's socket to its successor ([`crate::handover`]).
+pub(crate) const HANDOVER_FORWARD: Rank = Rank::new(45, "handover forward socket");
 /// What the direct driver publishes after a turn (deadline, turn count).
 pub(crate) const DIRECT_ASSIST: Rank = Rank::new(50, "direct driver assist state");
 /// The loom model's mailbox (tests only).

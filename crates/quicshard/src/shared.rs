@@ -37,6 +37,10 @@ pub(crate) struct Shared {
     pub(crate) server_tickets: Option<ServerTickets>,
     /// Per-connection qlog traces, if on.
     pub(crate) qlog: Option<crate::qlog::Qlog>,
+    /// The engine's secrets (handed to a successor, [`crate::handover`]).
+    pub(crate) secrets: crate::Secrets,
+    /// Whether new connections go to a successor ([`crate::handover::forward`]).
+    pub(crate) retire: Arc<crate::handover::forward::Retire>,
 }
 
 impl Shared {
@@ -109,10 +113,14 @@ pub(crate) fn build_server_config(
     mut tls: rustls::ServerConfig,
     transport: Arc<TransportConfig>,
     tickets: &Tickets,
+    secrets: &crate::Secrets,
 ) -> Result<(Arc<ServerConfig>, ServerTickets), TlsError> {
     match tickets {
         Tickets::Stateless { key_lifetime } => {
-            tls.ticketer = crate::tickets::stateless_ticketer(*key_lifetime)?;
+            tls.ticketer = Arc::new(crate::tickets::KeyedTicketer::new(
+                &secrets.tickets,
+                *key_lifetime,
+            ));
             tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
             tls.max_early_data_size = 0;
         }
@@ -129,8 +137,8 @@ pub(crate) fn build_server_config(
         max_early_data_size: tls.max_early_data_size,
     };
     let quic = quinn_proto::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    // with_crypto draws one random token key: every shard shares it through this one Arc
-    let mut cfg = ServerConfig::with_crypto(Arc::new(quic));
+    // one token key: every shard shares it through this one Arc
+    let mut cfg = ServerConfig::new(Arc::new(quic), secrets.token_key());
     cfg.transport_config(transport);
     Ok((Arc::new(cfg), kept))
 }

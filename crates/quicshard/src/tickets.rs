@@ -10,17 +10,20 @@
 //! shards rarely contend.
 //!
 //! Without 0-RTT, tickets are stateless: encrypted under a key every shard shares, replaced on a
-//! timer (a ticket stays valid for two key lifetimes).
+//! timer ([`KeyedTicketer`]: the key of each period is derived from one master secret, so the
+//! processes of a handover share it too; a ticket stays valid for one to two key lifetimes).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::Duration;
 
 use ranked_lock::Mutex;
-use rustls::server::{ProducesTickets, StoresServerSessions};
+use rustls::server::StoresServerSessions;
 
 mod aead;
+mod keyed;
+
+pub(crate) use keyed::KeyedTicketer;
 
 /// Independently locked parts of the store. Why: a handshake takes one part's lock twice (put,
 /// take); 16 parts keep two shards' handshakes from meeting on a lock most of the time.
@@ -142,22 +145,6 @@ impl StoresServerSessions for TicketStore {
     }
 }
 
-/// The stateless ticketer every shard shares: a fresh random key every `lifetime` (rustls'
-/// rotator keeps the previous key for decryption); each key counts the tickets it decrypts on
-/// the calling shard (`ShardStats::resumptions`).
-pub(crate) fn stateless_ticketer(
-    lifetime: Duration,
-) -> Result<Arc<dyn ProducesTickets>, rustls::Error> {
-    let secs = lifetime.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
-    let rotator = rustls::ticketer::TicketRotator::new(secs, fresh_key)?;
-    Ok(Arc::new(rotator))
-}
-
-/// One ticket key (see [`aead`]).
-fn fresh_key() -> Result<Box<dyn ProducesTickets>, rustls::crypto::GetRandomFailed> {
-    Ok(Box::new(aead::AeadTicketKey::new()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,42 +195,5 @@ mod tests {
         }
         assert!(s.parts[0].lock().order.len() <= 8);
         assert_eq!(s.stats().evicted, 0);
-    }
-
-    /// Rotation is time-based: rustls rolls the key on the first use after each lifetime
-    /// (whole seconds), keeping the previous key for decryption. With a 1-second lifetime a
-    /// ticket therefore dies between 2 and about 4 seconds after it was issued, never before.
-    #[test]
-    fn a_ticket_outlives_one_rotation_but_not_two() {
-        let t = stateless_ticketer(Duration::from_secs(1)).unwrap();
-        let start = std::time::Instant::now();
-        let old = t.encrypt(b"old").unwrap();
-        assert_eq!(t.decrypt(&old).as_deref(), Some(&b"old"[..]));
-        let died = loop {
-            let _ = t.encrypt(b"use"); // each use may roll the key
-            if t.decrypt(&old).is_none() {
-                break start.elapsed();
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(8),
-                "the key never rotated out"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        assert!(
-            died >= Duration::from_secs(2),
-            "dead after {died:?}: one rotation only"
-        );
-    }
-
-    #[test]
-    fn the_stateless_ticketer_rotates_and_decrypts_its_own_tickets() {
-        let t = stateless_ticketer(Duration::from_secs(3600)).unwrap();
-        assert!(t.enabled());
-        let c = t.encrypt(b"plain").unwrap();
-        assert_eq!(t.decrypt(&c).as_deref(), Some(&b"plain"[..]));
-        // another engine's key does not decrypt it
-        let other = stateless_ticketer(Duration::from_secs(3600)).unwrap();
-        assert_eq!(other.decrypt(&c), None);
     }
 }

@@ -158,6 +158,7 @@ impl Builder<HandleHandler> {
             handles: self.handles.clone(),
             shared,
             direct: None,
+            handover: None,
         };
         Ok(Half { engine, shard })
     }

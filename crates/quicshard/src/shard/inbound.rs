@@ -147,6 +147,9 @@ impl<H: Handler> Shard<H> {
         let short = data.first().is_some_and(|&b| b & 0x80 == 0);
         let len = data.len();
         let proves = amplify::proves_address(&data);
+        // retired in a handover: a long header that would start a connection goes to the
+        // successor, so keep a copy until the endpoint tells (only while retired)
+        let retiring = (!short && core.shared.retire.is_on()).then(|| data.to_vec());
         // an Initial that may wait for admission must not pin a chunk of the shard's arena
         let data = self.admit.detach_if_waiting(data, &core.shared.admission);
         let now = core.now;
@@ -171,7 +174,13 @@ impl<H: Handler> Shard<H> {
                     core.conns.mark_dirty(slot);
                 }
             }
-            Some(DatagramEvent::NewConnection(incoming)) => self.on_incoming(s, incoming, len),
+            Some(DatagramEvent::NewConnection(incoming)) => match retiring {
+                Some(copy) => {
+                    core.endpoint.ignore(incoming);
+                    core.shared.retire.forward(&copy, remote, local_ip);
+                }
+                None => self.on_incoming(s, incoming, len),
+            },
             Some(DatagramEvent::Response(t)) => {
                 if short {
                     // a stateless reset for a CID that looks like ours but is unknown
@@ -181,9 +190,15 @@ impl<H: Handler> Shard<H> {
             }
             // dropped, or kept for a new connection that waits for admission (quinn-proto
             // buffers a pending `Incoming`'s further datagrams)
-            None => {
-                core.stats.dropped_endpoint.fetch_add(1, Relaxed);
-            }
+            None => match retiring {
+                // 0-RTT for no connection of ours: its Initial went to the successor too
+                Some(copy) if copy.first().is_some_and(|&b| b & 0x30 == 0x10) => {
+                    core.shared.retire.forward(&copy, remote, local_ip);
+                }
+                _ => {
+                    core.stats.dropped_endpoint.fetch_add(1, Relaxed);
+                }
+            },
         }
     }
 

@@ -49,7 +49,13 @@ fn shared() -> (Shared, rustls::ServerConfig) {
     let (chain, key) = tls::self_signed(&["localhost"]).unwrap();
     let server_tls = tls::server_config(chain.clone(), key.clone_key(), &[]).unwrap();
     let other_tls = tls::server_config(chain.clone(), key, &[]).unwrap();
-    let (server_config, _) = build_server_config(server_tls, Arc::default(), &stateless()).unwrap();
+    let (server_config, _) = build_server_config(
+        server_tls,
+        Arc::default(),
+        &stateless(),
+        &crate::Secrets::random(),
+    )
+    .unwrap();
     let shared = Shared {
         server_config: Some(server_config),
         endpoint_config: EndpointConfig::default(),
@@ -63,6 +69,8 @@ fn shared() -> (Shared, rustls::ServerConfig) {
         tickets: stateless(),
         server_tickets: None,
         qlog: None,
+        secrets: crate::Secrets::random(),
+        retire: Arc::default(),
     };
     (shared, other_tls)
 }
@@ -248,6 +256,7 @@ fn retry_token_does_not_validate_under_another_key() {
         other_tls,
         Arc::new(TransportConfig::default()),
         &stateless(),
+        &crate::Secrets::random(),
     )
     .unwrap();
     let mut stranger = shard_endpoint(&shared, 1, other);
@@ -318,7 +327,13 @@ fn a_replayed_zero_rtt_flight_falls_back_on_another_shard() {
     let store = Arc::new(TicketStore::new(64));
     let tickets = Tickets::ZeroRtt(store.clone());
     let server_tls = tls::server_config(chain.clone(), key, &[]).unwrap();
-    let (config, _) = build_server_config(server_tls, Arc::default(), &tickets).unwrap();
+    let (config, _) = build_server_config(
+        server_tls,
+        Arc::default(),
+        &tickets,
+        &crate::Secrets::random(),
+    )
+    .unwrap();
     let shared = Shared {
         server_config: Some(config.clone()),
         endpoint_config: EndpointConfig::default(),
@@ -332,6 +347,8 @@ fn a_replayed_zero_rtt_flight_falls_back_on_another_shard() {
         tickets,
         server_tickets: None,
         qlog: None,
+        secrets: crate::Secrets::random(),
+        retire: Arc::default(),
     };
     let mut now = Instant::now();
 

@@ -9,10 +9,14 @@
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
-use rustls::crypto::{GetRandomFailed, SecureRandom};
+#[cfg(test)]
+use rustls::crypto::GetRandomFailed;
+use rustls::crypto::SecureRandom;
 use rustls::server::ProducesTickets;
 
-use crate::random::{os_fill, BUFFERED_RANDOM};
+#[cfg(test)]
+use crate::random::os_fill;
+use crate::random::BUFFERED_RANDOM;
 
 const KEY_NAME_LEN: usize = 16;
 
@@ -33,6 +37,7 @@ impl std::fmt::Debug for AeadTicketKey {
 
 impl AeadTicketKey {
     /// A fresh random key and key name, from the OS.
+    #[cfg(test)]
     pub(super) fn new() -> Result<Self, GetRandomFailed> {
         let mut key = [0u8; 32];
         os_fill(&mut key)?;
@@ -45,6 +50,45 @@ impl AeadTicketKey {
             longest: AtomicUsize::new(0),
         })
     }
+}
+
+impl AeadTicketKey {
+    /// The key of `epoch` under `master`: key and key name are HKDF-SHA256 expansions of it, so
+    /// every process holding `master` seals and opens the same tickets ([`super::keyed`]).
+    pub(super) fn derived(master: &ring::hkdf::Prk, epoch: u64) -> Self {
+        let e = epoch.to_be_bytes();
+        let mut key = [0u8; 32];
+        expand(master, &[b"quicshard ticket key", &e], &mut key);
+        let mut name = [0u8; KEY_NAME_LEN];
+        expand(master, &[b"quicshard ticket key name", &e], &mut name);
+        // invariant: a 32-octet key is what ChaCha20-Poly1305 takes
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &key).expect("32-octet key");
+        Self {
+            key: LessSafeKey::new(key),
+            name,
+            // another process may have sealed longer tickets than this one has: bound the
+            // length by what rustls' tickets can be instead of by what this key sealed
+            longest: AtomicUsize::new(MAX_DERIVED_TICKET_LEN),
+        }
+    }
+}
+
+/// Longest ticket a derived key opens. Why: rustls' TLS 1.3 tickets are a few hundred octets
+/// (a client certificate chain can add a few kilobytes); anything longer is not ours.
+const MAX_DERIVED_TICKET_LEN: usize = 16 * 1024;
+
+/// Fills `out` with the HKDF-SHA256 expansion of `prk` for `info`.
+fn expand(prk: &ring::hkdf::Prk, info: &[&[u8]], out: &mut [u8]) {
+    struct Len(usize);
+    impl ring::hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+    // invariant: the lengths asked for (16, 32) are far below HKDF-SHA256's 255 * 32 limit
+    prk.expand(info, Len(out.len()))
+        .and_then(|okm| okm.fill(out))
+        .expect("HKDF output length in range");
 }
 
 impl ProducesTickets for AeadTicketKey {

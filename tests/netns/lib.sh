@@ -1,7 +1,30 @@
-# Helpers shared by the netns suites (sourced, not run). The sourcing script defines BIN (the
-# quicshard binary), W (work directory; the served files in $W/www), NSS (namespaces to delete on
-# exit), CLIENT_NS (where `get` runs), PID (an associative array: name -> pid of `timeout`), pass
-# and fail, and sources this file after them. Sets the EXIT trap (cleanup).
+# Helpers shared by the netns suites (sourced, not run; first thing after `set -uo pipefail`,
+# with HERE the suites' directory). Declares TOOL (udptool.py), PID (an associative array: name -> pid of `timeout`), pass and fail, and sets the EXIT
+# trap (cleanup). The sourcing script then calls `preflight "$@"` (root and binary checks: sets
+# BIN) and defines NSS (namespaces to delete on exit), W (work directory; the served files in
+# $W/www) and CLIENT_NS (where `get` runs).
+
+TOOL="python3 $HERE/udptool.py"
+declare -A PID=()
+pass=0
+fail=0
+
+# preflight ARGS...: the suite's arguments. Not root: prints `NOT RUN: not root` and exits 0. No
+# executable quicshard binary in ARGS: prints the usage and `FAIL setup`, exits 1. Sets BIN.
+preflight() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "NOT RUN: not root (network namespaces need CAP_NET_ADMIN)"
+    echo "0 passed, 0 failed"
+    exit 0
+  fi
+  if [ $# -lt 1 ] || [ ! -x "$1" ]; then
+    echo "usage: $0 PATH/TO/quicshard (release build)" >&2
+    echo "FAIL setup: no quicshard binary given"
+    echo "0 passed, 1 failed"
+    exit 1
+  fi
+  BIN=$(realpath "$1")
+}
 
 log() { printf '   %s\n' "$*" >&2; }
 
@@ -12,6 +35,7 @@ signal() { local c; c=$(child "$1"); [ -n "$c" ] && kill -s "$2" "$c"; }
 kill_all() { local c; c=$(child "$1"); [ -n "$c" ] && kill -KILL "$c" 2>/dev/null; kill -KILL "${PID[$1]}" 2>/dev/null; }
 
 cleanup() {
+  [ -n "${W:-}" ] || return 0 # exited before anything was made
   for name in "${!PID[@]}"; do kill_all "$name"; done
   for ns in "${NSS[@]}"; do ip netns del "$ns" 2>/dev/null; done
   if [ -z "${QS_NETNS_KEEP:-}" ]; then rm -rf "$W"; else echo "kept $W" >&2; fi

@@ -22,24 +22,13 @@
 # on exit (trap).
 set -uo pipefail
 
-if [ "$(id -u)" != 0 ]; then
-  echo "NOT RUN: not root (network namespaces need CAP_NET_ADMIN)"
-  echo "0 passed, 0 failed"
-  exit 0
-fi
-if [ $# -lt 1 ] || [ ! -x "$1" ]; then
-  echo "usage: $0 PATH/TO/quicshard (release build)" >&2
-  echo "FAIL setup: no quicshard binary given"
-  echo "0 passed, 1 failed"
-  exit 1
-fi
-
-BIN=$(realpath "$1")
 HERE=$(cd "$(dirname "$0")" && pwd)
-TOOL="python3 $HERE/udptool.py"
-W=$(mktemp -d /tmp/qs-netns.XXXXXX)
+# Process, wait, server, download and verdict helpers (preflight, start, backend, ready, get ...).
+. "$HERE/lib.sh"
+preflight "$@"
 NSS=(qsc qslb qsb1 qsb2 qsnet)
 CLIENT_NS=qsc
+W=$(mktemp -d /tmp/qs-netns.XXXXXX)
 VIP=10.99.0.100
 LB=10.99.0.1
 C1=10.99.0.10
@@ -48,12 +37,6 @@ B1=10.99.0.11
 B2=10.99.0.12
 KEY1=8f95f09245765f80256934e50c66207f
 KEY2=4d0b7a5e9c2f18e36a01b2c3d4e5f607
-declare -A PID=()
-pass=0
-fail=0
-
-# Process, wait, server, download and verdict helpers (start, backend, ready, get, check ...).
-. "$HERE/lib.sh"
 
 setup() {
   for ns in "${NSS[@]}"; do ip netns del "$ns" 2>/dev/null; ip netns add "$ns" || return 1; done

@@ -23,37 +23,20 @@
 # deadline. The namespaces are deleted on exit (trap).
 set -uo pipefail
 
-if [ "$(id -u)" != 0 ]; then
-  echo "NOT RUN: not root (network namespaces need CAP_NET_ADMIN)"
-  echo "0 passed, 0 failed"
-  exit 0
-fi
+HERE=$(cd "$(dirname "$0")" && pwd)
+# Process, wait, server, download and verdict helpers (preflight, start, backend, ready, get ...).
+. "$HERE/lib.sh"
+preflight "$@"
 if ! command -v nft >/dev/null; then
   echo "NOT RUN: nft not installed (Debian package nftables)"
   echo "0 passed, 0 failed"
   exit 0
 fi
-if [ $# -lt 1 ] || [ ! -x "$1" ]; then
-  echo "usage: $0 PATH/TO/quicshard (release build)" >&2
-  echo "FAIL setup: no quicshard binary given"
-  echo "0 passed, 1 failed"
-  exit 1
-fi
-
-BIN=$(realpath "$1")
-HERE=$(cd "$(dirname "$0")" && pwd)
-TOOL="python3 $HERE/udptool.py"
-W=$(mktemp -d /tmp/qs-nft.XXXXXX)
 NSS=(qnc qnr qnb1 qnb2 qnb3)
 CLIENT_NS=qnc
+W=$(mktemp -d /tmp/qs-nft.XXXXXX)
 SVC=10.98.0.1
 C1=10.98.0.10
-declare -A PID=()
-pass=0
-fail=0
-
-# Process, wait, server, download and verdict helpers (start, backend, ready, get, check ...).
-. "$HERE/lib.sh"
 
 setup() {
   for ns in "${NSS[@]}"; do ip netns del "$ns" 2>/dev/null; ip netns add "$ns" || return 1; done

@@ -362,23 +362,53 @@ fn new_cid_after_moves_the_connection_to_a_new_cid_or_fails_saying_why() {
     let out = tempdir("get-cid");
     let out_s = out.to_str().unwrap();
     // moved a fifth into the download (hq-interop implied), the file byte-exact
-    let o = get(&["--insecure", "--new-cid-after", "200000", "--output", out_s, &url]);
+    let o = get(&[
+        "--insecure",
+        "--new-cid-after",
+        "200000",
+        "--output",
+        out_s,
+        &url,
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("CID moves 1"), "{}", stderr(&o));
     assert!(std::fs::read(out.join("big.bin")).unwrap() == big);
     // without the option the connection keeps its CID
-    let o = get(&["--insecure", "--alpn", "hq-interop", "--output", out_s, &url]);
+    let o = get(&[
+        "--insecure",
+        "--alpn",
+        "hq-interop",
+        "--output",
+        out_s,
+        &url,
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("CID moves 0"), "{}", stderr(&o));
     // a download shorter than BYTES never moves: a one-line failure naming the option
-    let o = get(&["--insecure", "--new-cid-after", "2000000", "--output", out_s, &url]);
+    let o = get(&[
+        "--insecure",
+        "--new-cid-after",
+        "2000000",
+        "--output",
+        out_s,
+        &url,
+    ]);
     let err = one_line_failure(&o);
     assert!(
         err.contains("--new-cid-after 2000000: 0 of 1 connection(s) moved"),
         "{err}"
     );
     // h3 has no such option
-    let o = get(&["--insecure", "--alpn", "h3", "--new-cid-after", "1", "--output", out_s, &url]);
+    let o = get(&[
+        "--insecure",
+        "--alpn",
+        "h3",
+        "--new-cid-after",
+        "1",
+        "--output",
+        out_s,
+        &url,
+    ]);
     let err = one_line_failure(&o);
     assert!(err.contains("need --alpn hq-interop"), "{err}");
 }

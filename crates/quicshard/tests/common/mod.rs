@@ -225,7 +225,10 @@ impl Handler for Client {
         }
         if let Some(after) = self.switch_cid_after {
             if got_before < after && d.got >= after {
-                assert!(ctx.switch_remote_cid(conn), "the connection is on this shard");
+                assert!(
+                    ctx.switch_remote_cid(conn),
+                    "the connection is on this shard"
+                );
             }
         }
         let result = if let Some(off) = bad {

@@ -37,6 +37,8 @@ CLIENT_NS=qnc
 W=$(mktemp -d /tmp/qs-nft.XXXXXX)
 SVC=10.98.0.1
 C1=10.98.0.10
+# the servers' CIDs: config octet, 2-octet server ID, 8-octet nonce (lb_config), shard byte
+CID_LEN=12
 
 setup() {
   for ns in "${NSS[@]}"; do ip netns del "$ns" 2>/dev/null; ip netns add "$ns" || return 1; done
@@ -154,7 +156,7 @@ rebind_run() {
   load "$conf" || return
   backends "$tag" "$conf" || return
   start ${tag}_relay qnc 60 $TOOL relay --listen-port "$port" --upstream $SVC:4433 --bind1 $C1 \
-    --bind2 $C1 --switch-after 1500 --max-pps 4000 --limit 50 --idle 3
+    --bind2 $C1 --switch-after 1500 --max-pps 4000 --limit 50 --idle 3 --cid-len $CID_LEN
   wait_for ${tag}_relay "relay ready" 10 || { reason="relay did not start"; return; }
   get ${tag}_get "$@" "https://127.0.0.1:$port/f12m.bin"
   finish ${tag}_get 60
@@ -185,14 +187,22 @@ rebind_run() {
   check "[ $other = 0 ]" "the other backends took $other datagrams of the connection"
 }
 
-rebind_case() { rebind_run rebind 7000; }
+# the client keeps its CID: the new port carries the first one
+rebind_case() {
+  rebind_run rebind 7000
+  check "[[ \"$(grep '^relay:' "$W/rebind_relay.out")\" == *b_uses_first=1* ]]" "the client changed its CID"
+}
 
 # The client also moves to a new server CID after 1 MB (get --new-cid-after, hq-interop), before
-# the port change: the first datagram of the new 4-tuple carries a CID the router has never seen,
-# routed by its server ID alone.
+# the port change at about 2 MB: the new 4-tuple never carries the CID the connection began with,
+# and the router routes it by the new CID's server ID (conntrack knows only the old 4-tuple).
 rebind_cid_case() {
   rebind_run rebind_cid 7002 --new-cid-after 1000000
-  check "grep -q 'CID moves 1' $W/rebind_cid_get.err" "the client did not move to a new CID: $(tail -c 300 "$W/rebind_cid_get.err")"
+  check "grep -q 'CID moves 1' $W/rebind_cid_get.err" "get did not move to a new CID: $(tail -c 300 "$W/rebind_cid_get.err")"
+  local line
+  line=$(grep '^relay:' "$W/rebind_cid_relay.out")
+  check "[[ \"$line\" =~ dcids_a=([2-9]|[1-9][0-9]) ]] && [[ \"$line\" == *b_uses_first=0* ]]" \
+    "the relay did not see the CID change before the port change: $line"
 }
 
 # --- a backend marked down mid-download -------------------------------------------------------

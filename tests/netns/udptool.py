@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Small UDP helpers for the netns suites (run_lb.sh, run_nft.sh) (standard library only; every mode is bounded).
+"""Small UDP helpers for the netns suites (run_lb.sh, run_nft.sh; standard library only; every
+mode is bounded).
 
 relay  A UDP relay between one local client (e.g. `quicshard get` sending to 127.0.0.1:PORT)
        and an upstream server. Upstream traffic leaves from socket A (bound to --bind1); after

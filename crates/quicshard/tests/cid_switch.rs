@@ -23,9 +23,13 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// The relay threads exit by themselves after this long, whatever happens to the test.
 const RELAY_LIFETIME: Duration = Duration::from_secs(90);
 
+/// Short-header datagrams a DCID must carry to count as used: a one-off DCID is a stateless
+/// reset (random DCID), which a client may send for a late datagram after its connection is gone.
+const USED: u64 = 3;
+
 /// Forwards datagrams between one client and `server`; the client→server thread returns the
-/// distinct DCIDs (`cid_len` octets) of the client's short-header datagrams, in order of first
-/// appearance.
+/// DCIDs (`cid_len` octets) the client's short-header datagrams used (at least [`USED`] times
+/// each), in order of first appearance.
 struct Relay {
     front: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -52,7 +56,7 @@ impl Relay {
         let up = {
             let (running, client) = (running.clone(), client.clone());
             std::thread::spawn(move || {
-                let mut seen: Vec<Vec<u8>> = Vec::new();
+                let mut seen: Vec<(Vec<u8>, u64)> = Vec::new();
                 let mut buf = [0u8; 65536];
                 while running() {
                     let Ok((n, from)) = front.recv_from(&mut buf) else {
@@ -62,13 +66,17 @@ impl Relay {
                     // short header: first bit 0, the DCID right after the first octet
                     if buf[0] & 0x80 == 0 && n > cid_len {
                         let dcid = &buf[1..1 + cid_len];
-                        if !seen.iter().any(|s| s == dcid) {
-                            seen.push(dcid.to_vec());
+                        match seen.iter_mut().find(|(s, _)| s == dcid) {
+                            Some((_, n)) => *n += 1,
+                            None => seen.push((dcid.to_vec(), 1)),
                         }
                     }
                     let _ = upstream.send_to(&buf[..n], server);
                 }
-                seen
+                seen.into_iter()
+                    .filter(|&(_, n)| n >= USED)
+                    .map(|(dcid, _)| dcid)
+                    .collect()
             })
         };
         let down = std::thread::spawn(move || {

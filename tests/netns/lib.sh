@@ -1,6 +1,30 @@
-# Helpers shared by the netns suites (sourced, not run). The sourcing script defines W (work
-# directory), NSS (namespaces to delete on exit), PID (an associative array: name -> pid of
-# `timeout`), pass and fail, and sources this file after them. Sets the EXIT trap (cleanup).
+# Helpers shared by the netns suites (sourced, not run; first thing after `set -uo pipefail`,
+# with HERE the suites' directory). Declares TOOL (udptool.py), PID (an associative array: name -> pid of `timeout`), pass and fail, and sets the EXIT
+# trap (cleanup). The sourcing script then calls `preflight "$@"` (root and binary checks: sets
+# BIN) and defines NSS (namespaces to delete on exit), W (work directory; the served files in
+# $W/www) and CLIENT_NS (where `get` runs).
+
+TOOL="python3 $HERE/udptool.py"
+declare -A PID=()
+pass=0
+fail=0
+
+# preflight ARGS...: the suite's arguments. Not root: prints `NOT RUN: not root` and exits 0. No
+# executable quicshard binary in ARGS: prints the usage and `FAIL setup`, exits 1. Sets BIN.
+preflight() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "NOT RUN: not root (network namespaces need CAP_NET_ADMIN)"
+    echo "0 passed, 0 failed"
+    exit 0
+  fi
+  if [ $# -lt 1 ] || [ ! -x "$1" ]; then
+    echo "usage: $0 PATH/TO/quicshard (release build)" >&2
+    echo "FAIL setup: no quicshard binary given"
+    echo "0 passed, 1 failed"
+    exit 1
+  fi
+  BIN=$(realpath "$1")
+}
 
 log() { printf '   %s\n' "$*" >&2; }
 
@@ -11,6 +35,7 @@ signal() { local c; c=$(child "$1"); [ -n "$c" ] && kill -s "$2" "$c"; }
 kill_all() { local c; c=$(child "$1"); [ -n "$c" ] && kill -KILL "$c" 2>/dev/null; kill -KILL "${PID[$1]}" 2>/dev/null; }
 
 cleanup() {
+  [ -n "${W:-}" ] || return 0 # exited before anything was made
   for name in "${!PID[@]}"; do kill_all "$name"; done
   for ns in "${NSS[@]}"; do ip netns del "$ns" 2>/dev/null; done
   if [ -z "${QS_NETNS_KEEP:-}" ]; then rm -rf "$W"; else echo "kept $W" >&2; fi
@@ -30,6 +55,50 @@ start() {
 }
 
 alive() { kill -0 "${PID[$1]}" 2>/dev/null; }
+
+# setup_or_exit: runs the sourcing script's `setup` (namespaces, links, addresses); if it fails,
+# prints `FAIL setup` with its errors and exits 1.
+setup_or_exit() {
+  if ! command -v ip >/dev/null || ! setup 2>"$W/setup.err"; then
+    echo "FAIL setup: could not build the namespaces: $(tr '\n' ' ' <"$W/setup.err" | cut -c1-200)"
+    echo "0 passed, 1 failed"
+    exit 1
+  fi
+}
+
+# bridge_forwarding NS N: waits (10 s at most) until N bridge ports in NS are forwarding.
+bridge_forwarding() {
+  local deadline=$((SECONDS + 10))
+  until [ "$(bridge -n "$1" link show | grep -c 'state forwarding')" = "$2" ]; do
+    [ $SECONDS -lt $deadline ] || { echo "bridge ports not forwarding" >&2; return 1; }
+    sleep 0.05
+  done
+}
+
+# backend NAME NS LISTEN SID CONFIG [ARGS...]: `quicshard serve` of $W/www in NS on LISTEN with 2
+# shards, server ID SID and the QUIC-LB configs of CONFIG, stats in $W/NAME.json; ARGS added.
+backend() {
+  local name=$1 ns=$2 listen=$3 sid=$4 conf=$5
+  shift 5
+  start "$name" "$ns" 120 "$BIN" serve --listen "$listen" --shards 2 --root "$W/www" \
+    --server-id "$sid" --quic-lb-config "$conf" --stats-file "$W/$name.json" "$@"
+}
+
+# ready NAME...: until each server NAME printed `listening on` (10 s each); false, with the
+# case's reason set, if one did not.
+ready() {
+  local n
+  for n in "$@"; do
+    wait_for "$n" "listening on" 10 || { reason="$n did not start: $(head -c 300 "$W/$n.err")"; return 1; }
+  done
+}
+
+# get NAME ARGS... URL...: a download in $CLIENT_NS into $W/NAME/ (60 s at most).
+get() {
+  local name=$1
+  shift
+  start "$name" "$CLIENT_NS" 60 "$BIN" get --insecure --output "$W/$name" "$@"
+}
 
 # wait_for NAME PATTERN SECS: until NAME's stdout has a line matching PATTERN.
 wait_for() {

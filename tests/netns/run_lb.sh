@@ -22,23 +22,13 @@
 # on exit (trap).
 set -uo pipefail
 
-if [ "$(id -u)" != 0 ]; then
-  echo "NOT RUN: not root (network namespaces need CAP_NET_ADMIN)"
-  echo "0 passed, 0 failed"
-  exit 0
-fi
-if [ $# -lt 1 ] || [ ! -x "$1" ]; then
-  echo "usage: $0 PATH/TO/quicshard (release build)" >&2
-  echo "FAIL setup: no quicshard binary given"
-  echo "0 passed, 1 failed"
-  exit 1
-fi
-
-BIN=$(realpath "$1")
 HERE=$(cd "$(dirname "$0")" && pwd)
-TOOL="python3 $HERE/udptool.py"
-W=$(mktemp -d /tmp/qs-netns.XXXXXX)
+# Process, wait, server, download and verdict helpers (preflight, start, backend, ready, get ...).
+. "$HERE/lib.sh"
+preflight "$@"
 NSS=(qsc qslb qsb1 qsb2 qsnet)
+CLIENT_NS=qsc
+W=$(mktemp -d /tmp/qs-netns.XXXXXX)
 VIP=10.99.0.100
 LB=10.99.0.1
 C1=10.99.0.10
@@ -47,12 +37,6 @@ B1=10.99.0.11
 B2=10.99.0.12
 KEY1=8f95f09245765f80256934e50c66207f
 KEY2=4d0b7a5e9c2f18e36a01b2c3d4e5f607
-declare -A PID=()
-pass=0
-fail=0
-
-# Process, wait and verdict helpers (start, wait_for, finish, stop, json, check, verdict ...).
-. "$HERE/lib.sh"
 
 setup() {
   for ns in "${NSS[@]}"; do ip netns del "$ns" 2>/dev/null; ip netns add "$ns" || return 1; done
@@ -80,22 +64,14 @@ setup() {
     nsx "$ns" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
   done
   # wait until the bridge forwards on all four ports
-  local deadline=$((SECONDS + 10))
-  until [ "$(bridge -n qsnet link show | grep -c 'state forwarding')" = 4 ]; do
-    [ $SECONDS -lt $deadline ] || { echo "bridge ports not forwarding" >&2; return 1; }
-    sleep 0.05
-  done
+  bridge_forwarding qsnet 4
 }
 
 mkdir -p "$W/www"
 head -c 2000000 /dev/urandom >"$W/www/f2m.bin"
 head -c 12000000 /dev/urandom >"$W/www/f12m.bin"
 
-if ! command -v ip >/dev/null || ! setup 2>"$W/setup.err"; then
-  echo "FAIL setup: could not build the namespaces: $(tr '\n' ' ' <"$W/setup.err" | cut -c1-200)"
-  echo "0 passed, 1 failed"
-  exit 1
-fi
+setup_or_exit
 
 # lb_config FILE MODE LISTEN VIRTUAL BACKENDS... where a backend is SID@ADDR[@down]; adds quic_lb
 # id 1 (and id 2 when QUIC_LB2=1).
@@ -133,29 +109,7 @@ lb_config() {
   } >"$f"
 }
 
-# backend NAME NS LISTEN SID CONFIG [extra serve args...]
-backend() {
-  local name=$1 ns=$2 listen=$3 sid=$4 conf=$5
-  shift 5
-  start "$name" "$ns" 120 "$BIN" serve --listen "$listen" --shards 2 --root "$W/www" \
-    --server-id "$sid" --quic-lb-config "$conf" --stats-file "$W/$name.json" "$@"
-}
-
 lb() { start "$1" qslb 120 "$BIN" lb --config "$2" --stats-file "$W/$1.json"; }
-
-# get NAME URL...: a download in the client namespace into $W/NAME/.
-get() {
-  local name=$1
-  shift
-  start "$name" qsc 60 "$BIN" get --insecure --output "$W/$name" "$@"
-}
-
-ready() {
-  local n
-  for n in "$@"; do
-    wait_for "$n" "listening on" 10 || { reason="$n did not start: $(head -c 300 "$W/$n.err")"; return 1; }
-  done
-}
 
 # --- proxy and dsr: 100 handshakes + three 2 MB downloads --------------------------------------
 spread_case() {

@@ -15,42 +15,30 @@
 #   qnb1..3        eth0 10.98.1.11..13, `quicshard serve --server-id 0a0N --quic-lb-config FILE`
 #
 # Cases: spread (100 downloads, byte-exact, over all three backends), rebind (a client whose
-# port changes mid-download stays on its backend), down (the download's backend is marked down
-# and the ruleset re-emitted and reloaded mid-download: the download finishes, 30 new
-# connections avoid that backend). Every process has a deadline and every wait polls a condition
-# with a deadline. The namespaces are deleted on exit (trap).
+# port changes mid-download stays on its backend), rebind_cid (the same with a client that also
+# moves to a new server CID mid-download, before the port change: `get --new-cid-after`), down
+# (the download's backend is marked down and the ruleset re-emitted and reloaded mid-download:
+# the download finishes, 30 new connections avoid that backend), refuse (an encrypted config is
+# refused with one line). Every process has a deadline and every wait polls a condition with a
+# deadline. The namespaces are deleted on exit (trap).
 set -uo pipefail
 
-if [ "$(id -u)" != 0 ]; then
-  echo "NOT RUN: not root (network namespaces need CAP_NET_ADMIN)"
-  echo "0 passed, 0 failed"
-  exit 0
-fi
+HERE=$(cd "$(dirname "$0")" && pwd)
+# Process, wait, server, download and verdict helpers (preflight, start, backend, ready, get ...).
+. "$HERE/lib.sh"
+preflight "$@"
 if ! command -v nft >/dev/null; then
   echo "NOT RUN: nft not installed (Debian package nftables)"
   echo "0 passed, 0 failed"
   exit 0
 fi
-if [ $# -lt 1 ] || [ ! -x "$1" ]; then
-  echo "usage: $0 PATH/TO/quicshard (release build)" >&2
-  echo "FAIL setup: no quicshard binary given"
-  echo "0 passed, 1 failed"
-  exit 1
-fi
-
-BIN=$(realpath "$1")
-HERE=$(cd "$(dirname "$0")" && pwd)
-TOOL="python3 $HERE/udptool.py"
-W=$(mktemp -d /tmp/qs-nft.XXXXXX)
 NSS=(qnc qnr qnb1 qnb2 qnb3)
+CLIENT_NS=qnc
+W=$(mktemp -d /tmp/qs-nft.XXXXXX)
 SVC=10.98.0.1
 C1=10.98.0.10
-declare -A PID=()
-pass=0
-fail=0
-
-# Process, wait and verdict helpers (start, wait_for, finish, stop, json, check, verdict ...).
-. "$HERE/lib.sh"
+# the servers' CIDs: config octet, 2-octet server ID, 8-octet nonce (lb_config), shard byte
+CID_LEN=12
 
 setup() {
   for ns in "${NSS[@]}"; do ip netns del "$ns" 2>/dev/null; ip netns add "$ns" || return 1; done
@@ -76,22 +64,14 @@ setup() {
     nsx qnb$i ip route add default via 10.98.1.1
   done
   nsx qnr sysctl -qw net.ipv4.ip_forward=1 || return 1
-  local deadline=$((SECONDS + 10))
-  until [ "$(bridge -n qnr link show | grep -c 'state forwarding')" = 3 ]; do
-    [ $SECONDS -lt $deadline ] || { echo "bridge ports not forwarding" >&2; return 1; }
-    sleep 0.05
-  done
+  bridge_forwarding qnr 3
 }
 
 mkdir -p "$W/www"
 head -c 100000 /dev/urandom >"$W/www/f100k.bin"
 head -c 12000000 /dev/urandom >"$W/www/f12m.bin"
 
-if ! command -v ip >/dev/null || ! setup 2>"$W/setup.err"; then
-  echo "FAIL setup: could not build the namespaces: $(tr '\n' ' ' <"$W/setup.err" | cut -c1-200)"
-  echo "0 passed, 1 failed"
-  exit 1
-fi
+setup_or_exit
 
 # lb_config FILE DOWN...: plaintext QUIC-LB config id 1 and backends 0a01..0a03; the backends
 # numbered in DOWN are marked down.
@@ -124,21 +104,8 @@ load() {
 # backends TAG CONFIG: serve on the three backends (stats in $W/TAG_bN.json).
 backends() {
   local i
-  for i in 1 2 3; do
-    start "$1_b$i" qnb$i 120 "$BIN" serve --listen 10.98.1.1$i:4433 --shards 2 --root "$W/www" \
-      --server-id 0a0$i --quic-lb-config "$2" --stats-file "$W/$1_b$i.json"
-  done
-  local n
-  for n in "$1_b1" "$1_b2" "$1_b3"; do
-    wait_for "$n" "listening on" 10 || { reason="$n did not start: $(head -c 300 "$W/$n.err")"; return 1; }
-  done
-}
-
-# get NAME URL...: a download in the client namespace into $W/NAME/.
-get() {
-  local name=$1
-  shift
-  start "$name" qnc 60 "$BIN" get --insecure --output "$W/$name" "$@"
+  for i in 1 2 3; do backend "$1_b$i" qnb$i 10.98.1.1$i:4433 0a0$i "$2"; done
+  ready "$1_b1" "$1_b2" "$1_b3"
 }
 
 # accepted TAG: connections accepted per backend, space-separated (after the backends stopped).
@@ -176,36 +143,66 @@ spread_case() {
   check "[ $((a[0] + a[1] + a[2])) = 100 ]" "accepted ${a[*]}: not 100 in all"
 }
 
-# --- a client whose port changes mid-download -------------------------------------------------
-rebind_case() {
-  local conf=$W/rebind.toml
+# --- a client whose port changes mid-download (and one that also moves to a new CID) ----------
+# rebind_run TAG PORT [GET ARGS...]: a 12 MB download through a relay on PORT that forwards from
+# C1:port_a, then after 1500 server datagrams (about 2 MB) from C1:port_b: the router sees a new
+# 4-tuple mid-download. It must finish byte-exact on one backend, the others taking none of its
+# datagrams as their own.
+rebind_run() {
+  local tag=$1 port=$2
+  shift 2
+  local conf=$W/$tag.toml
   lb_config "$conf"
   load "$conf" || return
-  backends rebind "$conf" || return
-  # the relay forwards from C1:port_a, then after 1500 server datagrams from C1:port_b
-  start rebind_relay qnc 60 $TOOL relay --listen-port 7000 --upstream $SVC:4433 --bind1 $C1 \
-    --bind2 $C1 --switch-after 1500 --max-pps 4000 --limit 50 --idle 3
-  wait_for rebind_relay "relay ready" 10 || { reason="relay did not start"; return; }
-  get rebind_get "https://127.0.0.1:7000/f12m.bin"
-  finish rebind_get 60
+  backends "$tag" "$conf" || return
+  start ${tag}_relay qnc 60 $TOOL relay --listen-port "$port" --upstream $SVC:4433 --bind1 $C1 \
+    --bind2 $C1 --switch-after 1500 --max-pps 4000 --limit 50 --idle 3 --cid-len $CID_LEN
+  wait_for ${tag}_relay "relay ready" 10 || { reason="relay did not start"; return; }
+  get ${tag}_get "$@" "https://127.0.0.1:$port/f12m.bin"
+  finish ${tag}_get 60
   local rc=$?
-  check "[ $rc = 0 ]" "get exited $rc: $(tail -c 300 "$W/rebind_get.err")"
-  check "cmp -s $W/www/f12m.bin $W/rebind_get/f12m.bin" "download differs from the original"
-  finish rebind_relay 10
+  check "[ $rc = 0 ]" "get exited $rc: $(tail -c 300 "$W/${tag}_get.err")"
+  check "cmp -s $W/www/f12m.bin $W/${tag}_get/f12m.bin" "download differs from the original"
+  finish ${tag}_relay 10
   local line up_b
-  line=$(grep '^relay:' "$W/rebind_relay.out")
+  line=$(grep '^relay:' "$W/${tag}_relay.out")
   up_b=$(sed -n 's/.*up_b=\([0-9]*\).*/\1/p' <<<"$line")
   check "[ ${up_b:-0} -gt 100 ]" "too little traffic after the port change: $line"
   local i
-  for i in 1 2 3; do stop rebind_b$i; done
-  local a u
-  read -r -a a <<<"$(accepted rebind)"
+  for i in 1 2 3; do stop ${tag}_b$i; done
+  local a u other=0
+  read -r -a a <<<"$(accepted "$tag")"
   u=0
-  for i in 1 2 3; do u=$((u + $(shard_sum "$W/rebind_b$i.json" dropped_unknown_cid))); done
+  for i in 1 2 3; do
+    u=$((u + $(shard_sum "$W/${tag}_b$i.json" dropped_unknown_cid)))
+    # datagrams a backend that accepted nothing took as its own (not dropped as unknown or
+    # malformed): a connection split by the new 4-tuple or the new CID
+    [ "${a[i - 1]}" = 0 ] && other=$((other + $(json "$W/${tag}_b$i.json" \
+      "sum(s['datagrams_in'] - s['dropped_unknown_cid'] - s['dropped_malformed'] for s in j['shards'])")))
+  done
   # Late stateless resets from the client (random DCIDs, hashed to any backend) show up as
   # unknown-CID drops; a connection split by the port change would fail the download instead.
-  log "rebind: $line; accepted ${a[*]}; unknown-CID drops $u"
+  log "$tag: $line; accepted ${a[*]}; unknown-CID drops $u; datagrams on the other backends $other"
   check "[ $((a[0] + a[1] + a[2])) = 1 ]" "accepted ${a[*]}: the client opened more than one connection"
+  check "[ $other = 0 ]" "the other backends took $other datagrams of the connection"
+}
+
+# the client keeps its CID: the new port carries the first one
+rebind_case() {
+  rebind_run rebind 7000
+  check "[[ \"$(grep '^relay:' "$W/rebind_relay.out")\" == *b_uses_first=1* ]]" "the client changed its CID"
+}
+
+# The client also moves to a new server CID after 1 MB (get --new-cid-after, hq-interop), before
+# the port change at about 2 MB: the new 4-tuple never carries the CID the connection began with,
+# and the router routes it by the new CID's server ID (conntrack knows only the old 4-tuple).
+rebind_cid_case() {
+  rebind_run rebind_cid 7002 --new-cid-after 1000000
+  check "grep -q 'CID moves 1' $W/rebind_cid_get.err" "get did not move to a new CID: $(tail -c 300 "$W/rebind_cid_get.err")"
+  local line
+  line=$(grep '^relay:' "$W/rebind_cid_relay.out")
+  check "[[ \"$line\" =~ dcids_a=([2-9]|[1-9][0-9]) ]] && [[ \"$line\" == *b_uses_first=0* ]]" \
+    "the relay did not see the CID change before the port change: $line"
 }
 
 # --- a backend marked down mid-download -------------------------------------------------------
@@ -261,7 +258,7 @@ refuse_case() {
   check "[ \$(wc -l <<<\"\$out\") = 1 ] && grep -q 'is encrypted' <<<\"\$out\"" "refusal is not one line: $out"
 }
 
-for c in spread rebind down refuse; do
+for c in spread rebind rebind_cid down refuse; do
   ${c}_case
   verdict "$c"
 done

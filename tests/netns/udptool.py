@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Small UDP helpers for tests/netns/run_lb.sh (standard library only; every mode is bounded).
+"""Small UDP helpers for the netns suites (run_lb.sh, run_nft.sh; standard library only; every
+mode is bounded).
 
 relay  A UDP relay between one local client (e.g. `quicshard get` sending to 127.0.0.1:PORT)
        and an upstream server. Upstream traffic leaves from socket A (bound to --bind1); after
@@ -8,7 +9,10 @@ relay  A UDP relay between one local client (e.g. `quicshard get` sending to 127
        both sockets. --max-pps paces server->client datagrams so a download lasts long enough
        to overlap other events (excess waits in the kernel socket buffer; QUIC recovers what
        overflows). Exits after --limit seconds or when idle for --idle seconds, printing one line
-       `relay: up_a=N up_b=N down_a=N down_b=N switched=0|1`.
+       `relay: up_a=N up_b=N down_a=N down_b=N switched=0|1`. With --cid-len N the line also
+       tells the DCIDs (the N octets after the first) of the client's short-header datagrams:
+       `dcids_a=N dcids_b=N b_uses_first=0|1`, distinct ones sent from each socket and whether
+       socket B sent the first one socket A sent.
 flood  Sends --count garbage datagrams to --to, --rate per second, in five equal classes that
        a QUIC-LB load balancer must reject or cannot route: empty, long header with a 21+ byte
        DCID, version negotiation, truncated long header, and short headers with DCIDs of the
@@ -43,6 +47,8 @@ def relay(a):
     client = None
     cur = 0
     counts = {"up_a": 0, "up_b": 0, "down_a": 0, "down_b": 0}
+    dcids = (set(), set())
+    first_a = None
     down_total = 0
     start = time.monotonic()
     last = start
@@ -65,6 +71,11 @@ def relay(a):
             last = time.monotonic()
             if s is cli:
                 client = frm
+                if a.cid_len and len(data) > a.cid_len and data[0] & 0x80 == 0:
+                    dcid = data[1:1 + a.cid_len]
+                    dcids[cur].add(dcid)
+                    if cur == 0 and first_a is None:
+                        first_a = dcid
                 ups[cur].sendto(data, upstream)
                 counts["up_a" if cur == 0 else "up_b"] += 1
             else:
@@ -76,7 +87,10 @@ def relay(a):
                     next_down = max(next_down + interval, last - 0.05)
                 if cur == 0 and a.switch_after and down_total >= a.switch_after:
                     cur = 1
-    print("relay: " + " ".join(f"{k}={v}" for k, v in counts.items()) + f" switched={cur}", flush=True)
+    line = "relay: " + " ".join(f"{k}={v}" for k, v in counts.items()) + f" switched={cur}"
+    if a.cid_len:
+        line += f" dcids_a={len(dcids[0])} dcids_b={len(dcids[1])} b_uses_first={int(first_a in dcids[1])}"
+    print(line, flush=True)
 
 
 def flood(a):
@@ -157,6 +171,7 @@ def main():
     r.add_argument("--bind2", required=True)
     r.add_argument("--switch-after", type=int, default=0)
     r.add_argument("--max-pps", type=int, default=0)
+    r.add_argument("--cid-len", type=int, default=0)
     r.add_argument("--limit", type=float, default=60)
     r.add_argument("--idle", type=float, default=5)
     f = sub.add_parser("flood")

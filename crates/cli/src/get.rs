@@ -65,6 +65,13 @@ pub(crate) struct Args {
     /// Force a key update on the connection after the first file arrives.
     #[arg(long)]
     key_update: bool,
+    /// Move the connection to a new server-issued connection ID once BYTES of response bodies
+    /// arrived (retiring the old one), as RFC 9000 §9.5 asks of a client after a NAT rebinding:
+    /// a tool for testing that a balancer keeps such a client on its server. Fails unless the
+    /// move happened (the server issued a spare CID and the download was long enough).
+    #[arg(long, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    new_cid_after: Option<u64>,
     /// Download everything again over a second connection that resumes the first one's TLS
     /// session; fails unless the second handshake was resumed.
     #[arg(long)]
@@ -75,7 +82,7 @@ pub(crate) struct Args {
     zero_rtt: bool,
     /// Application protocol: `h3` or `hq-interop`. Default: offer both and use h3 if the server
     /// picks it (else the connection is closed and hq-interop used on a new one); --key-update,
-    /// --resume and --zero-rtt are hq-interop only and imply it.
+    /// --new-cid-after, --resume and --zero-rtt are hq-interop only and imply it.
     #[arg(long, value_enum)]
     alpn: Option<Alpn>,
     /// https://HOST[:PORT]/PATH[?QUERY], all of the same host and port; HOST may be an IPv6
@@ -256,6 +263,7 @@ fn attempt(
     let extras = client::Extras {
         key_update: args.key_update,
         zero_rtt: args.zero_rtt,
+        switch_cid_after: args.new_cid_after,
         ..Default::default()
     };
     let report = extras.report.clone();
@@ -302,8 +310,16 @@ fn attempt(
     if args.key_update && report.key_updates.load(Ordering::Relaxed) == 0 {
         return Err(Failure::Refused("no key update was initiated".into()));
     }
+    let moves = report.cid_moves.load(Ordering::Relaxed);
+    if let (Some(bytes), true) = (args.new_cid_after, moves < connections as u64) {
+        return Err(Failure::Refused(format!(
+            "--new-cid-after {bytes}: {moves} of {connections} connection(s) moved to a new \
+             connection ID (a shorter download, or a server that issued no spare ID)"
+        )));
+    }
     Ok(Attempt::Done(format!(
-        "from {addr} over {connections} connection(s); key updates {}, 0-RTT {accepted}",
+        "from {addr} over {connections} connection(s); key updates {}, 0-RTT {accepted}, \
+         CID moves {moves}",
         report.key_updates.load(Ordering::Relaxed),
     )))
 }
@@ -319,12 +335,13 @@ fn try_h3(
     tuning: &tlsfiles::ClientTuning,
     progress: &Progress,
 ) -> Result<Option<Attempt>, Failure> {
-    let hq_only = args.key_update || args.resume || args.zero_rtt;
+    let hq_only = args.key_update || args.new_cid_after.is_some() || args.resume || args.zero_rtt;
     let offer: &[&[u8]] = match (args.alpn, hq_only) {
         (Some(Alpn::HqInterop), _) | (None, true) => return Ok(None),
         (Some(Alpn::H3), true) => {
             return Err(Failure::Usage(
-                "--key-update, --resume and --zero-rtt need --alpn hq-interop".into(),
+                "--key-update, --new-cid-after, --resume and --zero-rtt need --alpn hq-interop"
+                    .into(),
             ))
         }
         (Some(Alpn::H3), false) => &[ALPN_H3],

@@ -1,7 +1,8 @@
 //! `quicshard get` as a process against `quicshard serve`: where files land (the URL's path under
 //! --output, percent-decoded, without the query), collisions and escapes refused before any
-//! download, --output - in URL order, IPv6 literals, every address of a name tried, and the
-//! system trust store (a test CA through SSL_CERT_FILE).
+//! download, --output - in URL order, IPv6 literals, every address of a name tried, the system
+//! trust store (a test CA through SSL_CERT_FILE), and --new-cid-after (a move to a new server CID
+//! mid-download, or a one-line failure when none happened).
 
 mod common;
 
@@ -347,4 +348,67 @@ fn a_slow_download_shows_a_progress_bar_on_a_terminal_only() {
     assert!(piped.status.success(), "{}", stderr(&piped));
     assert!(!stderr(&piped).contains("/1 files"), "{}", stderr(&piped));
     assert_eq!(stderr(&piped).lines().count(), 1, "{}", stderr(&piped));
+}
+
+#[test]
+fn new_cid_after_moves_the_connection_to_a_new_cid_or_fails_saying_why() {
+    let root = root();
+    let big: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(root.join("big.bin"), &big).unwrap();
+    let server = serve_on("127.0.0.1:0", &root, &[]);
+    let url = format!("https://localhost:{}/big.bin", server.port);
+    let out = tempdir("get-cid");
+    let out_s = out.to_str().unwrap();
+    // moved a fifth into the download (hq-interop implied), the file byte-exact
+    let o = get(&[
+        "--insecure",
+        "--new-cid-after",
+        "200000",
+        "--output",
+        out_s,
+        &url,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("CID moves 1"), "{}", stderr(&o));
+    assert!(std::fs::read(out.join("big.bin")).unwrap() == big);
+    // without the option the connection keeps its CID
+    let o = get(&[
+        "--insecure",
+        "--alpn",
+        "hq-interop",
+        "--output",
+        out_s,
+        &url,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("CID moves 0"), "{}", stderr(&o));
+    // a download shorter than BYTES never moves: a one-line failure naming the option
+    let o = get(&[
+        "--insecure",
+        "--new-cid-after",
+        "2000000",
+        "--output",
+        out_s,
+        &url,
+    ]);
+    let err = one_line_failure(&o);
+    assert!(
+        err.contains("--new-cid-after 2000000: 0 of 1 connection(s) moved"),
+        "{err}"
+    );
+    // h3 has no such option
+    let o = get(&[
+        "--insecure",
+        "--alpn",
+        "h3",
+        "--new-cid-after",
+        "1",
+        "--output",
+        out_s,
+        &url,
+    ]);
+    let err = one_line_failure(&o);
+    assert!(err.contains("need --alpn hq-interop"), "{err}");
 }

@@ -131,6 +131,28 @@ impl<'a> ShardCtx<'a> {
         self.core.connect(addr, server_name)
     }
 
+    /// Moves the connection to a connection ID of the peer's that it has not used yet: the
+    /// current one is retired (RETIRE_CONNECTION_ID) and a PING goes out at once under the new
+    /// one. RFC 9000 §9.5 asks this of a client whose local address changed, so that an
+    /// observer cannot link its two paths by the CID; `quicshard get --new-cid-after` uses it to
+    /// test that a balancer keeps such a client on its server. `false` if the connection is not
+    /// on this shard.
+    ///
+    /// The peer must have issued a spare ID (NEW_CONNECTION_ID; quinn-proto, and so quicshard,
+    /// issues up to four after the handshake, as the client's `active_connection_id_limit`
+    /// allows); without one the connection keeps its current ID and only
+    /// the PING is sent. A move that happened shows as a RETIRE_CONNECTION_ID frame sent
+    /// (`stats().frame_tx.retire_connection_id`).
+    pub fn switch_remote_cid(&mut self, conn: ConnId) -> bool {
+        match self.connection(conn) {
+            Some(c) => {
+                c.local_address_changed();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Closes a connection with an application error code. No-op for unknown connections.
     pub fn close(&mut self, conn: ConnId, code: u32, reason: &[u8]) {
         let now = self.now();

@@ -30,14 +30,17 @@ pub(crate) fn engine(
     engine_with(server, config, shards, Extras::default())
 }
 
-/// Interop extras of a client engine: forced key updates and 0-RTT, with counters of what
-/// happened.
+/// Interop extras of a client engine: forced key updates, 0-RTT and a move to a new server
+/// CID, with counters of what happened.
 #[derive(Clone, Default)]
 pub(crate) struct Extras {
     /// Force one key update per connection after its first completed request.
     pub(crate) key_update: bool,
     /// Open the plan's streams in 0-RTT when the resumed session allows it.
     pub(crate) zero_rtt: bool,
+    /// Move each connection to a new server-issued CID (`ShardCtx::switch_remote_cid`) once
+    /// this many response bytes arrived on it.
+    pub(crate) switch_cid_after: Option<u64>,
     /// What happened, shared with the thread that started the engine.
     pub(crate) report: Arc<Report>,
 }
@@ -51,6 +54,9 @@ pub(crate) struct Report {
     pub(crate) zero_rtt_sent: AtomicU64,
     /// Of those, connections whose 0-RTT the server accepted.
     pub(crate) zero_rtt_accepted: AtomicU64,
+    /// Connections that sent a RETIRE_CONNECTION_ID frame: they moved to a new server CID
+    /// (counted when they close, from quinn-proto's frame counters).
+    pub(crate) cid_moves: AtomicU64,
 }
 
 /// [`engine`] with [`Extras`].
@@ -141,6 +147,10 @@ struct Conn {
     early: bool,
     /// The forced key update was done (or is not wanted).
     key_updated: bool,
+    /// Response bytes received over all streams.
+    received: u64,
+    /// The move to a new server CID was made (or is not wanted).
+    cid_switched: bool,
     /// Open loop: where due times come from (such a plan has no queued or repeated requests).
     schedule: Option<Schedule>,
     /// A due time taken from the schedule that found no stream to open (MAX_STREAMS).
@@ -204,6 +214,8 @@ impl Client {
                         failed: false,
                         early: false,
                         key_updated: !self.extras.key_update,
+                        received: 0,
+                        cid_switched: self.extras.switch_cid_after.is_none(),
                         schedule,
                         held: None,
                         schedule_ended: false,
@@ -332,6 +344,7 @@ impl Client {
             a.bad = Some("request stream stopped by the server".into());
         }
         let (received, file, bad) = (&mut a.received, &mut a.file, &mut a.bad);
+        let before = *received;
         let outcome = read_stream(conn, sid, usize::MAX, |bytes| {
             if let Some(f) = file.as_mut() {
                 if let Err(e) = f.write_all(bytes) {
@@ -347,11 +360,17 @@ impl Client {
         if let Some(code) = outcome.reset {
             a.bad = Some(format!("stream reset by the server (code {code})"));
         }
-        if !(outcome.fin || outcome.reset.is_some()) {
+        c.received += a.received - before;
+        let done = outcome.fin || outcome.reset.is_some();
+        if !c.cid_switched && c.received >= self.extras.switch_cid_after.unwrap_or(0) {
+            c.cid_switched = true;
+            ctx.switch_remote_cid(id);
+        }
+        if !done {
             return;
         }
         let a = c.active.remove(&sid).expect("looked up above");
-        if !c.key_updated {
+        if let (false, Some(conn)) = (c.key_updated, ctx.connection(id)) {
             c.key_updated = true;
             conn.force_key_update();
             self.extras
@@ -420,10 +439,16 @@ impl Handler for Client {
         self.open_more(ctx, conn);
     }
 
-    fn on_closed(&mut self, _ctx: &mut ShardCtx<'_>, conn: ConnId, reason: &ConnectionError) {
+    fn on_closed(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId, reason: &ConnectionError) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        let retired = ctx
+            .connection(conn)
+            .map_or(0, |q| q.stats().frame_tx.retire_connection_id);
+        if retired > 0 {
+            self.extras.report.cid_moves.fetch_add(1, Ordering::Relaxed);
+        }
         let clean = matches!(reason, ConnectionError::LocallyClosed)
             && c.active.is_empty()
             && c.plan.requests.is_empty()

@@ -142,6 +142,8 @@ struct Download {
 pub struct Client {
     downloads: HashMap<ConnId, Download>,
     out: Sender<Outcome>,
+    /// Switch each connection to a new server CID once this many bytes arrived.
+    switch_cid_after: Option<u64>,
 }
 
 impl Client {
@@ -149,6 +151,16 @@ impl Client {
         Self {
             downloads: HashMap::new(),
             out,
+            switch_cid_after: None,
+        }
+    }
+
+    /// A client that moves each connection to a new server CID (`ShardCtx::switch_remote_cid`)
+    /// once `after` bytes of its download arrived.
+    pub fn switching_cid_after(out: Sender<Outcome>, after: u64) -> Self {
+        Self {
+            switch_cid_after: Some(after),
+            ..Self::new(out)
         }
     }
 
@@ -184,6 +196,7 @@ impl Handler for Client {
         let Some(d) = self.downloads.get_mut(&conn) else {
             return;
         };
+        let got_before = d.got;
         let Some(c) = ctx.connection(conn) else {
             return;
         };
@@ -209,6 +222,14 @@ impl Handler for Client {
                 }
             }
             let _ = chunks.finalize();
+        }
+        if let Some(after) = self.switch_cid_after {
+            if got_before < after && d.got >= after {
+                assert!(
+                    ctx.switch_remote_cid(conn),
+                    "the connection is on this shard"
+                );
+            }
         }
         let result = if let Some(off) = bad {
             Some(Err(format!("byte {off} differs")))

@@ -18,6 +18,8 @@ use crate::{signals, tlsfiles, Failure};
 const RESPONSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often that wait asks the shards for their unacknowledged streams.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// `--drain-timeout`'s default: how long a replaced server waits for its connections.
+const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 60;
 /// How long a graceful shutdown waits for connections to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -49,6 +51,16 @@ pub(crate) struct Args {
     /// Directory served by hq-interop (GET /path); without it every GET is not found.
     #[arg(long)]
     root: Option<PathBuf>,
+    /// Zero-downtime upgrades through the Unix socket PATH: if a `quicshard serve` with the same
+    /// PATH runs, take over its port (it stops accepting, drains its connections and exits 0);
+    /// else start fresh. Either way, listen at PATH for a successor. Needs the same --shards
+    /// (at most 128) as the running server; its QUIC-LB config, server ID and keys are kept.
+    #[arg(long, value_name = "PATH")]
+    handover: Option<PathBuf>,
+    /// With --handover: once replaced, how long to wait for this server's connections to close
+    /// by themselves before closing the rest with CONNECTION_CLOSE.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_DRAIN_TIMEOUT_SECS)]
+    drain_timeout: u64,
     /// Write per-shard counters as JSON here on exit (checked writable at start-up).
     #[arg(long)]
     stats_file: Option<PathBuf>,
@@ -332,6 +344,9 @@ pub(crate) fn run(cli: Args) -> Result<(), Failure> {
     if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
         builder = builder.server_tls(tlsfiles::server_from_files(cert, key, SERVER_ALPNS)?);
     }
+    if let Some(path) = &args.handover {
+        builder = builder.handover(path);
+    }
     signals::block_termination().map_err(|e| Failure::Refused(format!("signals: {e}")))?;
     let engine = Arc::new(
         builder
@@ -359,10 +374,24 @@ pub(crate) fn run(cli: Args) -> Result<(), Failure> {
         shards = engine.shards(),
         bpf = engine.bpf_attached(),
         cid_len = engine.cid_len(),
+        generation = engine.handover().map(|h| h.generation()),
         "serving"
     );
-    let sig = config::serve_until_termination(&engine, &cli, &mut args)?;
-    tracing::info!(signal = sig, "shutting down");
+    let mut drained = None;
+    match config::serve_until_termination(&engine, &cli, &mut args)? {
+        config::End::Signal(sig) => tracing::info!(signal = sig, "shutting down"),
+        config::End::Replaced => {
+            let timeout = Duration::from_secs(args.drain_timeout);
+            tracing::info!(?timeout, "replaced by a successor; draining");
+            let d = engine.wait_drained(timeout);
+            tracing::info!(
+                open_at_start = d.open_at_start,
+                closed_at_timeout = d.closed_at_timeout,
+                "drained"
+            );
+            drained = Some(d);
+        }
+    }
     // stop feeding the shards before they drain
     let decap = decap.map(decap::Decap::stop);
     match drain_responses(&engine, RESPONSE_DRAIN_TIMEOUT) {
@@ -373,11 +402,16 @@ pub(crate) fn run(cli: Args) -> Result<(), Failure> {
         ),
         None => eprintln!("shutdown: a shard did not answer the drain check; closing anyway"),
     }
+    let engine_handover = engine.handover().map(|h| h.stats());
     let stats = h3.shutdown(engine, DRAIN_TIMEOUT);
     if let Some(m) = metrics {
         m.stop();
     }
     let mut json = stats_json(&stats);
+    if let Some(h) = engine_handover {
+        json["handover"] = handover_json(h, drained);
+        eprintln!("handover: {}", json["handover"]);
+    }
     if let Some(d) = &decap {
         json["decap"] = d.to_json();
         eprintln!("decap: {}", d.to_json());
@@ -388,6 +422,23 @@ pub(crate) fn run(cli: Args) -> Result<(), Failure> {
     }
     print_stats(&stats);
     Ok(())
+}
+
+/// `{"generation": 2, "replaced": true, "forwarded_out": ..., "open_at_drain": ...}`.
+fn handover_json(
+    h: quicshard::HandoverStats,
+    drained: Option<quicshard::handover::Drained>,
+) -> serde_json::Value {
+    let d = drained.unwrap_or_default();
+    serde_json::json!({
+        "generation": h.generation,
+        "replaced": h.replaced,
+        "forwarded_out": h.forwarded_out,
+        "forward_dropped": h.forward_dropped,
+        "forwarded_in": h.forwarded_in,
+        "open_at_drain": d.open_at_start,
+        "closed_at_drain_timeout": d.closed_at_timeout,
+    })
 }
 
 /// `{"shards": [{"shard": 0, ...counters}, ...]}`.

@@ -55,3 +55,25 @@ pub(crate) fn wait_any() -> io::Result<i32> {
     }
     Ok(sig)
 }
+
+/// Waits up to `timeout` for SIGINT, SIGTERM or SIGHUP; its number, or `None` at the timeout.
+pub(crate) fn wait_any_for(timeout: std::time::Duration) -> io::Result<Option<i32>> {
+    let set = termination_set();
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    loop {
+        // SAFETY: `set` and `ts` are valid for the call; no siginfo is asked for.
+        let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+        if sig >= 0 {
+            return Ok(Some(sig));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => return Ok(None),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
+        }
+    }
+}

@@ -690,28 +690,29 @@ impl<H: Handler> Engine<H> {
         self.handover.as_ref()
     }
 
-    /// After a successor took over ([`Builder::handover`]): waits until every connection has
-    /// closed by itself or `timeout` passed, then shuts down ([`Engine::shutdown`]: the
-    /// connections left are closed with CONNECTION_CLOSE). Returns the final counters and how
-    /// many connections were still open when the drain began and when it ended.
-    pub fn drain(self, timeout: Duration) -> (Vec<ShardStats>, crate::handover::Drained) {
-        let open = |e: &Self| e.stats().iter().map(|s| s.connections_open).sum::<u64>();
-        let at_start = open(&self);
+    /// Waits until every connection has closed by itself or `timeout` passed (after a successor
+    /// took over, [`Builder::handover`]: this engine accepts none). Returns how many were open
+    /// when the wait began and when it ended.
+    pub fn wait_drained(&self, timeout: Duration) -> crate::handover::Drained {
+        let open = || self.stats().iter().map(|s| s.connections_open).sum::<u64>();
+        let open_at_start = open();
         let deadline = Instant::now() + timeout;
         // the shards publish their open-connection gauge as connections close: a drain of
         // seconds needs no finer notice than a look every 10 ms
-        while open(&self) > 0 && Instant::now() < deadline {
+        while open() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let left = open(&self);
-        let stats = self.shutdown(Duration::from_secs(1));
-        (
-            stats,
-            crate::handover::Drained {
-                open_at_start: at_start,
-                closed_at_timeout: left,
-            },
-        )
+        crate::handover::Drained {
+            open_at_start,
+            closed_at_timeout: open(),
+        }
+    }
+
+    /// [`Engine::wait_drained`], then [`Engine::shutdown`] (the connections left are closed
+    /// with CONNECTION_CLOSE). Returns the final counters and the drain's.
+    pub fn drain(self, timeout: Duration) -> (Vec<ShardStats>, crate::handover::Drained) {
+        let drained = self.wait_drained(timeout);
+        (self.shutdown(Duration::from_secs(1)), drained)
     }
 
     /// Stops accepting, closes every connection with CONNECTION_CLOSE, drains until all are

@@ -48,6 +48,8 @@ struct File {
     memory_budget: Option<u64>,
     metrics: Option<SocketAddr>,
     qlog_dir: Option<PathBuf>,
+    handover: Option<PathBuf>,
+    drain_timeout: Option<u64>,
 }
 
 /// The settings `serve` runs with: `cli` over `--config`'s file (if any) over the defaults.
@@ -91,6 +93,9 @@ fn merge(args: &mut Args, file: File, dir: &Path) {
     if args.listen == default_listen() {
         args.listen = file.listen.unwrap_or(args.listen);
     }
+    if args.drain_timeout == super::DEFAULT_DRAIN_TIMEOUT_SECS {
+        args.drain_timeout = file.drain_timeout.unwrap_or(args.drain_timeout);
+    }
     if args.h3_max_requests == quicshard_h3::files::DEFAULT_MAX_CONCURRENT {
         args.h3_max_requests = file.h3_max_requests.unwrap_or(args.h3_max_requests);
     }
@@ -124,6 +129,7 @@ fn merge(args: &mut Args, file: File, dir: &Path) {
     args.memory_budget = args.memory_budget.or(file.memory_budget);
     args.metrics = args.metrics.or(file.metrics);
     args.qlog_dir = args.qlog_dir.take().or(path(file.qlog_dir));
+    args.handover = args.handover.take().or(path(file.handover));
 }
 
 /// `--listen`'s default.
@@ -150,7 +156,7 @@ fn needs_restart(running: &Args, new: &Args) -> Option<&'static str> {
         h3_max_requests => "h3-max-requests", no_turn_sharing => "no-turn-sharing",
         handshakes_per_turn => "handshakes-per-turn", handshake_queue => "handshake-queue",
         send_window => "send-window", send_pool => "send-pool", memory_budget => "memory-budget",
-        metrics => "metrics", qlog_dir => "qlog-dir",
+        metrics => "metrics", qlog_dir => "qlog-dir", handover => "handover",
     );
     None
 }
@@ -161,17 +167,37 @@ pub(super) fn serve_until_termination(
     engine: &Engine<HandleHandler>,
     cli: &Args,
     running: &mut Args,
-) -> Result<i32, Failure> {
+) -> Result<End, Failure> {
+    let signal = |e| Failure::Refused(format!("signals: {e}"));
     loop {
-        let sig = signals::wait_any().map_err(|e| Failure::Refused(format!("signals: {e}")))?;
+        let sig = match engine.handover() {
+            // a successor's takeover ends serving too: look every 50 ms
+            Some(h) => match signals::wait_any_for(HANDOVER_POLL).map_err(signal)? {
+                Some(sig) => sig,
+                None if h.replaced() => return Ok(End::Replaced),
+                None => continue,
+            },
+            None => signals::wait_any().map_err(signal)?,
+        };
         if !signals::is_reload(sig) {
-            return Ok(sig);
+            return Ok(End::Signal(sig));
         }
         match reload(engine, cli, running) {
             Ok(what) => tracing::warn!("reloaded: {what}"),
             Err(why) => tracing::error!("reload refused, the running configuration stays: {why}"),
         }
     }
+}
+
+/// How often a server with `--handover` looks whether a successor took over.
+const HANDOVER_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Why serving ended.
+pub(super) enum End {
+    /// SIGINT or SIGTERM.
+    Signal(i32),
+    /// A successor took over (`--handover`): drain, then exit.
+    Replaced,
 }
 
 /// One reload: the new settings, checked against the running ones, then the certificate.

@@ -95,6 +95,25 @@ impl Proc {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Waits for the process to exit by itself within `limit` (killed and failed after): the exit
+    /// status and what was printed after the ready line.
+    pub(crate) fn wait(mut self, limit: std::time::Duration) -> Output {
+        let child = self.child.take().expect("not stopped yet");
+        let pid = child.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(limit) {
+            Ok(out) => out.unwrap(),
+            Err(_) => {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("the process did not exit within {limit:?}");
+            }
+        }
+    }
+
     /// SIGTERM, then wait: the exit status and what was printed after the ready line.
     pub(crate) fn stop(mut self) -> Output {
         let child = self.child.take().expect("not stopped yet");

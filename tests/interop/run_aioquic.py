@@ -91,6 +91,58 @@ def case_echo(qs):
         stop(proc)
 
 
+def case_takeover(qs, root, work):
+    """An aioquic client downloads a large file from `quicshard serve --handover` while a second
+    server takes over: the download finishes byte-exact on the old process, which was still
+    serving it when replaced (its stats say so) and exits 0 by itself; a download started after
+    the takeover finishes too."""
+    name = "takeover.bin"
+    with open(os.path.join(root, name), "wb") as f:
+        f.write(os.urandom(48 << 20))
+    sock = os.path.join(work, "handover.sock")
+    stats_a = os.path.join(work, "takeover-a.json")
+    serve = [qs, "serve", "--listen", "127.0.0.1:0", "--shards", "2", "--root", root,
+             "--handover", sock, "--drain-timeout", "60"]
+    a, port = start_server(serve + ["--stats-file", stats_a])
+    b = None
+    try:
+        out = tempfile.mkdtemp(dir=work)
+        client = subprocess.Popen(PEER + ["client", "--output", out, f"https://127.0.0.1:{port}/{name}"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # the download runs for seconds: take over while it does (the checks below hold
+        # whenever the takeover happens; the stats tell whether it was mid-download)
+        time.sleep(0.5)
+        b, port_b = start_server(serve)
+        if port_b != port:
+            return f"the successor serves port {port_b}, not {port}"
+        _, err = client.communicate(timeout=TIMEOUT)
+        if client.returncode != 0:
+            return f"aioquic client failed across the takeover: {err.strip()[-300:]}"
+        why = compare(root, out, [name])
+        if why:
+            return why
+        try:
+            rc = a.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            return "the old server did not exit by itself"
+        if rc != 0:
+            return f"the old server exited {rc}: {a.stderr.read()[-300:]}"
+        import json
+        h = json.load(open(stats_a))["handover"]
+        if not h["replaced"] or h["open_at_drain"] < 1 or h["closed_at_drain_timeout"] != 0:
+            return f"the old server's handover stats: {h}"
+        out2 = tempfile.mkdtemp(dir=work)
+        r = subprocess.run(PEER + ["client", "--output", out2, f"https://127.0.0.1:{port}/small.txt"],
+                           capture_output=True, text=True, timeout=TIMEOUT)
+        if r.returncode != 0:
+            return f"aioquic client after the takeover: {r.stderr.strip()[-300:]}"
+        return compare(root, out2, ["small.txt"])
+    finally:
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                stop(p)
+
+
 def run_cases(cases):
     """Runs (title, run) cases, where run() returns None or why it failed (an exception counts
     as a failure); prints a PASS/FAIL line each and the `N passed, N failed` total; returns the
@@ -125,6 +177,7 @@ def main():
         ("aioquic client <- quicshard serve (4 shards, no BPF)", lambda: case_aioquic_client(qs, root, names, work, ["--shards", "4", "--no-bpf"])),
         ("aioquic client <- quicshard serve (retry)", lambda: case_aioquic_client(qs, root, names, work, ["--shards", "2", "--retry"])),
         ("aioquic echo client <- quicshard serve (16 streams x 300 kB)", lambda: case_echo(qs)),
+        ("aioquic client <- quicshard serve across a takeover (48 MB)", lambda: case_takeover(qs, root, work)),
         ("quicshard get <- aioquic server", lambda: case_quicshard_client(qs, root, names, work, cert, key, [])),
         ("quicshard get <- aioquic server (retry)", lambda: case_quicshard_client(qs, root, names, work, cert, key, ["--retry"])),
     ]

@@ -436,6 +436,7 @@ fn handover_json(
         "forwarded_out": h.forwarded_out,
         "forward_dropped": h.forward_dropped,
         "forwarded_in": h.forwarded_in,
+        "takeover_ms": h.takeover_micros as f64 / 1e3,
         "open_at_drain": d.open_at_start,
         "closed_at_drain_timeout": d.closed_at_timeout,
     })

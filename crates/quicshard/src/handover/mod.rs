@@ -102,6 +102,9 @@ pub struct HandoverStats {
     pub forward_dropped: u64,
     /// Datagrams its predecessor forwarded to this process.
     pub forwarded_in: u64,
+    /// How long this process's takeover took, from connecting to the predecessor to the switch
+    /// of the steering program (engine start-up included), in microseconds; 0 for a fresh start.
+    pub takeover_micros: u64,
 }
 
 /// How a replaced engine's drain went ([`Engine::drain`](crate::Engine::drain)).
@@ -125,6 +128,8 @@ pub(crate) struct Plan {
     sockets: Vec<UdpSocket>,
     /// The predecessor's stream and state, if one hands over.
     from: Option<(UnixStream, State)>,
+    /// When the takeover began.
+    started: std::time::Instant,
 }
 
 fn io_err(path: &Path) -> impl Fn(io::Error) -> HandoverError + '_ {
@@ -142,6 +147,7 @@ impl Plan {
         n: usize,
         listen: SocketAddr,
     ) -> Result<Self, crate::StartError> {
+        let started = std::time::Instant::now();
         if n > steer::MAX_SLOTTED_SHARDS {
             return Err(HandoverError::Shards(n).into());
         }
@@ -163,6 +169,7 @@ impl Plan {
                     n,
                     sockets,
                     from: None,
+                    started,
                 });
             }
             Err(e) => return Err(io_err(path)(e).into()),
@@ -204,6 +211,7 @@ impl Plan {
             n,
             sockets,
             from: Some((stream, state)),
+            started,
         })
     }
 
@@ -259,6 +267,7 @@ impl Plan {
             predecessor: AtomicBool::new(self.from.is_some()),
             replaced: AtomicBool::new(false),
             forwarded_in: AtomicU64::new(0),
+            takeover_micros: AtomicU64::new(0),
             listener: std::sync::OnceLock::new(),
             successor: std::sync::OnceLock::new(),
             listener_ino: AtomicU64::new(0),
@@ -275,6 +284,10 @@ impl Plan {
                 }
                 inner.attach(true).map_err(&err)?;
                 wire::send(&stream, &Msg::Switched, &[]).map_err(&err)?;
+                let took = self.started.elapsed().as_micros();
+                inner
+                    .takeover_micros
+                    .store(u64::try_from(took).unwrap_or(u64::MAX), Ordering::Relaxed);
                 spawn_predecessor_watch(inner.clone(), stream, ours, inject).map_err(&err)?;
             }
         }
@@ -306,6 +319,7 @@ struct Inner {
     predecessor: AtomicBool,
     replaced: AtomicBool,
     forwarded_in: AtomicU64,
+    takeover_micros: AtomicU64,
     listener: std::sync::OnceLock<UnixListener>,
     /// The stream to the successor that took over (closed when this process stops, which the
     /// successor sees as its predecessor's exit).
@@ -481,6 +495,7 @@ impl Handover {
             forwarded_out,
             forward_dropped,
             forwarded_in: self.inner.forwarded_in.load(Ordering::Relaxed),
+            takeover_micros: self.inner.takeover_micros.load(Ordering::Relaxed),
         }
     }
 

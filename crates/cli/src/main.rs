@@ -39,7 +39,7 @@ enum Command {
     /// Start a server and a load generator on loopback and report (no arguments needed).
     Demo(demo::Args),
     /// Serve files (hq-interop), perf and echo on N shards.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Download URLs over one connection (h3 or hq-interop), verifying the server against the
     /// system's trust store.
     Get(get::Args),
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
     };
     let result = logging::init(cli.log_format).and_then(|()| match cli.command {
         Command::Demo(args) => demo::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Get(args) => get::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Lb(args) => lb::run(args),

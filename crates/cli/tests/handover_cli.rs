@@ -52,9 +52,11 @@ fn bench_ok(child: Child, what: &str, full_handshakes: Option<u64>) -> serde_jso
     assert_eq!(r["failed"], 0, "{what}: {r}");
     assert_eq!(r["connection_errors"], 0, "{what}: {r}");
     assert!(r["requests"].as_u64().unwrap() > 0, "{what}: {r}");
-    // resumption works across the takeovers: only each loop's first handshake is full
+    // resumption works across the takeovers: at most each loop's first handshake is full
+    // (a loop may resume another's ticket)
     if let Some(n) = full_handshakes {
-        assert_eq!(r["full_handshakes"], n, "{what}: {r}");
+        let full = r["full_handshakes"].as_u64().unwrap();
+        assert!(full >= 1 && full <= n, "{what}: {r}");
     }
     r
 }

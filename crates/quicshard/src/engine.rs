@@ -557,7 +557,7 @@ impl<H: Handler> Builder<H> {
             handover: None,
         };
         if let Some(plan) = plan {
-            let mut injector = engine.injector();
+            let mut injector = engine.injector().for_peer();
             let shared = &engine.shared;
             let handover = plan.finish(
                 shared.secrets.clone(),

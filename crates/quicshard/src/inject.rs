@@ -76,6 +76,8 @@ pub struct Injector<H> {
     key: steer::ShardKey,
     counters: Arc<Counters>,
     arena: Arena,
+    /// What it injects was forwarded by the other process of a handover.
+    from_peer: bool,
 }
 
 impl<H> Clone for Injector<H> {
@@ -86,6 +88,7 @@ impl<H> Clone for Injector<H> {
             key: self.key,
             counters: self.counters.clone(),
             arena: Arena::default(),
+            from_peer: self.from_peer,
         }
     }
 }
@@ -100,11 +103,18 @@ impl<H: Handler> Engine<H> {
             key: self.shard_key(),
             counters: Arc::default(),
             arena: Arena::default(),
+            from_peer: false,
         }
     }
 }
 
 impl<H> Injector<H> {
+    /// This injector for datagrams the other process of a handover forwarded.
+    pub(crate) fn for_peer(mut self) -> Self {
+        self.from_peer = true;
+        self
+    }
+
     /// The shard that owns `payload` from `remote`: the steering rule, else a hash of `remote`.
     /// The bool tells whether the hash was used.
     pub fn owner(&self, payload: &[u8], remote: &SocketAddr) -> (usize, bool) {
@@ -134,6 +144,7 @@ impl<H> Injector<H> {
             remote,
             local_ip,
             ecn: None,
+            from_peer: self.from_peer,
         });
         match self.mailboxes[shard].try_send(msg) {
             Ok(()) => {

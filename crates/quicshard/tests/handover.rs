@@ -42,6 +42,14 @@ impl Fixture {
     fn server(&self, shards: usize) -> Result<Engine<Server>, StartError> {
         let tls =
             quicshard::tls::server_config(self.chain.clone(), self.key.clone_key(), &[]).unwrap();
+        self.server_with(shards, tls)
+    }
+
+    fn server_with(
+        &self,
+        shards: usize,
+        tls: quicshard::rustls::ServerConfig,
+    ) -> Result<Engine<Server>, StartError> {
         Engine::builder(|_| Server::default())
             .shards(shards)
             .listen("127.0.0.1:0".parse().unwrap())
@@ -245,4 +253,133 @@ fn a_server_without_handover_on_the_same_port_is_refused() {
         "{:?}",
         other.err()
     );
+}
+
+/// A sans-IO quinn-proto client whose ClientHello spans several Initial datagrams (many long
+/// ALPN offers), on a UDP socket of its own.
+struct BigHello {
+    ep: quicshard::quinn_proto::Endpoint,
+    conn: quicshard::quinn_proto::Connection,
+    handle: quicshard::quinn_proto::ConnectionHandle,
+    sock: std::net::UdpSocket,
+    server: SocketAddr,
+}
+
+const PROBE_ALPN: &[u8] = b"probe";
+
+impl BigHello {
+    fn new(server: SocketAddr) -> Self {
+        use quicshard::quinn_proto::{Endpoint, EndpointConfig};
+        let mut alpn: Vec<Vec<u8>> = (0..6)
+            .map(|i| format!("x{i}{}", "-".repeat(198)).into_bytes())
+            .collect();
+        alpn.push(PROBE_ALPN.to_vec());
+        let refs: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
+        let cfg = quicshard::tls::insecure_client_config(&refs).unwrap();
+        let mut ep = Endpoint::new(
+            std::sync::Arc::new(EndpointConfig::default()),
+            None,
+            true,
+            None,
+        );
+        let (handle, conn) = ep
+            .connect(std::time::Instant::now(), cfg, server, "localhost")
+            .unwrap();
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        Self {
+            ep,
+            conn,
+            handle,
+            sock,
+            server,
+        }
+    }
+
+    /// The datagrams the connection wants to send now.
+    fn transmits(&mut self) -> Vec<Vec<u8>> {
+        let now = std::time::Instant::now();
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        while let Some(t) = self.conn.poll_transmit(now, 1, &mut buf) {
+            out.push(buf[..t.size].to_vec());
+            buf.clear();
+        }
+        out
+    }
+
+    fn send(&self, d: &[u8]) {
+        self.sock.send_to(d, self.server).unwrap();
+    }
+
+    /// Runs the connection until its handshake completes (true) or `limit` passes.
+    fn complete(&mut self, limit: Duration) -> bool {
+        use quicshard::quinn_proto::{DatagramEvent, Event};
+        let deadline = std::time::Instant::now() + limit;
+        let mut buf = [0u8; 65_536];
+        while std::time::Instant::now() < deadline {
+            if let Ok((n, from)) = self.sock.recv_from(&mut buf) {
+                let now = std::time::Instant::now();
+                let mut resp = Vec::new();
+                let data = bytes::BytesMut::from(&buf[..n]);
+                if let Some(DatagramEvent::ConnectionEvent(h, ev)) =
+                    self.ep.handle(now, from, None, None, data, &mut resp)
+                {
+                    assert_eq!(h, self.handle);
+                    self.conn.handle_event(ev);
+                }
+            }
+            let now = std::time::Instant::now();
+            if self.conn.poll_timeout().is_some_and(|t| t <= now) {
+                self.conn.handle_timeout(now);
+            }
+            while let Some(e) = self.conn.poll_endpoint_events() {
+                let _ = self.ep.handle_event(self.handle, e);
+            }
+            while let Some(ev) = self.conn.poll() {
+                match ev {
+                    Event::Connected => return true,
+                    Event::ConnectionLost { reason } => panic!("lost: {reason}"),
+                    _ => {}
+                }
+            }
+            for d in self.transmits() {
+                self.send(&d);
+            }
+        }
+        false
+    }
+}
+
+/// A first flight of two Initial datagrams whose first reached the old engine before the
+/// takeover and whose second reaches the new one after it: the new one sends it on to the old
+/// one (its grace period), which completes the handshake; the new engine accepts nothing.
+#[test]
+fn a_first_flight_split_by_the_switch_reaches_one_engine() {
+    let f = Fixture::new("flight");
+    let tls = || {
+        quicshard::tls::server_config(f.chain.clone(), f.key.clone_key(), &[PROBE_ALPN]).unwrap()
+    };
+    let a = f.server_with(SHARDS, tls()).unwrap();
+    let mut client = BigHello::new(a.local_addr());
+    let flight = client.transmits();
+    assert!(flight.len() >= 2, "the ClientHello should span datagrams");
+    client.send(&flight[0]);
+    wait_for("a accepted the first datagram", TIMEOUT, || {
+        accepted(&a) == 1
+    });
+    let b = f.server_with(SHARDS, tls()).unwrap();
+    wait_for("a replaced", TIMEOUT, || a.handover().unwrap().replaced());
+    for d in &flight[1..] {
+        client.send(d);
+    }
+    assert!(client.complete(TIMEOUT), "the handshake did not complete");
+    assert_eq!(accepted(&a), 1);
+    assert_eq!(
+        accepted(&b),
+        0,
+        "b must not start a second connection from the same flight"
+    );
+    assert!(b.handover().unwrap().stats().forwarded_out >= 1);
 }

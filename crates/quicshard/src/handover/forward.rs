@@ -1,12 +1,22 @@
-//! Forwarding new connections from a retiring process to its successor.
+//! Forwarding new connections between the two processes of a handover.
 //!
 //! Once an old process has retired ([`Retire::begin`]), a datagram that would start a new
 //! connection on one of its shards (quinn-proto answers it with `NewConnection`, or a 0-RTT
 //! packet for no connection) is not accepted there: the shard sends it, with the client's
 //! address, over a Unix `SOCK_SEQPACKET` socket (message boundaries, and an end-of-file when
 //! the old process exits) to the successor, which injects it into its own engine
-//! ([`Receiver`]). Every other datagram (its own connections') it keeps. The copy this needs is
-//! made only while retired and only of long-header datagrams.
+//! ([`receive`]). Every other datagram (its own connections') it keeps.
+//!
+//! For a *grace* period after the switch ([`Retire::grace`]) the successor does the same the
+//! other way for datagrams from its sockets: one that would start a connection goes to the old
+//! process, which keeps it if it has the connection (the rest of a first flight whose first
+//! datagram it accepted before it retired) and otherwise forwards it back; a datagram that came
+//! from the other process is never sent back again. So a client's whole first flight reaches one
+//! process, whichever side of the switch its datagrams fell on. If the other process is gone, a
+//! datagram that cannot be forwarded is accepted where it is.
+//!
+//! The copy this needs is made only while retired or in the grace period, and only of
+//! long-header datagrams.
 //!
 //! A forwarded datagram is `family (4 or 6) | client IP (16) | client port (2) | local IP family
 //! (0, 4 or 6) | local IP (16) | payload`.
@@ -32,6 +42,8 @@ const SOCKET_BUFFER: usize = 4 << 20;
 #[derive(Debug)]
 pub(crate) struct Retire {
     on: AtomicBool,
+    /// The grace period's end ([`crate::shard::help::micros`]; 0: none).
+    grace_until: AtomicU64,
     /// Taken only while retiring (a leaf: nothing is locked under it).
     to: Mutex<Option<Socket>>,
     forwarded: AtomicU64,
@@ -42,6 +54,7 @@ impl Default for Retire {
     fn default() -> Self {
         Self {
             on: AtomicBool::new(false),
+            grace_until: AtomicU64::new(0),
             to: Mutex::new(crate::ranks::HANDOVER_FORWARD, None),
             forwarded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -55,9 +68,34 @@ impl Retire {
         self.on.load(Ordering::Acquire)
     }
 
+    /// Whether a datagram that would start a connection at `now` goes to the other process:
+    /// always once retired; in the grace period, unless it came from there.
+    pub(crate) fn should_forward(&self, now: std::time::Instant, from_peer: bool) -> bool {
+        self.is_on()
+            || (!from_peer
+                && crate::shard::help::micros(now) < self.grace_until.load(Ordering::Acquire))
+    }
+
+    /// The successor's side: until `until`, datagrams that would start a connection go to the
+    /// predecessor over `to`.
+    pub(super) fn grace(&self, to: Socket, until: std::time::Instant) {
+        let _ = to.set_send_buffer_size(SOCKET_BUFFER);
+        *self.to.lock() = Some(to);
+        self.grace_until
+            .store(crate::shard::help::micros(until), Ordering::Release);
+    }
+
+    /// The predecessor exited: the grace period ends.
+    pub(super) fn end_grace(&self) {
+        self.grace_until.store(0, Ordering::Release);
+        if !self.is_on() {
+            *self.to.lock() = None;
+        }
+    }
+
     /// From now on, new connections go to `to`.
     pub(super) fn begin(&self, to: Socket) {
-        let _ = to.set_nonblocking(true);
+        // `to` stays blocking: a copy of it reads what comes back; sends do not wait
         let _ = to.set_send_buffer_size(SOCKET_BUFFER);
         *self.to.lock() = Some(to);
         self.on.store(true, Ordering::Release);
@@ -69,22 +107,32 @@ impl Retire {
         *self.to.lock() = None;
     }
 
-    /// Sends one datagram to the successor; counted, and dropped (counted) if its socket is
-    /// full or gone (the client retransmits).
-    pub(crate) fn forward(&self, payload: &[u8], remote: SocketAddr, local_ip: Option<IpAddr>) {
+    /// Sends one datagram to the other process; whether it went (counted either way). Not
+    /// sent: no socket, the other process is gone, or its socket is full (the caller then
+    /// keeps the datagram if it can, or the client retransmits).
+    pub(crate) fn forward(
+        &self,
+        payload: &[u8],
+        remote: SocketAddr,
+        local_ip: Option<IpAddr>,
+    ) -> bool {
         let to = self.to.lock();
-        let Some(to) = to.as_ref() else {
-            return;
+        let sent = match to.as_ref() {
+            Some(to) if payload.len() <= MAX_DATAGRAM => {
+                let head = header(remote, local_ip);
+                // never waits: a shard thread sends (the descriptor is shared with a blocking
+                // reader, so the flag is per call)
+                to.send_vectored_with_flags(
+                    &[IoSlice::new(&head), IoSlice::new(payload)],
+                    libc::MSG_DONTWAIT,
+                )
+                .is_ok()
+            }
+            _ => false,
         };
-        if payload.len() > MAX_DATAGRAM {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let head = header(remote, local_ip);
-        match to.send_vectored(&[IoSlice::new(&head), IoSlice::new(payload)]) {
-            Ok(_) => self.forwarded.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.dropped.fetch_add(1, Ordering::Relaxed),
-        };
+        let counter = if sent { &self.forwarded } else { &self.dropped };
+        counter.fetch_add(1, Ordering::Relaxed);
+        sent
     }
 
     /// Datagrams forwarded, and dropped on the way.
@@ -182,13 +230,13 @@ mod tests {
         let r = Retire::default();
         let v6: SocketAddr = "[2001:db8::1]:4433".parse().unwrap();
         let v4: SocketAddr = "192.0.2.7:5000".parse().unwrap();
-        r.forward(b"lost", v4, None); // not retiring yet: no socket
+        assert!(!r.forward(b"lost", v4, None), "not retiring yet: no socket");
         assert!(!r.is_on());
         r.begin(theirs);
         assert!(r.is_on());
-        r.forward(b"first", v4, Some("192.0.2.1".parse().unwrap()));
-        r.forward(b"second", v6, None);
-        assert_eq!(r.counts(), (2, 0));
+        assert!(r.forward(b"first", v4, Some("192.0.2.1".parse().unwrap())));
+        assert!(r.forward(b"second", v6, None));
+        assert_eq!(r.counts(), (2, 1));
         drop(r); // closes the old process's end
         let mut seen = Vec::new();
         let (got, bad) = receive(&ours, |p, a, l| seen.push((p.to_vec(), a, l)));
@@ -198,6 +246,30 @@ mod tests {
             (b"first".to_vec(), v4, Some("192.0.2.1".parse().unwrap()))
         );
         assert_eq!(seen[1], (b"second".to_vec(), v6, None));
+    }
+
+    #[test]
+    fn the_grace_period_forwards_only_what_came_from_the_sockets() {
+        let r = Retire::default();
+        let now = std::time::Instant::now();
+        assert!(!r.should_forward(now, false));
+        let (_ours, theirs) = pair().unwrap();
+        r.grace(theirs, now + std::time::Duration::from_secs(1));
+        assert!(r.should_forward(now, false));
+        assert!(
+            !r.should_forward(now, true),
+            "never back to where it came from"
+        );
+        assert!(
+            !r.should_forward(now + std::time::Duration::from_secs(2), false),
+            "over"
+        );
+        r.end_grace();
+        assert!(!r.should_forward(now, false));
+        assert!(
+            !r.forward(b"x", "192.0.2.7:5000".parse().unwrap(), None),
+            "no socket"
+        );
     }
 
     #[test]

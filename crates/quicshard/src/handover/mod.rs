@@ -33,14 +33,14 @@
 //!   connections are gone: unknown CIDs), and accepts successors again.
 //!
 //! # The first flight
-//! A client's first flight reaches one process: its Initial datagrams carry the same DCID. While
-//! the old process is the one steered to, it accepts them; once retired it forwards those of
-//! connections it does not have; after the switch they reach the new process directly. The gap:
-//! a client whose first Initial datagram the old process accepted before retiring and whose
-//! second arrives after the switch (a first flight of several datagrams straddling the
-//! microseconds between `Retired` and the attach) has its second datagram at the new process;
-//! the client completes its handshake with whichever process answers first after one probe
-//! timeout.
+//! A client's first flight reaches one process: its Initial datagrams carry the same DCID.
+//! Before the old process retires it accepts them; once retired it forwards those of
+//! connections it does not have to the new process. For a grace period after the switch
+//! ([`GRACE`]) the new process sends a datagram from its sockets that would start a connection
+//! to the old one first, which keeps it if it has the connection (the rest of a first flight it
+//! began accepting before it retired) and otherwise sends it back to be accepted. So a first
+//! flight split by the switch still reaches one process (`a_first_flight_split_by_the_switch`
+//! in `tests/handover.rs`).
 
 pub(crate) mod forward;
 mod wire;
@@ -59,6 +59,12 @@ use crate::secrets::Secrets;
 use crate::steer::{self, Group, ShardKey};
 use forward::Retire;
 use wire::{Msg, State, VERSION};
+
+/// How long after the switch the successor sends datagrams that would start a connection to
+/// the old process first ([`forward`]). Why: a client's first flight leaves at once (its
+/// datagrams arrive microseconds apart); a lost one is sent again after a probe timeout, about
+/// a second at quinn-proto's initial RTT of 333 ms; 2 s covers that first retransmission.
+const GRACE: Duration = Duration::from_secs(2);
 
 /// How long a process waits for the other side's next message during a handover. Why: the new
 /// process's `Ready` comes after its shards started (milliseconds; seconds on a loaded machine).
@@ -268,12 +274,16 @@ impl Plan {
             replaced: AtomicBool::new(false),
             forwarded_in: AtomicU64::new(0),
             takeover_micros: AtomicU64::new(0),
+            inject: ranked_lock::Mutex::new(crate::ranks::HANDOVER_INJECT, None),
             listener: std::sync::OnceLock::new(),
             successor: std::sync::OnceLock::new(),
             listener_ino: AtomicU64::new(0),
         });
         match self.from {
-            None => inner.attach(false).map_err(&err)?,
+            None => {
+                inner.attach(false).map_err(&err)?;
+                *inner.inject.lock() = Some(inject);
+            }
             Some((stream, _)) => {
                 let (ours, theirs) = forward::pair().map_err(&err)?;
                 wire::send(&stream, &Msg::Ready, &[theirs.as_raw_fd()]).map_err(&err)?;
@@ -288,6 +298,10 @@ impl Plan {
                 inner
                     .takeover_micros
                     .store(u64::try_from(took).unwrap_or(u64::MAX), Ordering::Relaxed);
+                let to_old = ours.try_clone().map_err(&err)?;
+                inner
+                    .retire
+                    .grace(to_old, std::time::Instant::now() + GRACE);
                 spawn_predecessor_watch(inner.clone(), stream, ours, inject).map_err(&err)?;
             }
         }
@@ -320,6 +334,8 @@ struct Inner {
     replaced: AtomicBool,
     forwarded_in: AtomicU64,
     takeover_micros: AtomicU64,
+    /// Delivers what the successor sends back (taken by the one successor that takes over).
+    inject: ranked_lock::Mutex<Option<Inject>>,
     listener: std::sync::OnceLock<UnixListener>,
     /// The stream to the successor that took over (closed when this process stops, which the
     /// successor sees as its predecessor's exit).
@@ -379,7 +395,7 @@ impl Inner {
     }
 
     /// One successor's attempt; `true` once it serves.
-    fn hand_over(&self, stream: &UnixStream) -> io::Result<bool> {
+    fn hand_over(self: &Arc<Self>, stream: &UnixStream) -> io::Result<bool> {
         stream.set_read_timeout(Some(STEP_TIMEOUT))?;
         let mut fds = Vec::new();
         let busy = |why: String| wire::send(stream, &Msg::Busy(why), &[]).map(|()| false);
@@ -418,7 +434,20 @@ impl Inner {
             Msg::Ready if got.len() == 1 => {}
             other => return Err(protocol(&other)),
         }
-        self.retire.begin(socket2::Socket::from(got.remove(0)));
+        let to = socket2::Socket::from(got.remove(0));
+        let back = to.try_clone()?;
+        self.retire.begin(to);
+        // what the successor sends in its grace period comes back on the same socket
+        if let Some(mut inject) = self.inject.lock().take() {
+            let this = self.clone();
+            let _ = std::thread::Builder::new()
+                .name("quicshard-forwarded".into())
+                .spawn(move || {
+                    forward::receive(&back, |p, r, l| inject(p, r, l));
+                    // that successor is gone: the next one gets it
+                    *this.inject.lock() = Some(inject);
+                });
+        }
         wire::send(stream, &Msg::Retired, &[])?;
         match wire::recv(stream, &mut Vec::new())? {
             Msg::Switched => {}
@@ -455,6 +484,7 @@ fn spawn_predecessor_watch(
         .spawn(move || {
             let _ = stream.set_read_timeout(None);
             let _ = wire::recv(&stream, &mut Vec::new());
+            inner.retire.end_grace();
             if let Err(e) = inner.attach(false) {
                 tracing::warn!(error = %e, "steering program not replaced after the predecessor exited");
             }

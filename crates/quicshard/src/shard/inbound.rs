@@ -91,6 +91,7 @@ impl<H: Handler> Shard<H> {
                     remote,
                     local_ip,
                     ecn,
+                    from_peer: false,
                 });
                 match self.peers[owner].try_send(msg) {
                     Ok(()) => {
@@ -106,7 +107,7 @@ impl<H: Handler> Shard<H> {
                 return;
             }
         }
-        self.deliver(s, data, remote, local_ip, ecn);
+        self.deliver(s, data, remote, local_ip, ecn, false);
     }
 
     /// A datagram another shard forwarded to us.
@@ -116,10 +117,11 @@ impl<H: Handler> Shard<H> {
         if h.data.first().is_some_and(|b| b & 0x80 == 0) {
             stats.handoffs_in_short.fetch_add(1, Relaxed);
         }
-        self.deliver(LISTEN, h.data, h.remote, h.local_ip, h.ecn);
+        self.deliver(LISTEN, h.data, h.remote, h.local_ip, h.ecn, h.from_peer);
     }
 
-    /// Feeds one datagram we own to the endpoint.
+    /// Feeds one datagram we own to the endpoint (`from_peer`: forwarded by the other process
+    /// of a handover).
     fn deliver(
         &mut self,
         s: usize,
@@ -127,6 +129,7 @@ impl<H: Handler> Shard<H> {
         remote: SocketAddr,
         local_ip: Option<IpAddr>,
         ecn: Option<EcnCodepoint>,
+        from_peer: bool,
     ) {
         let core = &mut self.core;
         let cid_check = &core.cid_check;
@@ -147,9 +150,10 @@ impl<H: Handler> Shard<H> {
         let short = data.first().is_some_and(|&b| b & 0x80 == 0);
         let len = data.len();
         let proves = amplify::proves_address(&data);
-        // retired in a handover: a long header that would start a connection goes to the
-        // successor, so keep a copy until the endpoint tells (only while retired)
-        let retiring = (!short && core.shared.retire.is_on()).then(|| data.to_vec());
+        // in a handover, a long header that would start a connection may go to the other
+        // process: keep a copy until the endpoint tells (only then, see handover::forward)
+        let forward = !short && core.shared.retire.should_forward(core.now, from_peer);
+        let retiring = forward.then(|| data.to_vec());
         // an Initial that may wait for admission must not pin a chunk of the shard's arena
         let data = self.admit.detach_if_waiting(data, &core.shared.admission);
         let now = core.now;
@@ -175,11 +179,11 @@ impl<H: Handler> Shard<H> {
                 }
             }
             Some(DatagramEvent::NewConnection(incoming)) => match retiring {
-                Some(copy) => {
+                Some(copy) if core.shared.retire.forward(&copy, remote, local_ip) => {
                     core.endpoint.ignore(incoming);
-                    core.shared.retire.forward(&copy, remote, local_ip);
                 }
-                None => self.on_incoming(s, incoming, len),
+                // not forwarded (the other process is gone): ours after all
+                _ => self.on_incoming(s, incoming, len),
             },
             Some(DatagramEvent::Response(t)) => {
                 if short {
@@ -192,9 +196,9 @@ impl<H: Handler> Shard<H> {
             // buffers a pending `Incoming`'s further datagrams)
             None => match retiring {
                 // 0-RTT for no connection of ours: its Initial went to the successor too
-                Some(copy) if copy.first().is_some_and(|&b| b & 0x30 == 0x10) => {
-                    core.shared.retire.forward(&copy, remote, local_ip);
-                }
+                Some(copy)
+                    if copy.first().is_some_and(|&b| b & 0x30 == 0x10)
+                        && core.shared.retire.forward(&copy, remote, local_ip) => {}
                 _ => {
                     core.stats.dropped_endpoint.fetch_add(1, Relaxed);
                 }

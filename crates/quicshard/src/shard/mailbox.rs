@@ -41,6 +41,9 @@ pub(crate) struct Handoff {
     pub(crate) remote: SocketAddr,
     pub(crate) local_ip: Option<IpAddr>,
     pub(crate) ecn: Option<EcnCodepoint>,
+    /// Forwarded by the other process of a handover ([`crate::handover::forward`]): never
+    /// forwarded back by the successor's grace rule.
+    pub(crate) from_peer: bool,
 }
 
 /// Why a message was not delivered; the message is handed back.

@@ -424,7 +424,9 @@ pub(crate) fn run(cli: Args) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `{"generation": 2, "replaced": true, "forwarded_out": ..., "open_at_drain": ...}`.
+/// `{"generation": 2, "replaced": true, "forwarded_out": ..., "open_at_drain": ...}`: the
+/// connections open when the drain began, those that closed by themselves (`drained`) and those
+/// closed at the drain timeout.
 fn handover_json(
     h: quicshard::HandoverStats,
     drained: Option<quicshard::handover::Drained>,
@@ -438,6 +440,7 @@ fn handover_json(
         "forwarded_in": h.forwarded_in,
         "takeover_ms": h.takeover_micros as f64 / 1e3,
         "open_at_drain": d.open_at_start,
+        "drained": d.open_at_start - d.closed_at_timeout,
         "closed_at_drain_timeout": d.closed_at_timeout,
     })
 }

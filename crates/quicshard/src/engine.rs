@@ -310,6 +310,26 @@ impl<H: Handler> Builder<H> {
     /// ([`Handover::replaced`](crate::Handover::replaced), [`Engine::drain`]); otherwise this
     /// engine starts fresh. Either way it then listens at `path` for its own successor. Needs
     /// BPF steering and at most 128 shards. Default: off.
+    ///
+    /// ```no_run
+    /// # use quicshard::{Engine, Handler};
+    /// # struct App;
+    /// # impl Handler for App {}
+    /// use std::time::Duration;
+    /// // the same code in the old and in the new binary
+    /// let engine = Engine::builder(|_| App)
+    ///     .listen("0.0.0.0:4433".parse().unwrap())
+    ///     .handover("/run/app.sock")
+    ///     .start()
+    ///     .expect("start or take over");
+    /// let handover = engine.handover().unwrap();
+    /// while !handover.replaced() {
+    ///     std::thread::sleep(Duration::from_millis(100)); // or the application's own loop
+    /// }
+    /// // a successor serves new connections: finish ours, then exit
+    /// let (_stats, drained) = engine.drain(Duration::from_secs(60));
+    /// assert_eq!(drained.closed_at_timeout, 0);
+    /// ```
     pub fn handover(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.handover = Some(path.into());
         self

@@ -377,21 +377,31 @@ pub(crate) fn run(cli: Args) -> Result<(), Failure> {
         generation = engine.handover().map(|h| h.generation()),
         "serving"
     );
-    let mut drained = None;
-    match config::serve_until_termination(&engine, &cli, &mut args)? {
-        config::End::Signal(sig) => tracing::info!(signal = sig, "shutting down"),
-        config::End::Replaced => {
-            let timeout = Duration::from_secs(args.drain_timeout);
-            tracing::info!(?timeout, "replaced by a successor; draining");
-            let d = engine.wait_drained(timeout);
-            tracing::info!(
-                open_at_start = d.open_at_start,
-                closed_at_timeout = d.closed_at_timeout,
-                "drained"
-            );
-            drained = Some(d);
+    let drained = loop {
+        match config::serve_until_termination(&engine, &cli, &mut args)? {
+            config::End::Signal(sig) => {
+                tracing::info!(signal = sig, "shutting down");
+                break None;
+            }
+            config::End::Replaced => {
+                let timeout = Duration::from_secs(args.drain_timeout);
+                tracing::info!(?timeout, "replaced by a successor; draining");
+                let d = engine.wait_drained(timeout);
+                if engine.handover().is_some_and(|h| !h.replaced()) {
+                    tracing::warn!(
+                        "the successor exited before this server drained: serving again"
+                    );
+                    continue;
+                }
+                tracing::info!(
+                    open_at_start = d.open_at_start,
+                    closed_at_timeout = d.closed_at_timeout,
+                    "drained"
+                );
+                break Some(d);
+            }
         }
-    }
+    };
     // stop feeding the shards before they drain
     let decap = decap.map(decap::Decap::stop);
     match drain_responses(&engine, RESPONSE_DRAIN_TIMEOUT) {

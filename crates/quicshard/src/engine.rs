@@ -711,15 +711,20 @@ impl<H: Handler> Engine<H> {
     }
 
     /// Waits until every connection has closed by itself or `timeout` passed (after a successor
-    /// took over, [`Builder::handover`]: this engine accepts none). Returns how many were open
-    /// when the wait began and when it ended.
+    /// took over, [`Builder::handover`]: this engine accepts none), or until the engine serves
+    /// new connections again because its successor exited ([`Handover::replaced`] is false
+    /// again). Returns how many were open when the wait began and when it ended.
+    ///
+    /// [`Handover::replaced`]: crate::Handover::replaced
     pub fn wait_drained(&self, timeout: Duration) -> crate::handover::Drained {
         let open = || self.stats().iter().map(|s| s.connections_open).sum::<u64>();
         let open_at_start = open();
         let deadline = Instant::now() + timeout;
+        // taken back: the successor exited before the drain ended (see `crate::handover`)
+        let taken_back = || self.handover().is_some_and(|h| !h.replaced());
         // the shards publish their open-connection gauge as connections close: a drain of
         // seconds needs no finer notice than a look every 10 ms
-        while open() > 0 && Instant::now() < deadline {
+        while open() > 0 && Instant::now() < deadline && !taken_back() {
             std::thread::sleep(Duration::from_millis(10));
         }
         crate::handover::Drained {

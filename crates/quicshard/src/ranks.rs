@@ -45,6 +45,8 @@ pub(crate) const MEM_LINK: Rank = Rank::new(40, "memory link queue");
 pub(crate) const HANDOVER_FORWARD: Rank = Rank::new(45, "handover forward socket");
 /// A process's delivery of what its successor sends back, taken once ([`crate::handover`]).
 pub(crate) const HANDOVER_INJECT: Rank = Rank::new(46, "handover inject");
+/// A handover's descriptors to shut down when the engine stops (a leaf).
+pub(crate) const HANDOVER_OPEN: Rank = Rank::new(47, "handover descriptors");
 /// What the direct driver publishes after a turn (deadline, turn count).
 pub(crate) const DIRECT_ASSIST: Rank = Rank::new(50, "direct driver assist state");
 /// The loom model's mailbox (tests only).

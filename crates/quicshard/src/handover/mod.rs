@@ -275,8 +275,8 @@ impl Plan {
             forwarded_in: AtomicU64::new(0),
             takeover_micros: AtomicU64::new(0),
             inject: ranked_lock::Mutex::new(crate::ranks::HANDOVER_INJECT, None),
-            listener: std::sync::OnceLock::new(),
-            successor: std::sync::OnceLock::new(),
+            open: ranked_lock::Mutex::new(crate::ranks::HANDOVER_OPEN, Vec::new()),
+            closing: AtomicBool::new(false),
             listener_ino: AtomicU64::new(0),
         });
         match self.from {
@@ -302,6 +302,7 @@ impl Plan {
                 inner
                     .retire
                     .grace(to_old, std::time::Instant::now() + GRACE);
+                inner.open.lock().push(stream.as_raw_fd());
                 spawn_predecessor_watch(inner.clone(), stream, ours, inject).map_err(&err)?;
             }
         }
@@ -336,10 +337,12 @@ struct Inner {
     takeover_micros: AtomicU64,
     /// Delivers what the successor sends back (taken by the one successor that takes over).
     inject: ranked_lock::Mutex<Option<Inject>>,
-    listener: std::sync::OnceLock<UnixListener>,
-    /// The stream to the successor that took over (closed when this process stops, which the
-    /// successor sees as its predecessor's exit).
-    successor: std::sync::OnceLock<UnixStream>,
+    /// The descriptors to shut down when the engine stops: the listener at the path, the
+    /// stream to the successor (which then sees its predecessor's exit) and the one to the
+    /// predecessor (which then sees its successor's).
+    open: ranked_lock::Mutex<Vec<std::os::fd::RawFd>>,
+    /// The engine is stopping: a stream's end is not a peer's exit.
+    closing: AtomicBool,
     /// The inode of the socket file this process bound, to remove only its own.
     listener_ino: AtomicU64,
 }
@@ -364,16 +367,26 @@ impl Inner {
             use std::os::unix::fs::MetadataExt;
             self.listener_ino.store(m.ino(), Ordering::Relaxed);
         }
+        self.open.lock().push(listener.as_raw_fd());
         let this = self.clone();
-        let accepting = listener.try_clone()?;
-        let _ = self.listener.set(listener);
         std::thread::Builder::new()
             .name("quicshard-handover".into())
-            .spawn(move || this.serve_successors(accepting))?;
+            .spawn(move || this.serve_successors(listener))?;
         Ok(())
     }
 
     fn serve_successors(self: Arc<Self>, listener: UnixListener) {
+        self.serve_successors_on(&listener);
+        // its descriptor closes now: no longer one to shut down
+        self.forget(listener.as_raw_fd());
+    }
+
+    /// Forgets a descriptor that is about to close (after `close` is done with it, if running).
+    fn forget(&self, fd: std::os::fd::RawFd) {
+        self.open.lock().retain(|&f| f != fd);
+    }
+
+    fn serve_successors_on(self: &Arc<Self>, listener: &UnixListener) {
         for stream in listener.incoming() {
             let Ok(stream) = stream else {
                 // shut down (the engine stopped)
@@ -382,7 +395,11 @@ impl Inner {
             match self.hand_over(&stream) {
                 Ok(true) => {
                     // kept open until this process stops: the successor then sees its end
-                    let _ = self.successor.set(stream);
+                    self.open.lock().push(stream.as_raw_fd());
+                    let this = self.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("quicshard-handover".into())
+                        .spawn(move || this.watch_successor(stream));
                     return;
                 }
                 Ok(false) => {}
@@ -391,6 +408,29 @@ impl Inner {
                     tracing::warn!(error = %e, "handover to a successor failed; still serving");
                 }
             }
+        }
+    }
+
+    /// Waits for the successor's end of the stream. If it exits while this process still runs
+    /// (it crashed, or was stopped while this one drains), this process takes the port back:
+    /// it accepts new connections again, steers all of them to itself, is no longer replaced,
+    /// and listens at the path for the next successor.
+    fn watch_successor(self: Arc<Self>, stream: UnixStream) {
+        let _ = stream.set_read_timeout(None);
+        let _ = wire::recv(&stream, &mut Vec::new());
+        self.forget(stream.as_raw_fd());
+        if self.closing.load(Ordering::Acquire) {
+            return;
+        }
+        self.retire.cancel();
+        if let Err(e) = self.attach(false) {
+            tracing::error!(error = %e, "the successor exited and the steering program could not be taken back");
+            return;
+        }
+        self.replaced.store(false, Ordering::Release);
+        tracing::warn!("the successor exited; this process serves new connections again");
+        if let Err(e) = self.listen() {
+            tracing::warn!(error = %e, "cannot listen for a successor again");
         }
     }
 
@@ -484,6 +524,11 @@ fn spawn_predecessor_watch(
         .spawn(move || {
             let _ = stream.set_read_timeout(None);
             let _ = wire::recv(&stream, &mut Vec::new());
+            inner.forget(stream.as_raw_fd());
+            if inner.closing.load(Ordering::Acquire) {
+                // this engine stops: its end closed the stream, the predecessor takes back
+                return;
+            }
             inner.retire.end_grace();
             if let Err(e) = inner.attach(false) {
                 tracing::warn!(error = %e, "steering program not replaced after the predecessor exited");
@@ -532,11 +577,8 @@ impl Handover {
     /// Stops listening for successors and removes the socket file if it is still this
     /// process's own (not a successor's).
     pub(crate) fn close(&self) {
-        let fds = [
-            self.inner.listener.get().map(|l| l.as_raw_fd()),
-            self.inner.successor.get().map(|s| s.as_raw_fd()),
-        ];
-        for fd in fds.into_iter().flatten() {
+        self.inner.closing.store(true, Ordering::Release);
+        for &fd in self.inner.open.lock().iter() {
             // SAFETY: shutting down sockets we own (they stay open until dropped): the accept
             // loop ends with an error, the successor reads the end of its stream
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };

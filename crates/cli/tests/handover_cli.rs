@@ -177,3 +177,41 @@ fn handover_flags_are_checked() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     drop(a);
 }
+
+#[test]
+fn a_socket_left_by_a_killed_server_is_replaced() {
+    let dir = tempdir("handover-killed");
+    let sock = dir.join("s.sock");
+    let stats_path = dir.join("b.json");
+    let a = serve(sock.to_str().unwrap(), dir.join("a.json").to_str().unwrap());
+    a.signal(libc::SIGKILL);
+    drop(a);
+    assert!(
+        sock.exists(),
+        "the killed server's socket file stays behind"
+    );
+    // the next server finds nobody behind it and starts fresh, as generation 1
+    let b = serve(sock.to_str().unwrap(), stats_path.to_str().unwrap());
+    let o = qs()
+        .args([
+            "bench",
+            "--insecure",
+            "--json",
+            "--mode",
+            "handshake",
+            "--requests",
+            "20",
+        ])
+        .args(["--connect", &format!("127.0.0.1:{}", b.port)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = b.stop();
+    assert!(out.status.success());
+    let s = stats(&stats_path);
+    assert_eq!(s["handover"]["generation"], 1, "{s}");
+    assert!(
+        !sock.exists(),
+        "a server removes its own socket file when it stops"
+    );
+}

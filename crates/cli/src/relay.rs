@@ -1,16 +1,9 @@
-//! `quicshard relay`: the pub/sub relay of the `relay` example (ALPN `relay`) on N shards until
-//! SIGINT/SIGTERM. The protocol, the topic logs and the handler are the example's own modules
-//! (`crates/quicshard/examples/relay/`), compiled here too, so the command and the example's
-//! self-check run the same code; this module owns only the command line and the process life.
+//! `quicshard relay`: the pub/sub relay of `crates/quicshard-relay` (ALPN `relay`) on N shards
+//! until SIGINT/SIGTERM. The protocol, the topic logs and the handler are that crate's, which its
+//! `relay` example checks end to end, so the command and the example's self-check run the same
+//! code; this module owns only the command line and the process life.
 
-#[path = "../../quicshard/examples/relay/protocol.rs"]
-#[allow(dead_code)] // the client half of the protocol is used by the example and the tests
-mod protocol;
-#[path = "../../quicshard/examples/relay/server.rs"]
-mod server;
-#[path = "../../quicshard/examples/relay/topic.rs"]
-#[allow(dead_code)] // the log high-water marks are read by the example's self-check
-mod topic;
+use quicshard_relay::{protocol, server, topic};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

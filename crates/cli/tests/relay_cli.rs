@@ -1,14 +1,10 @@
 //! `quicshard relay` as a process: publishers and subscribers over loopback (every message, in
 //! order, on the right topic only), a subscriber that does not read reset with LAGGED, the
-//! per-shard counters and exit 0 on SIGTERM, and one-line errors for bad flags. The clients are the relay example's (`crates/quicshard/examples/relay`).
+//! per-shard counters and exit 0 on SIGTERM, and one-line errors for bad flags. The clients are `crates/quicshard-relay`'s.
 
 mod common;
 
-#[path = "../../quicshard/examples/relay/client.rs"]
-mod client;
-#[path = "../../quicshard/examples/relay/protocol.rs"]
-#[allow(dead_code)] // the server half of the protocol is the relay's
-mod protocol;
+use quicshard_relay::{client, protocol};
 
 use std::process::Output;
 use std::time::{Duration, Instant};

@@ -5,8 +5,8 @@
 //! [`route::Router`] (QUIC-LB CID decoding, then the draft's fallback tables and consistent
 //! hash); forwarders send to the backend as a UDP relay (`proxy`) or IP-in-UDP ([`encap`],
 //! `dsr`). Entry point: [`Lb::start`] with an [`LbConfig`]; the CLI reads [`Lb::stats`].
-// Only `sys` (batched socket calls) may use `unsafe`.
-#![deny(unsafe_code)]
+// The batched socket calls, the only `unsafe` the pipeline needs, live in `quicshard-udp`.
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod encap;
@@ -15,8 +15,6 @@ pub mod parse;
 mod pipeline;
 pub mod pool;
 pub mod route;
-#[allow(unsafe_code)]
-mod sys;
 
 pub use config::{ConfigError, ForwardMode, LbConfig, Pipeline};
 pub use pipeline::{

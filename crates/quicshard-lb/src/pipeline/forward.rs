@@ -40,7 +40,7 @@ use super::{io_err, relays, Error, Shared, STOP_CHECK};
 use crate::config::{ForwardMode, LbConfig};
 use crate::encap::EncapRepr;
 use crate::pool::{Packet, HEADROOM, MAX_PAYLOAD};
-use crate::sys::BatchIo;
+use quicshard_udp::BatchIo;
 
 /// Token of the waker; sessions use their slot index.
 const WAKER: Token = Token(usize::MAX);

@@ -47,7 +47,7 @@ use crate::config::{ForwardMode, LbConfig, Pipeline};
 use crate::parse::{classify, Malformed, Path, SlowReason};
 use crate::pool::{Packet, Pool, Sizes, MAX_PAYLOAD};
 use crate::route::{fnv1a, FourTuple, Router};
-use crate::sys::Received;
+use quicshard_udp::Received;
 use stats::{add, Counters};
 
 /// How long a blocked thread waits before checking for shutdown: bounds shutdown latency.

@@ -12,7 +12,7 @@ use std::net::UdpSocket;
 use super::stats::add;
 use super::{accept, Shared};
 use crate::pool::Packet;
-use crate::sys::{BatchIo, Received};
+use quicshard_udp::{BatchIo, Received};
 
 /// A receiving thread's read state.
 pub(super) struct Reader {

@@ -3,7 +3,7 @@
 //! no parsing, no routing, no queues. Runs until killed.
 //!
 //! ```sh
-//! cargo run --release -p quicshard-lb --example relay -- 127.0.0.1:5000 127.0.0.1:6000
+//! cargo run --release -p quicshard-lb --example udp_relay -- 127.0.0.1:5000 127.0.0.1:6000
 //! ```
 
 #[path = "common/mmsg.rs"]
@@ -14,7 +14,7 @@ use std::net::{SocketAddr, UdpSocket};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(target)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: relay LISTEN TARGET");
+        eprintln!("usage: udp_relay LISTEN TARGET");
         std::process::exit(2);
     };
     let listen: SocketAddr = listen.parse().expect("LISTEN: IPv4 socket address");

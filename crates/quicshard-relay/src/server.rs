@@ -20,15 +20,15 @@ use std::sync::{Arc, OnceLock};
 use quicshard::quinn_proto::{ConnectionError, Dir, ReadError, StreamId, VarInt, WriteError};
 use quicshard::{Builder, ConnId, Engine, Handler, Remote, ShardCtx, ShardId};
 
-use super::protocol::{
+use crate::protocol::{
     Frame, PublishDecoder, Request, ALPN, BAD_REQUEST, LAGGED, MAX_REQUEST, OK_LINE,
 };
-use super::topic::{LogLimits, Topic, Topics};
+use crate::topic::{LogLimits, Topic, Topics};
 
 /// Bytes the relay keeps per connection for data not yet acknowledged (quinn-proto's
 /// `send_window`). Why: this bounds what a slow subscriber costs the relay; the rest of its
 /// backlog is the shared log.
-pub(crate) const SEND_WINDOW: u64 = 32 * 1024;
+pub const SEND_WINDOW: u64 = 32 * 1024;
 /// Bytes a publisher may send on one stream ahead of the relay reading them. Why: the relay reads
 /// everything available in one callback; this bounds one callback's batch.
 const STREAM_WINDOW: u32 = 128 * 1024;
@@ -38,32 +38,32 @@ const READ_BATCH: usize = 64;
 
 /// Counters of one shard (atomics: a wake-up is counted by the shard that posts it).
 #[derive(Debug, Default)]
-pub(crate) struct ShardCounters {
+pub struct ShardCounters {
     /// Messages publishers on this shard put into logs.
-    pub(crate) published: AtomicU64,
+    pub published: AtomicU64,
     /// Messages fully handed to QUIC for a subscriber on this shard.
-    pub(crate) delivered: AtomicU64,
+    pub delivered: AtomicU64,
     /// Wake-ups posted to this shard (`run_on`).
-    pub(crate) wakeups_posted: AtomicU64,
+    pub wakeups_posted: AtomicU64,
     /// Notifications for this shard that found its flag already set (no post).
-    pub(crate) wakeups_coalesced: AtomicU64,
+    pub wakeups_coalesced: AtomicU64,
     /// Wake-ups this shard ran.
-    pub(crate) wakeups_run: AtomicU64,
+    pub wakeups_run: AtomicU64,
     /// Posts that failed (mailbox full or shard gone); the flag is cleared again.
-    pub(crate) post_failures: AtomicU64,
+    pub post_failures: AtomicU64,
     /// Subscriptions accepted on this shard.
-    pub(crate) subscribers: AtomicU64,
+    pub subscribers: AtomicU64,
     /// Publisher streams accepted on this shard.
-    pub(crate) publishers: AtomicU64,
+    pub publishers: AtomicU64,
     /// Subscribers reset because they fell off the end of the log.
-    pub(crate) lagged: AtomicU64,
+    pub lagged: AtomicU64,
     /// Streams refused (bad request, unknown verb, too many topics, SUB on a uni stream).
-    pub(crate) refused: AtomicU64,
+    pub refused: AtomicU64,
 }
 
 impl ShardCounters {
     /// `(name, value)` of every counter, for printing.
-    pub(crate) fn fields(&self) -> [(&'static str, u64); 10] {
+    pub fn fields(&self) -> [(&'static str, u64); 10] {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             ("published", g(&self.published)),
@@ -81,18 +81,18 @@ impl ShardCounters {
 }
 
 /// What every shard's handler shares.
-pub(crate) struct Shared {
+pub struct Shared {
     /// The topics and their logs.
-    pub(crate) topics: Topics,
+    pub topics: Topics,
     /// One set of counters per shard.
-    pub(crate) counters: Box<[ShardCounters]>,
+    pub counters: Box<[ShardCounters]>,
     /// Set once the engine has started (see [`Shared::set_remote`]).
     remote: OnceLock<Remote<Relay>>,
 }
 
 impl Shared {
     /// Shared state for `shards` shards.
-    pub(crate) fn new(shards: usize, limits: LogLimits) -> Arc<Self> {
+    pub fn new(shards: usize, limits: LogLimits) -> Arc<Self> {
         Arc::new(Self {
             topics: Topics::new(shards, limits),
             counters: (0..shards).map(|_| ShardCounters::default()).collect(),
@@ -103,13 +103,13 @@ impl Shared {
     /// Gives the handlers the way to wake each other. Call right after `start`: until then a
     /// publish reaches only its own shard's subscribers (no flag is set, so nothing is lost
     /// later).
-    pub(crate) fn set_remote(&self, remote: Remote<Relay>) {
+    pub fn set_remote(&self, remote: Remote<Relay>) {
         let _ = self.remote.set(remote);
     }
 }
 
 /// A relay engine builder: ALPN `relay`, the relay's transport limits, `shared` for every shard.
-pub(crate) fn builder(shared: &Arc<Shared>) -> Builder<Relay> {
+pub fn builder(shared: &Arc<Shared>) -> Builder<Relay> {
     let memory = quicshard::MemoryBudget {
         send_window: SEND_WINDOW,
         stream_receive_window: u64::from(STREAM_WINDOW),
@@ -166,7 +166,7 @@ enum Pumped {
 type Key = (ConnId, StreamId);
 
 /// One shard's relay handler.
-pub(crate) struct Relay {
+pub struct Relay {
     shard: usize,
     shared: Arc<Shared>,
     streams: HashMap<Key, Stream>,
@@ -183,7 +183,7 @@ impl Relay {
 
     /// Publishes `payloads` to `topic` from this shard: append, notify the other shards (one
     /// post per clear flag), deliver to this shard's subscribers.
-    pub(crate) fn publish<P: AsRef<[u8]>>(
+    pub fn publish<P: AsRef<[u8]>>(
         &mut self,
         ctx: &mut ShardCtx<'_>,
         topic: &Arc<Topic>,

@@ -18,31 +18,31 @@
 use std::sync::Arc;
 
 /// The ALPN protocol name.
-pub(crate) const ALPN: &[u8] = b"relay";
+pub const ALPN: &[u8] = b"relay";
 /// Longest topic name.
-pub(crate) const MAX_TOPIC: usize = 128;
+pub const MAX_TOPIC: usize = 128;
 /// Longest request line, newline included.
-pub(crate) const MAX_REQUEST: usize = MAX_TOPIC + 5;
+pub const MAX_REQUEST: usize = MAX_TOPIC + 5;
 /// Largest payload of one message.
-pub(crate) const MAX_PAYLOAD: usize = 64 * 1024;
+pub const MAX_PAYLOAD: usize = 64 * 1024;
 /// Bytes before a publish frame's payload (its length).
-pub(crate) const PUBLISH_HEADER: usize = 4;
+pub const PUBLISH_HEADER: usize = 4;
 /// Bytes before a delivery frame's payload (sequence number and length).
-pub(crate) const DELIVERY_HEADER: usize = 12;
+pub const DELIVERY_HEADER: usize = 12;
 /// What the relay answers to `SUB` once the subscription is registered.
-pub(crate) const OK_LINE: &[u8] = b"OK\n";
+pub const OK_LINE: &[u8] = b"OK\n";
 /// Stream error code: the subscriber fell off the end of the topic's log.
-pub(crate) const LAGGED: u32 = 0x4c;
+pub const LAGGED: u32 = 0x4c;
 /// Stream error code: a malformed request line or frame.
-pub(crate) const BAD_REQUEST: u32 = 0x40;
+pub const BAD_REQUEST: u32 = 0x40;
 
 /// A message as the relay stores and sends it: an encoded delivery frame, shared by every
 /// subscriber that receives it.
-pub(crate) type Frame = Arc<Vec<u8>>;
+pub type Frame = Arc<Vec<u8>>;
 
 /// What a client asks for on its first stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Request {
+pub enum Request {
     /// Receive the messages of this topic.
     Sub(String),
     /// Send messages to this topic.
@@ -51,7 +51,7 @@ pub(crate) enum Request {
 
 impl Request {
     /// The request line, newline included.
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         let (verb, topic) = match self {
             Self::Sub(t) => ("SUB", t),
             Self::Pub(t) => ("PUB", t),
@@ -60,7 +60,7 @@ impl Request {
     }
 
     /// Parses a request line without its newline.
-    pub(crate) fn parse(line: &[u8]) -> Result<Self, &'static str> {
+    pub fn parse(line: &[u8]) -> Result<Self, &'static str> {
         let line = std::str::from_utf8(line).map_err(|_| "request is not UTF-8")?;
         let (verb, topic) = line.split_once(' ').ok_or("request is not `VERB topic`")?;
         if topic.is_empty() || topic.len() > MAX_TOPIC {
@@ -78,14 +78,14 @@ impl Request {
 }
 
 /// Appends a publish frame carrying `payload` to `out`.
-pub(crate) fn encode_publish(payload: &[u8], out: &mut Vec<u8>) {
+pub fn encode_publish(payload: &[u8], out: &mut Vec<u8>) {
     debug_assert!(payload.len() <= MAX_PAYLOAD);
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(payload);
 }
 
 /// A delivery frame for message `seq`.
-pub(crate) fn delivery_frame(seq: u64, payload: &[u8]) -> Frame {
+pub fn delivery_frame(seq: u64, payload: &[u8]) -> Frame {
     let mut f = Vec::with_capacity(DELIVERY_HEADER + payload.len());
     f.extend_from_slice(&seq.to_be_bytes());
     f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -95,14 +95,14 @@ pub(crate) fn delivery_frame(seq: u64, payload: &[u8]) -> Frame {
 
 /// Splits a byte stream of publish frames into payloads; keeps at most one partial frame.
 #[derive(Debug, Default)]
-pub(crate) struct PublishDecoder {
+pub struct PublishDecoder {
     buf: Vec<u8>,
 }
 
 impl PublishDecoder {
     /// Adds `data`; appends every payload it completes to `out`. A length above [`MAX_PAYLOAD`]
     /// is an error (the stream is garbage from there on).
-    pub(crate) fn push(&mut self, data: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), &'static str> {
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), &'static str> {
         self.buf.extend_from_slice(data);
         let mut at = 0;
         while self.buf.len() - at >= PUBLISH_HEADER {
@@ -123,7 +123,7 @@ impl PublishDecoder {
     }
 
     /// Whether a partial frame is buffered (an error if the stream ends here).
-    pub(crate) fn has_partial(&self) -> bool {
+    pub fn has_partial(&self) -> bool {
         !self.buf.is_empty()
     }
 }

@@ -11,11 +11,11 @@ use std::time::Instant;
 
 use quicshard::handle::{ConnError, Connection, ReadError, RecvStream, SendStream, WriteError};
 
-use super::protocol::{encode_publish, Request, DELIVERY_HEADER, LAGGED, MAX_PAYLOAD, OK_LINE};
+use crate::protocol::{encode_publish, Request, DELIVERY_HEADER, LAGGED, MAX_PAYLOAD, OK_LINE};
 
 /// Why a client call failed.
 #[derive(Debug)]
-pub(crate) enum ClientError {
+pub enum ClientError {
     /// Opening the stream failed.
     Conn(ConnError),
     /// Writing failed.
@@ -62,7 +62,7 @@ fn read_exact(
 }
 
 /// A registered subscription: messages published from now on arrive in order.
-pub(crate) struct Subscription {
+pub struct Subscription {
     /// Kept open: finishing it is allowed, but there is nothing to say.
     _send: SendStream,
     recv: RecvStream,
@@ -70,11 +70,7 @@ pub(crate) struct Subscription {
 
 impl Subscription {
     /// Subscribes to `topic` and waits for the relay's `OK`.
-    pub(crate) fn open(
-        conn: &Connection,
-        topic: &str,
-        deadline: Instant,
-    ) -> Result<Self, ClientError> {
+    pub fn open(conn: &Connection, topic: &str, deadline: Instant) -> Result<Self, ClientError> {
         let (mut send, mut recv) = conn
             .open_bi_until(Some(deadline))
             .map_err(ClientError::Conn)?;
@@ -90,10 +86,7 @@ impl Subscription {
     }
 
     /// The next message `(seq, payload)`; `None` if the relay ended the stream.
-    pub(crate) fn next(
-        &mut self,
-        deadline: Instant,
-    ) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
+    pub fn next(&mut self, deadline: Instant) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
         let mut head = [0; DELIVERY_HEADER];
         if !read_exact(&mut self.recv, &mut head, deadline)? {
             return Ok(None);
@@ -112,18 +105,14 @@ impl Subscription {
 }
 
 /// A publisher stream on one topic.
-pub(crate) struct Publisher {
+pub struct Publisher {
     send: SendStream,
     recv: RecvStream,
 }
 
 impl Publisher {
     /// Opens a stream and sends `PUB topic`.
-    pub(crate) fn open(
-        conn: &Connection,
-        topic: &str,
-        deadline: Instant,
-    ) -> Result<Self, ClientError> {
+    pub fn open(conn: &Connection, topic: &str, deadline: Instant) -> Result<Self, ClientError> {
         let (mut send, recv) = conn
             .open_bi_until(Some(deadline))
             .map_err(ClientError::Conn)?;
@@ -133,11 +122,7 @@ impl Publisher {
     }
 
     /// Sends the payloads as one write (a burst).
-    pub(crate) fn send(
-        &mut self,
-        payloads: &[Vec<u8>],
-        deadline: Instant,
-    ) -> Result<(), ClientError> {
+    pub fn send(&mut self, payloads: &[Vec<u8>], deadline: Instant) -> Result<(), ClientError> {
         let mut buf = Vec::new();
         for p in payloads {
             encode_publish(p, &mut buf);
@@ -148,7 +133,7 @@ impl Publisher {
     }
 
     /// Ends the stream and waits until the relay has taken every message (it finishes its side).
-    pub(crate) fn finish(mut self, deadline: Instant) -> Result<(), ClientError> {
+    pub fn finish(mut self, deadline: Instant) -> Result<(), ClientError> {
         self.send.finish().map_err(ClientError::Write)?;
         let mut rest = [0; 1];
         if read_exact(&mut self.recv, &mut rest, deadline)? {
@@ -164,7 +149,7 @@ impl Publisher {
 const PAYLOAD_HEADER: usize = 6;
 
 /// Message `number` of `publisher`, `len` bytes (at least 6).
-pub(crate) fn payload(publisher: u16, number: u32, len: usize) -> Vec<u8> {
+pub fn payload(publisher: u16, number: u32, len: usize) -> Vec<u8> {
     let mut p = Vec::with_capacity(len.max(PAYLOAD_HEADER));
     p.extend_from_slice(&publisher.to_be_bytes());
     p.extend_from_slice(&number.to_be_bytes());
@@ -179,16 +164,16 @@ fn filler(publisher: u16, number: u32, i: usize) -> u8 {
 /// Checks what one subscriber receives: consecutive sequence numbers, each publisher's messages
 /// in order from 0, intact payloads.
 #[derive(Debug, Default)]
-pub(crate) struct Checker {
+pub struct Checker {
     next_seq: Option<u64>,
     next_number: HashMap<u16, u32>,
     /// Messages checked.
-    pub(crate) received: u64,
+    pub received: u64,
 }
 
 impl Checker {
     /// Checks one message.
-    pub(crate) fn check(&mut self, seq: u64, payload: &[u8]) -> Result<(), String> {
+    pub fn check(&mut self, seq: u64, payload: &[u8]) -> Result<(), String> {
         if let Some(want) = self.next_seq {
             if seq != want {
                 return Err(format!("seq {seq} after {}, expected {want}", want - 1));
@@ -217,7 +202,7 @@ impl Checker {
     }
 
     /// Messages received from `publisher`.
-    pub(crate) fn from(&self, publisher: u16) -> u32 {
+    pub fn from(&self, publisher: u16) -> u32 {
         self.next_number.get(&publisher).copied().unwrap_or(0)
     }
 }

@@ -1,4 +1,4 @@
-//! A pub/sub relay on the callback API (`relay/server.rs`, protocol in `relay/protocol.rs`),
+//! The pub/sub relay of this crate on the callback API (`src/server.rs`, protocol in `src/protocol.rs`),
 //! checked end to end in one process: a 4-shard relay, 200 subscribers and 10 publishers on two
 //! topics over loopback, one subscriber that reads deliberately slowly. Exits 0 only if
 //!
@@ -14,16 +14,7 @@
 //! previous one, so a fast subscriber is never more than a round (< the log) behind, however
 //! slow the machine. `quicshard relay` serves the same relay (`crates/cli/src/relay.rs`).
 //!
-//! `cargo run --release -p quicshard --example relay`
-
-#[path = "relay/client.rs"]
-mod client;
-#[path = "relay/protocol.rs"]
-mod protocol;
-#[path = "relay/server.rs"]
-mod server;
-#[path = "relay/topic.rs"]
-mod topic;
+//! `cargo run --release -p quicshard-relay --example relay`
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,10 +25,10 @@ use quicshard::handle::{Connection, HandleConfig, HandleHandler};
 use quicshard::quinn_proto::TransportConfig;
 use quicshard::{Engine, ShardId};
 
-use client::{payload, Checker, ClientError, Publisher, Subscription};
-use protocol::{ALPN, DELIVERY_HEADER};
-use server::Shared;
-use topic::LogLimits;
+use quicshard_relay::client::{payload, Checker, ClientError, Publisher, Subscription};
+use quicshard_relay::protocol::{ALPN, DELIVERY_HEADER};
+use quicshard_relay::server::{self, Shared};
+use quicshard_relay::topic::LogLimits;
 
 const SHARDS: usize = 4;
 const SUBSCRIBERS: usize = 200;

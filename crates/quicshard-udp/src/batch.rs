@@ -1,28 +1,23 @@
-//! Batched UDP I/O: Linux `recvmmsg`/`sendmmsg`. The crate's only `unsafe` code.
+//! The load balancer's batched I/O: `recvmmsg(2)` into caller buffers and `sendmmsg(2)` of
+//! plain datagrams, no control messages.
 //!
-//! Required items (what the pipeline uses): [`BatchIo::new`], [`BatchIo::recv`],
-//! [`BatchIo::send`], [`Received`]. [`BatchIo`] keeps its scratch arrays between calls so the
-//! hot path does not allocate; it holds raw pointers only during a call.
-//!
-//! # Portability
-//! Linux only (`recvmmsg` since 2.6.33, `sendmmsg` since 3.0). Other targets get a loop of
-//! `recv_from`/`send_to` with the same signatures.
-//!
-//! # Panics
-//! Never: every index is bounded by the slices the caller passed.
+//! [`BatchIo`] keeps its scratch arrays between calls so the hot path does not allocate; it
+//! holds raw pointers only during a call. Linux only (`recvmmsg` since 2.6.33, `sendmmsg` since
+//! 3.0); other targets get a loop of `recv_from`/`send_to` with the same signatures.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 
 /// A UDP socket [`BatchIo::send`] can write to: std's (listen, DSR) or mio's (proxy sessions).
 #[cfg(target_os = "linux")]
-pub(crate) trait SendSocket: std::os::fd::AsRawFd {}
+pub trait SendSocket: std::os::fd::AsRawFd {}
 #[cfg(target_os = "linux")]
 impl<T: std::os::fd::AsRawFd> SendSocket for T {}
 
 /// A UDP socket [`BatchIo::send`] can write to (portable fallback: one `send_to` each).
 #[cfg(not(target_os = "linux"))]
-pub(crate) trait SendSocket {
+pub trait SendSocket {
+    /// Sends one datagram to `to`.
     fn send_one(&self, data: &[u8], to: SocketAddr) -> io::Result<usize>;
 }
 #[cfg(not(target_os = "linux"))]
@@ -40,19 +35,19 @@ impl SendSocket for mio::net::UdpSocket {
 
 /// One datagram read by [`BatchIo::recv`].
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Received {
+pub struct Received {
     /// Bytes written into the buffer.
-    pub(crate) len: usize,
+    pub len: usize,
     /// The sender; `None` if the kernel reported an address family we do not handle (the
     /// entry is still there, so entry `i` always describes buffer `i`).
-    pub(crate) from: Option<SocketAddr>,
+    pub from: Option<SocketAddr>,
     /// The datagram was longer than the buffer and was cut.
-    pub(crate) truncated: bool,
+    pub truncated: bool,
 }
 
 /// Reusable scratch space for batched socket calls.
 #[cfg(target_os = "linux")]
-pub(crate) struct BatchIo {
+pub struct BatchIo {
     iovs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_storage>,
     hdrs: Vec<libc::mmsghdr>,
@@ -67,74 +62,18 @@ unsafe impl Send for BatchIo {}
 #[cfg(target_os = "linux")]
 mod imp {
     use super::*;
+    use crate::addr;
     use std::mem;
-    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
     use std::os::fd::AsRawFd;
-
-    fn zeroed_storage() -> libc::sockaddr_storage {
-        // SAFETY: sockaddr_storage is a plain C struct for which all-zero bytes are valid.
-        unsafe { mem::zeroed() }
-    }
 
     fn empty_hdr() -> libc::mmsghdr {
         // SAFETY: mmsghdr is a plain C struct (integers and null pointers) valid when zeroed.
         unsafe { mem::zeroed() }
     }
 
-    fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
-        match i32::from(ss.ss_family) {
-            libc::AF_INET => {
-                // SAFETY: the family says the storage holds a sockaddr_in; sockaddr_storage
-                // is large enough and suitably aligned for every socket address type.
-                let sin =
-                    unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                Some(SocketAddrV4::new(ip, u16::from_be(sin.sin_port)).into())
-            }
-            libc::AF_INET6 => {
-                // SAFETY: as above, for sockaddr_in6.
-                let sin6 =
-                    unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-                let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-                let port = u16::from_be(sin6.sin6_port);
-                Some(SocketAddrV6::new(ip, port, sin6.sin6_flowinfo, sin6.sin6_scope_id).into())
-            }
-            _ => None,
-        }
-    }
-
-    fn from_socket_addr(addr: &SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::socklen_t {
-        *ss = zeroed_storage();
-        match addr {
-            SocketAddr::V4(a) => {
-                // SAFETY: sockaddr_storage is large enough and aligned for sockaddr_in, and we
-                // hold the only reference to it.
-                let sin = unsafe {
-                    &mut *(ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
-                };
-                sin.sin_family = libc::AF_INET as libc::sa_family_t;
-                sin.sin_port = a.port().to_be();
-                sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-                mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
-            }
-            SocketAddr::V6(a) => {
-                // SAFETY: as above, for sockaddr_in6.
-                let sin6 = unsafe {
-                    &mut *(ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
-                };
-                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                sin6.sin6_port = a.port().to_be();
-                sin6.sin6_addr.s6_addr = a.ip().octets();
-                sin6.sin6_flowinfo = a.flowinfo();
-                sin6.sin6_scope_id = a.scope_id();
-                mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
-            }
-        }
-    }
-
     impl BatchIo {
         /// Scratch space for batches of up to `batch` datagrams.
-        pub(crate) fn new(batch: usize) -> Self {
+        pub fn new(batch: usize) -> Self {
             Self {
                 iovs: Vec::with_capacity(batch),
                 addrs: Vec::with_capacity(batch),
@@ -146,7 +85,7 @@ mod imp {
             self.iovs.clear();
             self.hdrs.clear();
             self.addrs.clear();
-            self.addrs.resize(n, zeroed_storage());
+            self.addrs.resize(n, addr::zeroed_storage());
         }
 
         /// Drops every pointer built by `prepare`/`link` (see the `Send` impl).
@@ -166,7 +105,7 @@ mod imp {
         /// Reads up to `bufs.len()` datagrams into `bufs` in order, blocking (up to the socket's
         /// read timeout) for
         /// the first only (`MSG_WAITFORONE`). Appends one [`Received`] per datagram to `out`.
-        pub(crate) fn recv<'b>(
+        pub fn recv<'b>(
             &mut self,
             sock: &UdpSocket,
             bufs: impl ExactSizeIterator<Item = &'b mut [u8]>,
@@ -204,7 +143,7 @@ mod imp {
             for (h, a) in self.hdrs.iter().zip(&self.addrs).take(r as usize) {
                 out.push(Received {
                     len: h.msg_len as usize,
-                    from: to_socket_addr(a),
+                    from: addr::decode(a),
                     truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
                 });
             }
@@ -216,7 +155,7 @@ mod imp {
         /// returns `(sent, failed)`. A datagram the kernel refuses is skipped and counted as
         /// failed; the rest are still sent. On a connected socket the destination must be the
         /// connected address.
-        pub(crate) fn send<'m>(
+        pub fn send<'m>(
             &mut self,
             sock: &impl SendSocket,
             count: usize,
@@ -234,7 +173,7 @@ mod imp {
                         iov_len: data.len(),
                     });
                     let mut h = empty_hdr();
-                    h.msg_hdr.msg_namelen = from_socket_addr(&to, &mut self.addrs[i]);
+                    h.msg_hdr.msg_namelen = addr::encode(&mut self.addrs[i], to);
                     self.hdrs.push(h);
                 }
                 self.link();
@@ -258,34 +197,21 @@ mod imp {
             (sent, failed)
         }
     }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn addresses_round_trip() {
-            for a in ["1.2.3.4:5", "[2001:db8::1]:443", "[fe80::1%2]:9"] {
-                let a: SocketAddr = a.parse().unwrap();
-                let mut ss = zeroed_storage();
-                from_socket_addr(&a, &mut ss);
-                assert_eq!(to_socket_addr(&ss), Some(a));
-            }
-        }
-    }
 }
 
 /// Portable fallback: one syscall per datagram.
 #[cfg(not(target_os = "linux"))]
-pub(crate) struct BatchIo;
+pub struct BatchIo;
 
 #[cfg(not(target_os = "linux"))]
 impl BatchIo {
-    pub(crate) fn new(_batch: usize) -> Self {
+    /// Scratch space (none needed here).
+    pub fn new(_batch: usize) -> Self {
         Self
     }
 
-    pub(crate) fn recv<'b>(
+    /// Reads one datagram into the first of `bufs`, blocking up to the socket's read timeout.
+    pub fn recv<'b>(
         &mut self,
         sock: &UdpSocket,
         mut bufs: impl ExactSizeIterator<Item = &'b mut [u8]>,
@@ -301,7 +227,9 @@ impl BatchIo {
         Ok(())
     }
 
-    pub(crate) fn send<'m>(
+    /// Sends the `count` datagrams `msg(0)..msg(count - 1)` one by one; returns
+    /// `(sent, failed)`.
+    pub fn send<'m>(
         &mut self,
         sock: &impl SendSocket,
         count: usize,

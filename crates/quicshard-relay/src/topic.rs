@@ -15,30 +15,30 @@ use std::sync::Arc;
 
 use ranked_lock::{Mutex, Rank};
 
-use super::protocol::{delivery_frame, Frame};
+use crate::protocol::{delivery_frame, Frame};
 
 /// The topic registry (name → topic); taken only to subscribe or publish the first time.
-pub(crate) const TOPICS_RANK: Rank = Rank::new(1, "relay topic registry");
+pub const TOPICS_RANK: Rank = Rank::new(1, "relay topic registry");
 /// One topic's log; taken per batch of publishes and per batch a subscriber reads.
-pub(crate) const LOG_RANK: Rank = Rank::new(2, "relay topic log");
+pub const LOG_RANK: Rank = Rank::new(2, "relay topic log");
 
 /// Bounds of every topic's log: the relay's memory for messages is at most
 /// `max_topics * (max_bytes + one frame)`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct LogLimits {
+pub struct LogLimits {
     /// Messages a topic keeps; older ones are dropped (subscribers still behind them lag).
-    pub(crate) max_messages: usize,
+    pub max_messages: usize,
     /// Encoded bytes a topic keeps.
-    pub(crate) max_bytes: usize,
+    pub max_bytes: usize,
     /// Topics the relay creates; requests for more are refused.
-    pub(crate) max_topics: usize,
+    pub max_topics: usize,
 }
 
 /// A subscriber's cursor fell behind the oldest message the log still holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Lagged {
+pub struct Lagged {
     /// The oldest sequence number still in the log.
-    pub(crate) oldest: u64,
+    pub oldest: u64,
 }
 
 /// The bounded log: messages `first_seq..first_seq + frames.len()`.
@@ -49,9 +49,9 @@ struct Log {
 }
 
 /// One topic: its log and a pending flag per shard.
-pub(crate) struct Topic {
+pub struct Topic {
     /// Index in the registry (stable for the relay's life).
-    pub(crate) id: usize,
+    pub id: usize,
     log: Mutex<Log>,
     pending: Box<[AtomicBool]>,
     limits: LogLimits,
@@ -77,7 +77,7 @@ impl Topic {
 
     /// Appends `payloads` in order (one lock for the batch), dropping the oldest messages beyond
     /// the limits.
-    pub(crate) fn append<P: AsRef<[u8]>>(&self, payloads: &[P]) {
+    pub fn append<P: AsRef<[u8]>>(&self, payloads: &[P]) {
         let mut log = self.log.lock();
         for p in payloads {
             let seq = log.first_seq + log.frames.len() as u64;
@@ -102,19 +102,14 @@ impl Topic {
     }
 
     /// The sequence number the next message will get (where a new subscriber starts).
-    pub(crate) fn next_seq(&self) -> u64 {
+    pub fn next_seq(&self) -> u64 {
         let log = self.log.lock();
         log.first_seq + log.frames.len() as u64
     }
 
     /// Appends to `out` up to `max` messages from `cursor` on; `Lagged` if `cursor` is older
     /// than the oldest message kept.
-    pub(crate) fn read_from(
-        &self,
-        cursor: u64,
-        max: usize,
-        out: &mut Vec<Frame>,
-    ) -> Result<(), Lagged> {
+    pub fn read_from(&self, cursor: u64, max: usize, out: &mut Vec<Frame>) -> Result<(), Lagged> {
         let log = self.log.lock();
         if cursor < log.first_seq {
             return Err(Lagged {
@@ -127,25 +122,25 @@ impl Topic {
     }
 
     /// Whether the log no longer holds message `cursor` (a subscriber there has lagged).
-    pub(crate) fn is_behind(&self, cursor: u64) -> bool {
+    pub fn is_behind(&self, cursor: u64) -> bool {
         cursor < self.log.lock().first_seq
     }
 
     /// Marks `shard` as having news; `true` if the flag was clear, i.e. the caller must post
     /// the shard one wake-up.
-    pub(crate) fn mark(&self, shard: usize) -> bool {
+    pub fn mark(&self, shard: usize) -> bool {
         !self.pending[shard].swap(true, Ordering::AcqRel)
     }
 
     /// Clears `shard`'s flag; the shard calls it before reading the log.
-    pub(crate) fn clear(&self, shard: usize) {
+    pub fn clear(&self, shard: usize) {
         // AcqRel: a publisher whose mark found the flag set (and so posted nothing) appended
         // before that mark; this swap reads from it, so the append is visible to our reads
         self.pending[shard].swap(false, Ordering::AcqRel);
     }
 
     /// The log's high-water marks: (messages, encoded bytes).
-    pub(crate) fn max_seen(&self) -> (u64, u64) {
+    pub fn max_seen(&self) -> (u64, u64) {
         (
             self.max_seen.0.load(Ordering::Relaxed),
             self.max_seen.1.load(Ordering::Relaxed),
@@ -154,7 +149,7 @@ impl Topic {
 }
 
 /// The registry of topics, shared by all shards.
-pub(crate) struct Topics {
+pub struct Topics {
     by_name: Mutex<HashMap<String, Arc<Topic>>>,
     shards: usize,
     limits: LogLimits,
@@ -162,7 +157,7 @@ pub(crate) struct Topics {
 
 impl Topics {
     /// An empty registry for `shards` shards.
-    pub(crate) fn new(shards: usize, limits: LogLimits) -> Self {
+    pub fn new(shards: usize, limits: LogLimits) -> Self {
         Self {
             by_name: Mutex::new(TOPICS_RANK, HashMap::new()),
             shards,
@@ -171,7 +166,7 @@ impl Topics {
     }
 
     /// The topic called `name`, created if needed; `None` if it is new and the registry full.
-    pub(crate) fn get_or_create(&self, name: &str) -> Option<Arc<Topic>> {
+    pub fn get_or_create(&self, name: &str) -> Option<Arc<Topic>> {
         let mut map = self.by_name.lock();
         if let Some(t) = map.get(name) {
             return Some(t.clone());
@@ -185,7 +180,7 @@ impl Topics {
     }
 
     /// The topic called `name`, if it exists.
-    pub(crate) fn get(&self, name: &str) -> Option<Arc<Topic>> {
+    pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
         self.by_name.lock().get(name).cloned()
     }
 }

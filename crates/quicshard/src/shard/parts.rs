@@ -117,6 +117,7 @@ impl<H: Handler> ShardParts<H> {
             carry: true,
             admit: super::AdmitQueue::new(&shared_admission),
             reclaim: Default::default(),
+            virtual_clock: false,
         }
     }
 }

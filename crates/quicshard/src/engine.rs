@@ -375,6 +375,7 @@ impl<H: Handler> Builder<H> {
             tickets,
             server_tickets: Some(server_tickets),
             qlog,
+            seed: None,
         });
         Ok((shared, certificate))
     }

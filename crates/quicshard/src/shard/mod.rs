@@ -445,6 +445,11 @@ impl<H: Handler> Shard<H> {
         self.mail_pending = true;
     }
 
+    /// `now` will come from a simulated clock ([`crate::testing`]): turns are not timed.
+    pub(crate) fn use_virtual_clock(&mut self) {
+        self.virtual_clock = true;
+    }
+
     /// Publishes the final gauge once the shard stopped.
     pub(crate) fn finish(&mut self) {
         self.core

@@ -63,6 +63,7 @@ fn shared() -> (Shared, rustls::ServerConfig) {
         tickets: stateless(),
         server_tickets: None,
         qlog: None,
+        seed: None,
     };
     (shared, other_tls)
 }
@@ -332,6 +333,7 @@ fn a_replayed_zero_rtt_flight_falls_back_on_another_shard() {
         tickets,
         server_tickets: None,
         qlog: None,
+        seed: None,
     };
     let mut now = Instant::now();
 

@@ -28,6 +28,8 @@ use crate::shard::{self, mem::MemPort, Poller, Shard, ShardParts, ShardScope, WA
 use crate::stats::{Counters, ShardStats};
 
 pub use crate::fuzzing::run_bpf;
+/// One instruction of the steering program.
+pub use libc::sock_filter;
 
 /// An engine's shards driven by a simulator (see the module docs).
 pub struct SimServer<H: Handler> {

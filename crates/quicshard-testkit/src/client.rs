@@ -113,8 +113,12 @@ impl Client {
         let mut endpoint_seed = [0u8; 32];
         rng.fill_bytes(&mut endpoint_seed);
         let endpoint = quinn_proto::Endpoint::new(Arc::new(ep), None, true, Some(endpoint_seed));
+        // a session cache of its own: rustls keeps a few tickets per server name, which clients
+        // sharing one cache would take from each other
+        let mut tls = (**tls).clone();
+        tls.resumption = rustls::client::Resumption::in_memory_sessions(4);
         // invariant: the rustls config is TLS 1.3 with an AES-128-GCM suite (tls::client_config)
-        let quic = quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls.clone())
+        let quic = quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls)
             .expect("the simulation's TLS config suits QUIC");
         let mut config = ClientConfig::new(Arc::new(quic));
         let dcids = Mutex::new(StdRng::seed_from_u64(rng.next_u64()));

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use quicshard::stats::ShardStats;
 use quicshard::testing::{run_bpf, SimServer, SimSetup};
 use quicshard::Engine;
-use quicshard_impair::{Config, Dir, Impairment, Params};
+use quicshard_impair::{Config, Counts, Dir, Impairment, Params};
 
 use crate::app::TransferServer;
 use crate::client::{Client, Plan};
@@ -39,6 +39,10 @@ pub const SERVER_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192
 /// Where a replayed first flight comes from ([`SimConfig::replay_zero_rtt`]).
 pub const REPLAY_ADDR: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 66)), 666);
+
+/// How long after the original a first flight is replayed. Why: after the original connection
+/// has closed and drained, so the replay cannot join it and must present its ticket again.
+pub const REPLAY_DELAY: Duration = Duration::from_secs(3);
 
 /// Steps at one virtual instant before the simulation gives up. Why: a shard or client that
 /// keeps asking for a turn at the same instant is a livelock, which must fail, not hang.
@@ -80,7 +84,7 @@ pub struct SimConfig {
     /// Every client moves to a new port at this virtual time.
     pub rebind_at: Option<Duration>,
     /// The first flight of every resumed connection (its 0-RTT) is delivered a second time,
-    /// from [`REPLAY_ADDR`].
+    /// from [`REPLAY_ADDR`], [`REPLAY_DELAY`] later.
     pub replay_zero_rtt: bool,
     /// Virtual time after which the simulation stops.
     pub time_limit: Duration,
@@ -131,6 +135,8 @@ pub struct Report {
     pub shards: Vec<ShardStats>,
     /// Datagrams dropped because nobody had their destination address any more.
     pub unroutable: u64,
+    /// What the paths did, summed over the clients: up (client → server) and down.
+    pub paths: [Counts; 2],
 }
 
 impl Report {
@@ -165,6 +171,8 @@ pub struct Simulation {
     delivered: u64,
     unroutable: u64,
     rebound: bool,
+    /// First flights to replay: when, and the datagram (in time order).
+    replays: std::collections::VecDeque<(Instant, Vec<u8>)>,
     buf: Vec<u8>,
 }
 
@@ -235,6 +243,7 @@ impl Simulation {
             delivered: 0,
             unroutable: 0,
             rebound: false,
+            replays: std::collections::VecDeque::new(),
             buf: Vec::new(),
         })
     }
@@ -263,7 +272,8 @@ impl Simulation {
                     _ => break,
                 }
             }
-            if stuck.is_some() || self.clients.iter().all(Client::is_finished) {
+            let finished = self.clients.iter().all(Client::is_finished) && self.replays.is_empty();
+            if stuck.is_some() || finished {
                 break;
             }
             match self.next_event(now) {
@@ -305,18 +315,25 @@ impl Simulation {
             }
         }
         let replay = self.cfg.replay_zero_rtt;
-        let mut replays = Vec::new();
         for (k, c) in self.clients.iter_mut().enumerate() {
             let (from, path) = (c.addr, &mut self.paths[k]);
-            let first_flight = replay && c.in_resumed_first_flight();
+            let mut sent = Vec::new();
             c.poll(now, &mut |d: &[u8]| {
                 path.handle_tagged(now, Dir::Up, d.to_vec(), from);
-                if first_flight {
-                    replays.push(d.to_vec());
+                if replay {
+                    sent.push(d.to_vec());
                 }
             });
+            // still nothing heard since the connection began: what it sent is its first flight
+            if c.in_resumed_first_flight() {
+                self.replays
+                    .extend(sent.into_iter().map(|d| (now + REPLAY_DELAY, d)));
+            }
         }
-        for d in replays {
+        while self.replays.front().is_some_and(|r| r.0 <= now) {
+            let Some((_, d)) = self.replays.pop_front() else {
+                break;
+            };
             self.deliver_up(REPLAY_ADDR, &d);
         }
         for k in 0..self.paths.len() {
@@ -401,7 +418,13 @@ impl Simulation {
             .rebind_at
             .filter(|_| !self.rebound)
             .map(|at| self.clock_start() + at);
-        shards.chain(clients).chain(paths).chain(rebind).min()
+        let replay = self.replays.front().map(|r| r.0);
+        shards
+            .chain(clients)
+            .chain(paths)
+            .chain(rebind)
+            .chain(replay)
+            .min()
     }
 
     fn report(self, stuck: Option<String>) -> Report {
@@ -419,6 +442,12 @@ impl Simulation {
             .collect();
         if let Some(s) = stuck {
             failures.insert(0, s);
+        }
+        let mut paths = [Counts::default(); 2];
+        for p in &self.paths {
+            for (dir, sum) in Dir::BOTH.into_iter().zip(&mut paths) {
+                add_counts(sum, &p.counts(dir));
+            }
         }
         let digest = self.digest.finish();
         let mut d = [0u8; 32];
@@ -441,6 +470,7 @@ impl Simulation {
             failures,
             shards: self.server.stats(),
             unroutable: self.unroutable,
+            paths,
         }
     }
 }
@@ -454,6 +484,17 @@ pub fn simulate(cfg: SimConfig) -> Result<Report, SetupError> {
 /// `key`, a 2-octet server ID, a 14-octet nonce.
 fn quic_lb_config(key: [u8; 16]) -> Result<quic_lb::Config, quic_lb::ConfigError> {
     quic_lb::Config::new(0, 2, 14, Some(key))
+}
+
+fn add_counts(sum: &mut Counts, c: &Counts) {
+    sum.received += c.received;
+    sum.forwarded += c.forwarded;
+    sum.dropped_loss += c.dropped_loss;
+    sum.dropped_queue += c.dropped_queue;
+    sum.dropped_blackout += c.dropped_blackout;
+    sum.corrupted += c.corrupted;
+    sum.duplicated += c.duplicated;
+    sum.reordered += c.reordered;
 }
 
 /// Client `k`'s address, at port generation `gen` (a rebinding moves it to the next).

@@ -79,8 +79,6 @@ pub struct SimConfig {
     pub steering: Steering,
     /// The server sends a Retry to every new connection.
     pub retry: bool,
-    /// The server accepts 0-RTT (single-use tickets shared by all shards).
-    pub zero_rtt: bool,
     /// Every client moves to a new port at this virtual time.
     pub rebind_at: Option<Duration>,
     /// The first flight of every resumed connection (its 0-RTT) is delivered a second time,
@@ -105,7 +103,6 @@ impl Default for SimConfig {
             impair: Params::default(),
             steering: Steering::Bpf,
             retry: false,
-            zero_rtt: true,
             rebind_at: None,
             replay_zero_rtt: false,
             time_limit: Duration::from_secs(600),
@@ -195,7 +192,10 @@ impl Simulation {
             .quic_lb(lb, &[0x51, 0x53])
             .shard_key(shard_key)
             .retry(cfg.retry)
-            .zero_rtt(cfg.zero_rtt);
+            // single-use tickets in a store all shards share, which accepts 0-RTT: the only
+            // ticket mode whose tickets derive from the seed (the stateless ticketer's keys
+            // come from the OS)
+            .zero_rtt(true);
         let server = SimServer::new(
             builder,
             SimSetup {

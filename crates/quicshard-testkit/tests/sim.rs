@@ -206,7 +206,6 @@ fn a_replayed_zero_rtt_flight_is_not_accepted_twice() {
         clients,
         connections_per_client: 2,
         steering: Steering::Hash,
-        zero_rtt: true,
         replay_zero_rtt: true,
         impair: Params {
             delay: Duration::from_millis(10),

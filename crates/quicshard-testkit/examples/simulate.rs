@@ -55,7 +55,7 @@ struct Args {
     /// Every client moves to a new port at this virtual time (milliseconds).
     #[arg(long)]
     rebind_ms: Option<u64>,
-    /// Print every delivered datagram on stderr.
+    /// Print every datagram sent, delivered or unroutable on stderr.
     #[arg(long)]
     trace: bool,
 }

@@ -21,6 +21,11 @@ use crate::tls::SERVER_NAME;
 /// Datagrams a client's `poll_transmit` may batch (GSO segments), split by the client.
 const MAX_DATAGRAMS: usize = 10;
 
+/// A client that has sent nothing for this long sends a PING. Why: as a client behind a NAT
+/// should; a receiving client that is silent when its NAT rebinds is otherwise never heard
+/// from again (the server's datagrams go to the old mapping) and the connection times out.
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+
 /// Length of the clients' own CIDs.
 const CLIENT_CID_LEN: usize = 8;
 
@@ -121,6 +126,9 @@ impl Client {
         let quic = quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls)
             .expect("the simulation's TLS config suits QUIC");
         let mut config = ClientConfig::new(Arc::new(quic));
+        let mut transport = quinn_proto::TransportConfig::default();
+        transport.keep_alive_interval(Some(KEEP_ALIVE));
+        config.transport_config(Arc::new(transport));
         let dcids = Mutex::new(StdRng::seed_from_u64(rng.next_u64()));
         config.initial_dst_cid_provider(Arc::new(move || {
             let mut b = [0u8; 16];

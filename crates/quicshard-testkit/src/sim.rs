@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use quicshard::stats::ShardStats;
 use quicshard::testing::{run_bpf, SimServer, SimSetup};
 use quicshard::Engine;
-use quicshard_impair::{Config, Counts, Dir, Impairment, Params};
+use quicshard_impair::{Config, Counts, Decision, Dir, Impairment, Params};
 
 use crate::app::TransferServer;
 use crate::client::{Client, Plan};
@@ -86,8 +86,9 @@ pub struct SimConfig {
     pub replay_zero_rtt: bool,
     /// Virtual time after which the simulation stops.
     pub time_limit: Duration,
-    /// Print every delivered datagram on stderr (virtual time, direction, receiver, length,
-    /// first octet), to read what a seed did.
+    /// Print on stderr every datagram a client sends (and its fate on the path), every one
+    /// delivered (virtual time, source, receiver, length, first octet) and every one sent to
+    /// an address no client has any more, to read what a seed did.
     pub trace: bool,
 }
 
@@ -310,7 +311,13 @@ impl Simulation {
                         let data = std::mem::take(&mut self.buf);
                         self.paths[k].handle_tagged(now, Dir::Down, data, SERVER_ADDR);
                     }
-                    None => self.unroutable += 1,
+                    None => {
+                        if self.cfg.trace {
+                            let t = self.clock.elapsed().as_secs_f64();
+                            eprintln!("{t:>12.6}s shard {i} sends to {to}: unroutable");
+                        }
+                        self.unroutable += 1;
+                    }
                 }
             }
         }
@@ -318,8 +325,19 @@ impl Simulation {
         for (k, c) in self.clients.iter_mut().enumerate() {
             let (from, path) = (c.addr, &mut self.paths[k]);
             let mut sent = Vec::new();
+            let trace = self.cfg.trace.then(|| self.clock.elapsed());
             c.poll(now, &mut |d: &[u8]| {
-                path.handle_tagged(now, Dir::Up, d.to_vec(), from);
+                let fate = path.handle_tagged(now, Dir::Up, d.to_vec(), from);
+                if let Some(t) = trace {
+                    let fate = match fate {
+                        Decision::Scheduled { .. } => "on its way",
+                        Decision::Loss => "lost",
+                        Decision::Queue => "dropped: queue full",
+                        Decision::Blackout => "dropped: blackout",
+                    };
+                    let t = t.as_secs_f64();
+                    eprintln!("{t:>12.6}s client {k} sends {} octets: {fate}", d.len());
+                }
                 if replay {
                     sent.push(d.to_vec());
                 }
@@ -341,7 +359,7 @@ impl Simulation {
                 match tx.dir {
                     Dir::Up => self.deliver_up(tx.tag, &tx.data),
                     Dir::Down => {
-                        self.record(1, k, &tx.data);
+                        self.record(1, k, tx.tag, &tx.data);
                         self.clients[k].handle(now, tx.tag, &tx.data);
                     }
                 }
@@ -373,22 +391,20 @@ impl Simulation {
             },
             Steering::Hash => hash_addr(from) % n,
         };
-        self.record(0, shard, data);
+        self.record(0, shard, from, data);
         // a full queue drops, like a full socket buffer; the engine counts nothing then
         let _ = self.server.deliver(shard, from, data);
     }
 
-    fn record(&mut self, dir: u8, to: usize, data: &[u8]) {
+    /// Adds a delivered datagram to the digest (`dir` 0: to shard `to`, 1: to client `to`).
+    fn record(&mut self, dir: u8, to: usize, from: SocketAddr, data: &[u8]) {
         if self.cfg.trace {
-            let (what, first) = (
-                ["up, shard", "down, client"][usize::from(dir)],
-                data.first(),
-            );
+            let what = ["shard", "client"][usize::from(dir)];
+            let t = self.clock.elapsed().as_secs_f64();
+            let first = data.first().copied().unwrap_or(0);
             eprintln!(
-                "{:>12.6}s {what} {to}: {} octets, first {:02x?}",
-                self.clock.elapsed().as_secs_f64(),
-                data.len(),
-                first
+                "{t:>12.6}s {from} -> {what} {to}: {} octets, first {first:#04x}",
+                data.len()
             );
         }
         self.delivered += 1;

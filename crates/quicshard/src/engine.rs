@@ -423,6 +423,7 @@ impl<H: Handler> Builder<H> {
             qlog,
             secrets,
             retire: Arc::default(),
+            seed: None,
         });
         Ok((shared, certificate))
     }

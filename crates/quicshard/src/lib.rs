@@ -27,6 +27,8 @@ mod shard;
 mod shared;
 pub mod stats;
 pub mod steer;
+#[doc(hidden)]
+pub mod testing;
 pub mod tickets;
 pub mod tls;
 

@@ -41,6 +41,9 @@ pub(crate) struct Shared {
     pub(crate) secrets: crate::Secrets,
     /// Whether new connections go to a successor ([`crate::handover::forward`]).
     pub(crate) retire: Arc<crate::handover::forward::Retire>,
+    /// A simulation's seed ([`crate::testing`]): each shard's endpoint RNG and CID generators
+    /// derive from it and the shard's index. `None`: from the OS.
+    pub(crate) seed: Option<u64>,
 }
 
 impl Shared {
@@ -57,9 +60,46 @@ impl Shared {
     pub(crate) fn endpoint_config_for(&self, shard: usize) -> Arc<EndpointConfig> {
         let mut cfg = self.endpoint_config.clone();
         let cid = self.cid.clone();
-        cfg.cid_generator(move || Box::new(cid.generator(shard)));
+        let seed = self.shard_seed(shard, 1);
+        cfg.cid_generator(move || {
+            Box::new(match seed {
+                Some(s) => cid.generator_seeded(shard, s),
+                None => cid.generator(shard),
+            })
+        });
         Arc::new(cfg)
     }
+
+    /// The generator a shard checks short-header DCIDs with (seeded in a simulation).
+    pub(crate) fn cid_check_for(&self, shard: usize) -> crate::cid::ShardCidGenerator {
+        match self.shard_seed(shard, 2) {
+            Some(s) => self.cid.generator_seeded(shard, s),
+            None => self.cid.generator(shard),
+        }
+    }
+
+    /// The seed of a shard's `quinn_proto::Endpoint` RNG: `None` (from the OS) unless simulated.
+    pub(crate) fn endpoint_rng_seed(&self, shard: usize) -> Option<[u8; 32]> {
+        let s = self.shard_seed(shard, 3)?;
+        let mut out = [0u8; 32];
+        for (i, chunk) in out.chunks_mut(8).enumerate() {
+            chunk.copy_from_slice(&mix(s ^ i as u64).to_le_bytes());
+        }
+        Some(out)
+    }
+
+    /// The simulation seed for one use (`what`) on one shard.
+    fn shard_seed(&self, shard: usize, what: u64) -> Option<u64> {
+        self.seed.map(|s| mix(s ^ mix(shard as u64 ^ (what << 32))))
+    }
+}
+
+/// SplitMix64's finaliser: spreads a seed's bits (for [`Shared::shard_seed`]).
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// `shared`, or a copy advertising `preferred` (a shard's own socket) as the server's preferred

@@ -2,7 +2,8 @@
 //! corruption, duplication, a rate limit with a drop-tail queue, blackouts), for testing QUIC
 //! over bad networks where the kernel has no netem.
 //!
-//! The decisions are made by the sans-IO [`model::Impairment`] (seeded, virtual-clock tested);
+//! The decisions are made by the sans-IO `quicshard_impair::Impairment` (seeded, virtual-clock
+//! tested, shared with the simulator of `quicshard-testkit`);
 //! this module is its I/O: one thread running a small mio loop over two UDP sockets.
 //!
 //! - The *listen* socket faces the client. The client is the last address that sent to it: the
@@ -14,8 +15,6 @@
 //! Up is client → server, down is server → client. The main thread waits for SIGINT/SIGTERM,
 //! stops the loop through a `mio::Waker` and prints the counters on stderr.
 
-mod model;
-
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,8 +24,8 @@ use std::time::{Duration, Instant};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use self::model::{Config, Dir, Impairment, Params};
 use crate::{signals, Failure};
+use quicshard_impair::{Config, Dir, Impairment, Params};
 
 /// mio token of the client-facing socket.
 const LISTEN: Token = Token(0);

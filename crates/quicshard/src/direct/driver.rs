@@ -252,7 +252,7 @@ impl Direct {
             for slot in shards.iter_mut() {
                 let Some(shard) = slot else { continue };
                 let _scope = ShardScope::enter(shard.id(), shard.stats());
-                if !shard.iterate(shard_events, Some(Duration::ZERO)) {
+                if !shard.iterate(shard_events, Some(Duration::ZERO), Instant::now) {
                     shard.finish();
                     *slot = None;
                 }

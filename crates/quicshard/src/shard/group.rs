@@ -117,7 +117,7 @@ pub(crate) fn run<H: Handler>(
             if std::mem::take(&mut mail[k]) {
                 shard.mail_arrived();
             }
-            if shard.turn(&events) {
+            if shard.turn(&events, Instant::now()) {
                 desk.publish(shard, Instant::now());
             } else {
                 shard.finish();

@@ -226,7 +226,7 @@ impl<H: Handler> Helper<H> {
             let alive = {
                 let _scope = ShardScope::enter(shard.id(), shard.stats());
                 shard.prepare_help();
-                shard.turn(&self.no_events)
+                shard.turn(&self.no_events, Instant::now())
             };
             given += 1;
             shard.stats().helped_turns.fetch_add(1, Relaxed);

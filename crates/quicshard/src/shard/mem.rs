@@ -7,6 +7,10 @@
 //! address but the peer's, and datagrams arriving at a full queue, are dropped and counted
 //! (`dropped_send_error`, `dropped_link_full`). Buffers are recycled through a free list, so a
 //! steady flow allocates nothing.
+//!
+//! A [`network`] port has no fixed peer: it sends to any address, and the other end is a
+//! simulated network (`crate::testing`) that takes each datagram with its destination
+//! ([`MemPort::take`]) and delivers datagrams from any source ([`MemPort::deliver`]).
 
 use std::collections::VecDeque;
 use std::io;
@@ -45,7 +49,8 @@ impl Default for Queue {
 
 #[derive(Default)]
 struct QueueState {
-    items: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// `(from, to, datagram)`.
+    items: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
     /// Buffers of delivered datagrams, reused by the next sends.
     free: Vec<Vec<u8>>,
 }
@@ -59,7 +64,8 @@ impl Queue {
 /// One end of an in-memory link.
 pub(crate) struct MemPort {
     local: SocketAddr,
-    peer: SocketAddr,
+    /// `None`: a [`network`] port, which sends anywhere.
+    peer: Option<SocketAddr>,
     inbound: Arc<Queue>,
     outbound: Arc<Queue>,
 }
@@ -71,17 +77,26 @@ pub(crate) fn link(a: SocketAddr, b: SocketAddr) -> (MemPort, MemPort) {
     (
         MemPort {
             local: a,
-            peer: b,
+            peer: Some(b),
             inbound: ba.clone(),
             outbound: ab.clone(),
         },
         MemPort {
             local: b,
-            peer: a,
+            peer: Some(a),
             inbound: ab,
             outbound: ba,
         },
     )
+}
+
+/// A port at `local` that sends to any address, and the network's end of it (see the module
+/// docs).
+pub(crate) fn network(local: SocketAddr) -> (MemPort, MemPort) {
+    let (mut port, mut net) = link(local, local);
+    port.peer = None;
+    net.peer = None;
+    (port, net)
 }
 
 impl MemPort {
@@ -101,7 +116,7 @@ impl MemPort {
         let mut q = self.inbound.lock();
         let mut n = 0;
         while n < BATCH_SIZE {
-            let Some((from, data)) = q.items.pop_front() else {
+            let Some((from, _, data)) = q.items.pop_front() else {
                 break;
             };
             let buf = rx.buf_mut(n);
@@ -132,7 +147,7 @@ impl MemPort {
     ) {
         let seg = segment_size.unwrap_or(contents.len()).max(1);
         stats.send_calls.fetch_add(1, Relaxed);
-        if destination != self.peer {
+        if self.peer.is_some_and(|p| p != destination) {
             // like an unreachable address: the datagrams are lost
             let n = contents.len().div_ceil(seg) as u64;
             stats.dropped_send_error.fetch_add(n.max(1), Relaxed);
@@ -147,9 +162,34 @@ impl MemPort {
             let mut buf = q.free.pop().unwrap_or_default();
             buf.clear();
             buf.extend_from_slice(d);
-            q.items.push_back((self.local, buf));
+            q.items.push_back((self.local, destination, buf));
             stats.datagrams_out.fetch_add(1, Relaxed);
         }
+    }
+
+    /// The network's end: takes the oldest datagram the port sent, copied into `out`; returns
+    /// its source and destination.
+    pub(crate) fn take(&self, out: &mut Vec<u8>) -> Option<(SocketAddr, SocketAddr)> {
+        let mut q = self.inbound.lock();
+        let (from, to, data) = q.items.pop_front()?;
+        out.clear();
+        out.extend_from_slice(&data);
+        q.free.push(data);
+        Some((from, to))
+    }
+
+    /// The network's end: delivers `data` from `from` to the port; `false` if its queue is full
+    /// (the datagram is dropped).
+    pub(crate) fn deliver(&self, from: SocketAddr, data: &[u8]) -> bool {
+        let mut q = self.outbound.lock();
+        if q.items.len() >= LINK_CAPACITY {
+            return false;
+        }
+        let mut buf = q.free.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(data);
+        q.items.push_back((from, self.local, buf));
+        true
     }
 }
 
@@ -207,5 +247,25 @@ mod tests {
             }
         }
         assert_eq!(next as usize, LINK_CAPACITY);
+    }
+
+    #[test]
+    fn a_network_port_sends_anywhere_and_receives_from_anyone() {
+        let (a, b) = addrs();
+        let c: SocketAddr = "192.0.2.3:3".parse().unwrap();
+        let (port, net) = network(a);
+        let stats = Counters::default();
+        port.send(b, b"to b", None, &stats);
+        port.send(c, b"to c", None, &stats);
+        let mut out = Vec::new();
+        assert_eq!(net.take(&mut out), Some((a, b)));
+        assert_eq!(out, b"to b");
+        assert_eq!(net.take(&mut out), Some((a, c)));
+        assert_eq!(net.take(&mut out), None);
+        assert!(net.deliver(c, b"from c"));
+        let mut rx = RxBufs::new(1);
+        assert_eq!(port.recv(&mut rx).unwrap(), 1);
+        assert_eq!((rx.message(0), rx.metas[0].addr), (&b"from c"[..], c));
+        assert_eq!(stats.snapshot().dropped_send_error, 0);
     }
 }

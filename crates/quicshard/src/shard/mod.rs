@@ -288,20 +288,29 @@ pub(crate) struct Shard<H> {
     admit: AdmitQueue,
     /// When memory was last given back ([`reclaim`]).
     reclaim: reclaim::Reclaim,
+    /// `now` comes from a simulated clock (`crate::testing`): a turn's wall and CPU time mean
+    /// nothing, so they are not accounted.
+    virtual_clock: bool,
 }
 
 impl<H: Handler> Shard<H> {
     /// One turn of the loop (see the module docs): blocks in `poll` for at most `max_wait`
     /// (`None`: until the next deadline; never when work was left over), then drains inputs and
-    /// drives outputs. Returns `false` once the shard has shut down.
-    pub(crate) fn iterate(&mut self, events: &mut mio::Events, max_wait: Option<Duration>) -> bool {
+    /// drives outputs at the time `clock` gives once the poll returned. Returns `false` once the
+    /// shard has shut down.
+    pub(crate) fn iterate(
+        &mut self,
+        events: &mut mio::Events,
+        max_wait: Option<Duration>,
+        clock: impl Fn() -> Instant,
+    ) -> bool {
         // the caller's thread runs application code between iterations: the turn's CPU counts
         // from here
         start_turn_cpu_clock();
         let timeout = if self.carry {
             Some(Duration::ZERO)
         } else {
-            match (self.next_timeout(), max_wait) {
+            match (self.next_timeout(clock()), max_wait) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             }
@@ -319,14 +328,15 @@ impl<H: Handler> Shard<H> {
                 return false;
             }
         }
-        self.turn(events)
+        self.turn(events, clock())
     }
 
     /// The rest of a loop turn after the poll: takes this shard's `events` (those with its
     /// tokens; a group passes all of its thread's), drains inputs and drives outputs without
-    /// blocking. Returns `false` once the shard has shut down.
-    pub(crate) fn turn(&mut self, events: &mio::Events) -> bool {
-        self.core.now = Instant::now();
+    /// blocking, at `now` (the caller's clock: `Instant::now()` on the shard threads, a virtual
+    /// clock in a simulation). Returns `false` once the shard has shut down.
+    pub(crate) fn turn(&mut self, events: &mio::Events, now: Instant) -> bool {
+        self.core.now = now;
         self.core.owner = std::thread::current().id();
         let mut writable = [false; 2];
         for ev in events.iter() {
@@ -386,7 +396,9 @@ impl<H: Handler> Shard<H> {
         if more {
             self.core.stats.budget_exhausted.fetch_add(1, Relaxed);
         }
-        self.account_turn();
+        if !self.virtual_clock {
+            self.account_turn();
+        }
         true
     }
 
@@ -433,6 +445,11 @@ impl<H: Handler> Shard<H> {
         self.mail_pending = true;
     }
 
+    /// `now` will come from a simulated clock ([`crate::testing`]): turns are not timed.
+    pub(crate) fn use_virtual_clock(&mut self) {
+        self.virtual_clock = true;
+    }
+
     /// Publishes the final gauge once the shard stopped.
     pub(crate) fn finish(&mut self) {
         self.core
@@ -451,7 +468,7 @@ impl<H: Handler> Shard<H> {
         [
             self.core.timers.next_deadline(),
             self.core.stopping,
-            self.reclaim.deadline(closed),
+            self.reclaim.deadline(closed, self.core.now),
         ]
         .into_iter()
         .flatten()
@@ -485,10 +502,10 @@ impl<H: Handler> Shard<H> {
         true
     }
 
-    /// How long `poll` may block: until the next timer or the shutdown deadline.
-    fn next_timeout(&self) -> Option<Duration> {
+    /// How long `poll` may block from `now`: until the next timer or the shutdown deadline.
+    fn next_timeout(&self, now: Instant) -> Option<Duration> {
         let next = self.next_deadline()?;
-        Some(next.saturating_duration_since(Instant::now()))
+        Some(next.saturating_duration_since(now))
     }
 
     /// Its thread's mailbox waker fired (a group's is shared by all members): look into the

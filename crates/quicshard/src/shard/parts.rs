@@ -76,7 +76,8 @@ impl<H: Handler> ShardParts<H> {
         let endpoint_config = shared.endpoint_config_for(id);
         let server_config = shared.server_config_for(self.preferred);
         let qlog_server_config = server_config.clone().filter(|_| shared.qlog.is_some());
-        let endpoint = Endpoint::new(endpoint_config, server_config, true, None);
+        let rng_seed = shared.endpoint_rng_seed(id);
+        let endpoint = Endpoint::new(endpoint_config, server_config, true, rng_seed);
         let token_base = self.poller.token_base();
         let shared_admission = shared.admission;
         let gro = self.socks[LISTEN]
@@ -89,7 +90,7 @@ impl<H: Handler> ShardParts<H> {
             endpoint,
             conns: ConnTable::default(),
             timers: Timers::default(),
-            cid_check: shared.cid.generator(id),
+            cid_check: shared.cid_check_for(id),
             shared,
             stats: self.stats,
             stopping: None,
@@ -117,6 +118,7 @@ impl<H: Handler> ShardParts<H> {
             carry: true,
             admit: super::AdmitQueue::new(&shared_admission),
             reclaim: Default::default(),
+            virtual_clock: false,
         }
     }
 }

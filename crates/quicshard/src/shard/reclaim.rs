@@ -51,12 +51,12 @@ impl Reclaim {
 
 impl Reclaim {
     /// When a trim that waits only for [`MIN_INTERVAL`] becomes due (so an idle shard wakes up
-    /// for it); `None` if none is pending.
-    pub(crate) fn deadline(&self, closed: u64) -> Option<Instant> {
+    /// for it; `now` if it never trimmed); `None` if none is pending.
+    pub(crate) fn deadline(&self, closed: u64, now: Instant) -> Option<Instant> {
         if closed.saturating_sub(self.closed_at_last) < MIN_CLOSED {
             return None;
         }
-        Some(self.last.map_or_else(Instant::now, |t| t + MIN_INTERVAL))
+        Some(self.last.map_or(now, |t| t + MIN_INTERVAL))
     }
 }
 
@@ -106,11 +106,11 @@ mod tests {
             "too soon after the last"
         );
         assert_eq!(
-            r.deadline(3 * MIN_CLOSED),
+            r.deadline(3 * MIN_CLOSED, t0),
             Some(t0 + MIN_INTERVAL),
             "wake up for it"
         );
         assert!(r.due(t0 + MIN_INTERVAL, 3 * MIN_CLOSED));
-        assert_eq!(r.deadline(3 * MIN_CLOSED), None);
+        assert_eq!(r.deadline(3 * MIN_CLOSED, t0), None);
     }
 }

@@ -71,6 +71,7 @@ fn shared() -> (Shared, rustls::ServerConfig) {
         qlog: None,
         secrets: crate::Secrets::random(),
         retire: Arc::default(),
+        seed: None,
     };
     (shared, other_tls)
 }
@@ -349,6 +350,7 @@ fn a_replayed_zero_rtt_flight_falls_back_on_another_shard() {
         qlog: None,
         secrets: crate::Secrets::random(),
         retire: Arc::default(),
+        seed: None,
     };
     let mut now = Instant::now();
 

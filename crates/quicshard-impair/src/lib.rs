@@ -1,7 +1,17 @@
-//! The sans-IO impairment core: every datagram handed to [`Impairment::handle`] is decided at
+//! quicshard-impair: a sans-IO model of a bad network path (loss, delay, jitter, reordering,
+//! corruption, duplication, a rate limit with a drop-tail queue, blackouts), seeded and driven
+//! by its caller's clock. `quicshard impair` (the CLI's UDP proxy) and the deterministic
+//! simulator (`quicshard-testkit`) both run their datagrams through it.
+//!
+//! Every datagram handed to [`Impairment::handle`] is decided at
 //! once — dropped (blackout, loss, full queue) or scheduled for release at an instant — and
 //! [`Impairment::poll_transmit`] hands out what is due. The core never reads the clock: the
-//! caller passes `now` (the proxy passes `Instant::now()`, the tests a virtual clock).
+//! caller passes `now` (the proxy passes `Instant::now()`, the simulator and the tests a
+//! virtual clock).
+//!
+//! A datagram may carry a tag of the caller's ([`Impairment::handle_tagged`], e.g. its source
+//! address), handed back with it in the [`Transmit`]; [`Impairment::handle`] is the untagged
+//! form.
 //!
 //! # One datagram's path, per direction
 //!
@@ -43,7 +53,7 @@ use rand::{Rng, SeedableRng};
 
 /// Which way a datagram travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dir {
+pub enum Dir {
     /// Client → server: received on `--listen`, sent to `--forward`.
     Up = 0,
     /// Server → client.
@@ -52,9 +62,10 @@ pub(crate) enum Dir {
 
 impl Dir {
     /// Both directions, in index order.
-    pub(crate) const BOTH: [Dir; 2] = [Dir::Up, Dir::Down];
+    pub const BOTH: [Dir; 2] = [Dir::Up, Dir::Down];
 
-    pub(crate) fn name(self) -> &'static str {
+    /// `up` or `down`.
+    pub fn name(self) -> &'static str {
         match self {
             Dir::Up => "up",
             Dir::Down => "down",
@@ -64,20 +75,27 @@ impl Dir {
 
 /// The impairments of one direction. Probabilities are in `0.0..=1.0`.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Params {
-    pub(crate) loss: f64,
-    pub(crate) delay: Duration,
-    pub(crate) jitter: Duration,
-    pub(crate) reorder: f64,
-    pub(crate) reorder_gap: Duration,
-    pub(crate) corrupt: f64,
-    pub(crate) duplicate: f64,
+pub struct Params {
+    /// Probability that a datagram is dropped.
+    pub loss: f64,
+    /// One-way delay added to every datagram.
+    pub delay: Duration,
+    /// Uniform jitter in `[-jitter, +jitter]` around `delay` (never reorders).
+    pub jitter: Duration,
+    /// Probability that a datagram is held back `reorder_gap` more, out of FIFO order.
+    pub reorder: f64,
+    /// How much longer a reordered datagram is held back.
+    pub reorder_gap: Duration,
+    /// Probability that one random bit of a datagram is flipped.
+    pub corrupt: f64,
+    /// Probability that a datagram is sent twice.
+    pub duplicate: f64,
     /// Bits per second of UDP payload; `None`: unlimited.
-    pub(crate) rate_bps: Option<u64>,
+    pub rate_bps: Option<u64>,
     /// Rate-stage queue limit in datagrams (only with a rate).
-    pub(crate) queue: usize,
+    pub queue: usize,
     /// Loss applies only to the first `n` datagrams of this direction.
-    pub(crate) handshake_loss: Option<u64>,
+    pub handshake_loss: Option<u64>,
 }
 
 impl Default for Params {
@@ -99,23 +117,26 @@ impl Default for Params {
 
 /// Everything the core needs.
 #[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) up: Params,
-    pub(crate) down: Params,
+pub struct Config {
+    /// The impairments of [`Dir::Up`].
+    pub up: Params,
+    /// The impairments of [`Dir::Down`].
+    pub down: Params,
     /// `[t1, t2)` windows, as time since the core was created, in which everything is dropped.
-    pub(crate) blackouts: Vec<(Duration, Duration)>,
-    pub(crate) seed: u64,
+    pub blackouts: Vec<(Duration, Duration)>,
+    /// Seed of both directions' random streams.
+    pub seed: u64,
     /// Per direction: datagrams waiting (rate and delay stages together).
-    pub(crate) max_pending_packets: usize,
+    pub max_pending_packets: usize,
     /// Per direction: bytes waiting.
-    pub(crate) max_pending_bytes: usize,
+    pub max_pending_bytes: usize,
 }
 
 /// Default bound on waiting datagrams per direction. Why: 20 000 datagrams cover a
 /// 1 Gbit/s × 200 ms bandwidth-delay product of 1250-byte datagrams.
-pub(crate) const MAX_PENDING_PACKETS: usize = 20_000;
+pub const MAX_PENDING_PACKETS: usize = 20_000;
 /// Default bound on waiting bytes per direction (the proxy's memory: two directions).
-pub(crate) const MAX_PENDING_BYTES: usize = 32 << 20;
+pub const MAX_PENDING_BYTES: usize = 32 << 20;
 
 impl Default for Config {
     fn default() -> Self {
@@ -132,7 +153,7 @@ impl Default for Config {
 
 /// What happened to one datagram given to [`Impairment::handle`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Decision {
+pub enum Decision {
     /// Dropped: inside a blackout window.
     Blackout,
     /// Dropped: random loss.
@@ -141,29 +162,36 @@ pub(crate) enum Decision {
     Queue,
     /// Scheduled for release at `at`.
     Scheduled {
+        /// When it is released.
         at: Instant,
         /// The duplicate's release (`None`: not duplicated, or the copy found the queue full).
         copy: Option<Instant>,
+        /// One bit of it was flipped.
         corrupted: bool,
+        /// It was held back out of FIFO order.
         reordered: bool,
     },
 }
 
 /// Per-direction counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Counts {
+pub struct Counts {
     /// Datagrams given to `handle`.
-    pub(crate) received: u64,
+    pub received: u64,
     /// Datagrams released by `poll_transmit` (duplicates included).
-    pub(crate) forwarded: u64,
-    pub(crate) dropped_loss: u64,
+    pub forwarded: u64,
+    /// Random loss.
+    pub dropped_loss: u64,
     /// Rate queue full or the pending bound reached (originals and copies).
-    pub(crate) dropped_queue: u64,
-    pub(crate) dropped_blackout: u64,
-    pub(crate) corrupted: u64,
+    pub dropped_queue: u64,
+    /// Inside a blackout window.
+    pub dropped_blackout: u64,
+    /// One bit flipped.
+    pub corrupted: u64,
     /// Copies scheduled.
-    pub(crate) duplicated: u64,
-    pub(crate) reordered: u64,
+    pub duplicated: u64,
+    /// Held back out of FIFO order.
+    pub reordered: u64,
 }
 
 impl fmt::Display for Counts {
@@ -186,9 +214,13 @@ impl fmt::Display for Counts {
 
 /// A datagram due for sending.
 #[derive(Debug)]
-pub(crate) struct Transmit {
-    pub(crate) dir: Dir,
-    pub(crate) data: Vec<u8>,
+pub struct Transmit<T = ()> {
+    /// The way it travels.
+    pub dir: Dir,
+    /// Its bytes (one bit flipped if it was corrupted).
+    pub data: Vec<u8>,
+    /// The caller's tag given with it ([`Impairment::handle_tagged`]).
+    pub tag: T,
 }
 
 /// The random numbers one datagram draws, always all of them, in this order.
@@ -217,25 +249,26 @@ impl Draws {
 }
 
 /// A datagram waiting for its release; ordered by `(at, seq)`, smallest first in the heap.
-struct Pending {
+struct Pending<T> {
     at: Instant,
     seq: u64,
     dir: Dir,
     data: Vec<u8>,
+    tag: T,
 }
 
-impl PartialEq for Pending {
+impl<T> PartialEq for Pending<T> {
     fn eq(&self, other: &Self) -> bool {
         (self.at, self.seq) == (other.at, other.seq)
     }
 }
-impl Eq for Pending {}
-impl PartialOrd for Pending {
+impl<T> Eq for Pending<T> {}
+impl<T> PartialOrd for Pending<T> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Pending {
+impl<T> Ord for Pending<T> {
     fn cmp(&self, other: &Self) -> Ordering {
         // reversed: BinaryHeap is a max-heap
         (other.at, other.seq).cmp(&(self.at, self.seq))
@@ -258,14 +291,15 @@ struct DirState {
 /// Seed mixers, so the directions draw unrelated streams from one seed.
 const DIR_SEED: [u64; 2] = [0x5155_4943_5348_5550, 0x5155_4943_444f_574e];
 
-/// The impairment state of both directions.
-pub(crate) struct Impairment {
+/// The impairment state of both directions; `T` is the tag datagrams carry
+/// ([`Impairment::handle_tagged`]).
+pub struct Impairment<T = ()> {
     start: Instant,
     blackouts: Vec<(Duration, Duration)>,
     max_pending_packets: usize,
     max_pending_bytes: usize,
     dirs: [DirState; 2],
-    heap: BinaryHeap<Pending>,
+    heap: BinaryHeap<Pending<T>>,
     seq: u64,
 }
 
@@ -276,8 +310,15 @@ fn tx_time(len: usize, rate_bps: u64) -> Duration {
 }
 
 impl Impairment {
+    /// Decides the fate of one datagram arriving at `now` travelling `dir`.
+    pub fn handle(&mut self, now: Instant, dir: Dir, data: Vec<u8>) -> Decision {
+        self.handle_tagged(now, dir, data, ())
+    }
+}
+
+impl<T: Clone> Impairment<T> {
     /// A core whose blackout windows count from `start`.
-    pub(crate) fn new(config: Config, start: Instant) -> Self {
+    pub fn new(config: Config, start: Instant) -> Self {
         let dir = |p: Params, i: usize| DirState {
             p,
             rng: StdRng::seed_from_u64(config.seed ^ DIR_SEED[i]),
@@ -298,8 +339,9 @@ impl Impairment {
         }
     }
 
-    /// Decides the fate of one datagram arriving at `now` travelling `dir`.
-    pub(crate) fn handle(&mut self, now: Instant, dir: Dir, mut data: Vec<u8>) -> Decision {
+    /// Decides the fate of one datagram arriving at `now` travelling `dir`, which carries `tag`
+    /// (a duplicate carries a clone).
+    pub fn handle_tagged(&mut self, now: Instant, dir: Dir, mut data: Vec<u8>, tag: T) -> Decision {
         let since = now.saturating_duration_since(self.start);
         let blackout = self.blackouts.iter().any(|&(a, b)| since >= a && since < b);
         let (max_packets, max_bytes) = (self.max_pending_packets, self.max_pending_bytes);
@@ -342,9 +384,9 @@ impl Impairment {
             }
         }
         if let Some(t) = copy {
-            self.push(t, dir, data.clone());
+            self.push(t, dir, data.clone(), tag.clone());
         }
-        self.push(at, dir, data);
+        self.push(at, dir, data, tag);
         Decision::Scheduled {
             at,
             copy,
@@ -353,18 +395,19 @@ impl Impairment {
         }
     }
 
-    fn push(&mut self, at: Instant, dir: Dir, data: Vec<u8>) {
+    fn push(&mut self, at: Instant, dir: Dir, data: Vec<u8>, tag: T) {
         self.seq += 1;
         self.heap.push(Pending {
             at,
             seq: self.seq,
             dir,
             data,
+            tag,
         });
     }
 
     /// The next datagram due at `now`, if any (earliest release first; FIFO among equal times).
-    pub(crate) fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit<T>> {
         if self.heap.peek()?.at > now {
             return None;
         }
@@ -376,21 +419,22 @@ impl Impairment {
         Some(Transmit {
             dir: p.dir,
             data: p.data,
+            tag: p.tag,
         })
     }
 
     /// When the next datagram is due (`None`: nothing waits).
-    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.heap.peek().map(|p| p.at)
     }
 
     /// The counters of one direction.
-    pub(crate) fn counts(&self, dir: Dir) -> Counts {
+    pub fn counts(&self, dir: Dir) -> Counts {
         self.dirs[dir as usize].counts
     }
 
     /// Datagrams of `dir` waiting for release.
-    pub(crate) fn pending(&self, dir: Dir) -> usize {
+    pub fn pending(&self, dir: Dir) -> usize {
         self.dirs[dir as usize].pending_packets
     }
 }

@@ -284,6 +284,29 @@ fn duplicate_duplicates() {
 }
 
 #[test]
+fn tags_travel_with_their_datagram_and_its_copy() {
+    let t0 = Instant::now();
+    let p = Params {
+        duplicate: 0.3,
+        reorder: 0.3,
+        delay: MS,
+        ..Params::default()
+    };
+    let mut imp: Impairment<u64> = Impairment::new(both(p, 9), t0);
+    for i in 0..500u64 {
+        imp.handle_tagged(t0 + MS * i as u32, Dir::Up, dgram(i, 40), i * 7);
+    }
+    let mut out = 0;
+    while let Some(tx) = imp.poll_transmit(t0 + Duration::from_secs(10)) {
+        assert_eq!(tx.tag, number(&tx.data) * 7);
+        out += 1;
+    }
+    let c = imp.counts(Dir::Up);
+    assert!(c.duplicated > 0 && c.reordered > 0, "{c}");
+    assert_eq!(out, 500 + c.duplicated);
+}
+
+#[test]
 fn corrupt_flips_exactly_one_bit() {
     let t0 = Instant::now();
     let p = Params {

@@ -2,7 +2,7 @@
 //! API, hidden from the docs. Nothing here is needed to run an engine.
 //!
 //! [`SimServer`] is an engine's N shards without threads, sockets or a clock: each shard's one
-//! port is an in-memory [`network`](crate::shard::mem) port at the shared server address, whose
+//! port is an in-memory `network` port (`shard/mem.rs`) at the shared server address, whose
 //! other end the simulator holds. The simulator delivers datagrams to a shard
 //! ([`SimServer::deliver`], after running the steering program like the kernel would), takes
 //! what the shards sent ([`SimServer::take`]), and gives each shard turns at its virtual time

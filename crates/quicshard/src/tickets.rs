@@ -10,7 +10,7 @@
 //! shards rarely contend.
 //!
 //! Without 0-RTT, tickets are stateless: encrypted under a key every shard shares, replaced on a
-//! timer ([`KeyedTicketer`]: the key of each period is derived from one master secret, so the
+//! timer (`KeyedTicketer` in `tickets/keyed.rs`: the key of each period is derived from one master secret, so the
 //! processes of a handover share it too; a ticket stays valid for one to two key lifetimes).
 
 use std::collections::{HashMap, VecDeque};

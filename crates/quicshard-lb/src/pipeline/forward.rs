@@ -20,7 +20,7 @@
 //!
 //! # Implementation notes
 //! DSR packets, proxy replies and runs of proxy packets of one session go out with `sendmmsg`
-//! (see [`crate::sys`]). Replies use slots
+//! (`quicshard_udp::BatchIo`). Replies use slots
 //! owned by the forwarder, not the pool: they never cross threads.
 
 use std::collections::HashMap;

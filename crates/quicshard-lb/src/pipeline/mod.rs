@@ -21,7 +21,7 @@
 //! # Implementation notes
 //! The [`Router`] is shared behind one mutex: its fallback tables must be seen by every
 //! processor (a migrating client may hash to another processor), and a batch holds the lock for
-//! one CID decode per packet. Batched socket calls live in [`crate::sys`].
+//! one CID decode per packet. Batched socket calls live in the `quicshard-udp` crate.
 
 mod forward;
 mod inline;

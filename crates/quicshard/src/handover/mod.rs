@@ -22,7 +22,7 @@
 //!   still draining its own predecessor, whose slot the new process would need). The new process
 //!   starts its shards in the other slot, then sends `Ready` with a socket to forward on; the
 //!   old one *retires* (from then on a datagram that would start a connection there is
-//!   forwarded to the new process, [`forward`]) and answers `Retired`; the new one attaches the
+//!   forwarded to the new process, `forward.rs`) and answers `Retired`; the new one attaches the
 //!   two-slot program (new connections now reach it directly) and sends `Switched`; the old
 //!   process is then *replaced* ([`Handover::replaced`]) and drains ([`Engine::drain`](crate::Engine::drain)). The new process
 //!   replaces the file at `PATH` with its own listener.
@@ -36,7 +36,7 @@
 //! A client's first flight reaches one process: its Initial datagrams carry the same DCID.
 //! Before the old process retires it accepts them; once retired it forwards those of
 //! connections it does not have to the new process. For a grace period after the switch
-//! ([`GRACE`]) the new process sends a datagram from its sockets that would start a connection
+//! (`GRACE`, 2 s) the new process sends a datagram from its sockets that would start a connection
 //! to the old one first, which keeps it if it has the connection (the rest of a first flight it
 //! began accepting before it retired) and otherwise sends it back to be accepted. So a first
 //! flight split by the switch still reaches one process (`a_first_flight_split_by_the_switch`

@@ -436,6 +436,12 @@ impl<H: Handler> Builder<H> {
             None => None,
         };
         if let Some((secrets, cid)) = plan.as_ref().and_then(|p| p.inherited()) {
+            if self.quic_lb.is_some() || self.shard_key.is_some() {
+                tracing::warn!(
+                    "handover: the running server's QUIC-LB config, server ID and shard key are \
+                     kept; this process's own are ignored"
+                );
+            }
             self.secrets = Some(secrets);
             self.shard_key = None;
             self.inherited_cid = Some(cid);

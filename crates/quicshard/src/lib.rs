@@ -33,7 +33,7 @@ pub use handler::{ConnId, Handler, Remote, RemoteError, ShardCtx, ShardId, HANDL
 pub use inject::{InjectError, InjectStats, Injector};
 pub use memory::MemoryBudget;
 pub use reload::ReloadError;
-pub use shard::Admission;
+pub use shared::Admission;
 pub use stats::ShardStats;
 
 pub use quinn_proto;

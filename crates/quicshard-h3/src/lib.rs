@@ -15,7 +15,7 @@
 //!
 //! # Examples
 //! ```no_run
-//! # async fn run(engine: quicshard::Engine<quicshard::handle::HandleHandler>) {
+//! # async fn run(engine: quicshard::HandleEngine) {
 //! let files = quicshard_h3::FileServer::new(std::path::Path::new("./www")).unwrap();
 //! loop {
 //!     let conn = engine.accept_async().await;

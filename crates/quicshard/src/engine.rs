@@ -78,8 +78,26 @@ pub enum StartError {
 
 type Factory<H> = Arc<dyn Fn(ShardId) -> H + Send + Sync>;
 
-/// Configures and starts an [`Engine`].
-pub struct Builder<H> {
+/// What [`Builder::start`] returns for a layer built on the engine: the layer's own engine type,
+/// made from the started [`Engine`]. `()` is no layer (the callback engine itself); the handle
+/// layer's is [`HandleEngine`](crate::HandleEngine). The engine knows nothing of its layers: a
+/// layer sets its handler factory and wraps the result.
+pub trait Layer<H: Handler> {
+    /// The engine type the layer hands out.
+    type Engine;
+    /// Wraps the started engine.
+    fn wrap(self, engine: Engine<H>) -> Self::Engine;
+}
+
+impl<H: Handler> Layer<H> for () {
+    type Engine = Engine<H>;
+    fn wrap(self, engine: Engine<H>) -> Engine<H> {
+        engine
+    }
+}
+
+/// Configures and starts an [`Engine`] (or a [`Layer`]'s engine, `L`).
+pub struct Builder<H, L = ()> {
     pub(crate) factory: Factory<H>,
     shards: usize,
     pub(crate) listen: SocketAddr,
@@ -107,12 +125,12 @@ pub struct Builder<H> {
     /// `None`: batch scheduling exactly when there are more threads than cores.
     batch_scheduling: Option<bool>,
     turn_sharing: bool,
-    /// Handle mode: the hub the shards' `HandleHandler`s share (set by `builder_handles`).
-    pub(crate) handles: Option<Arc<crate::handle::Hub>>,
     memory: MemoryBudget,
+    /// The layer [`Builder::start`] wraps the engine in.
+    pub(crate) layer: L,
 }
 
-impl<H: Handler> Builder<H> {
+impl<H: Handler, L> Builder<H, L> {
     /// Number of shards. Default: `std::thread::available_parallelism()`. 1..=256.
     pub fn shards(mut self, n: usize) -> Self {
         self.shards = n;
@@ -379,8 +397,42 @@ impl<H: Handler> Builder<H> {
         Ok((shared, certificate))
     }
 
+    /// The same configuration for another layer.
+    pub(crate) fn with_layer<L2>(self, layer: L2) -> Builder<H, L2> {
+        Builder {
+            factory: self.factory,
+            shards: self.shards,
+            listen: self.listen,
+            server_tls: self.server_tls,
+            client_config: self.client_config,
+            transport: self.transport,
+            transport_factory: self.transport_factory,
+            qlog_dir: self.qlog_dir,
+            key_log: self.key_log,
+            quic_lb: self.quic_lb,
+            shard_key: self.shard_key,
+            bpf: self.bpf,
+            retry: self.retry,
+            retry_threshold: self.retry_threshold,
+            max_connections: self.max_connections,
+            admission: self.admission,
+            alpn: self.alpn,
+            zero_rtt: self.zero_rtt,
+            preferred_address: self.preferred_address,
+            ticket_capacity: self.ticket_capacity,
+            ticket_key_lifetime: self.ticket_key_lifetime,
+            threads: self.threads,
+            batch_scheduling: self.batch_scheduling,
+            turn_sharing: self.turn_sharing,
+            memory: self.memory,
+            layer,
+        }
+    }
+}
+
+impl<H: Handler, L: Layer<H>> Builder<H, L> {
     /// Binds, attaches BPF, spawns the shard threads.
-    pub fn start(mut self) -> Result<Engine<H>, StartError> {
+    pub fn start(mut self) -> Result<L::Engine, StartError> {
         let n = self.shards;
         let (shared, certificate) = self.configure(n)?;
         let listen = steer::bind_group(self.listen, n).map_err(|source| StartError::Bind {
@@ -501,7 +553,7 @@ impl<H: Handler> Builder<H> {
                 self.turn_sharing,
             )?);
         }
-        Ok(Engine {
+        Ok(self.layer.wrap(Engine {
             remote: Remote { mailboxes: peers },
             threads,
             stats,
@@ -509,15 +561,14 @@ impl<H: Handler> Builder<H> {
             certificate,
             bpf_attached,
             cid_len: shared.cid.cid_len(),
-            handles: self.handles,
             shared,
-            direct: None,
-        })
+        }))
     }
 }
 
 /// A running engine: N shards serving one UDP port, each on its thread or in a group of shards
-/// sharing one ([`Builder::threads`]).
+/// sharing one ([`Builder::threads`]), or unspawned shards that an app-driven backend runs
+/// (`crate::direct`, which then owns their shutdown).
 pub struct Engine<H: Handler> {
     pub(crate) remote: Remote<H>,
     pub(crate) threads: Vec<JoinHandle<()>>,
@@ -526,12 +577,8 @@ pub struct Engine<H: Handler> {
     pub(crate) certificate: Option<Vec<CertificateDer<'static>>>,
     pub(crate) bpf_attached: bool,
     pub(crate) cid_len: usize,
-    /// Handle mode only (see `crate::handle`).
-    pub(crate) handles: Option<Arc<crate::handle::Hub>>,
     /// What every shard shares (configuration, the ticket store).
     pub(crate) shared: Arc<Shared>,
-    /// Direct backend only: the driver and this engine's shard in it (see `crate::direct`).
-    pub(crate) direct: Option<(Arc<crate::direct::Direct>, usize)>,
 }
 
 impl<H: Handler> Engine<H> {
@@ -565,8 +612,8 @@ impl<H: Handler> Engine<H> {
             threads: None,
             batch_scheduling: None,
             turn_sharing: true,
-            handles: None,
             memory: MemoryBudget::default(),
+            layer: (),
         }
     }
 
@@ -629,12 +676,10 @@ impl<H: Handler> Engine<H> {
         self.stats()
     }
 
-    fn stop(&mut self, timeout: Duration) {
+    /// Tells every shard to stop by now + `timeout` and joins the shard threads. A shard that
+    /// already stopped (an app-driven backend stops its own first) is skipped.
+    pub(crate) fn stop(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        if let Some((direct, index)) = self.direct.take() {
-            direct.shutdown(index, deadline);
-            return;
-        }
         for mb in self.remote.mailboxes.iter() {
             // a closed mailbox means the shard already exited
             let _ = mb.send_blocking(Msg::Shutdown { deadline });
@@ -649,7 +694,7 @@ impl<H: Handler> Engine<H> {
 
 impl<H: Handler> Drop for Engine<H> {
     fn drop(&mut self) {
-        if !self.threads.is_empty() || self.direct.is_some() {
+        if !self.threads.is_empty() {
             self.stop(Duration::ZERO);
         }
     }

@@ -28,7 +28,8 @@ pub mod steer;
 pub mod tickets;
 pub mod tls;
 
-pub use engine::{Builder, Engine, StartError, DEFAULT_MAX_CONNECTIONS};
+pub use engine::{Builder, Engine, Layer, StartError, DEFAULT_MAX_CONNECTIONS};
+pub use handle::HandleEngine;
 pub use handler::{ConnId, Handler, Remote, RemoteError, ShardCtx, ShardId, HANDLER_PANIC_CODE};
 pub use inject::{InjectError, InjectStats, Injector};
 pub use memory::MemoryBudget;

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use super::conn_shared::ConnShared;
 use super::hub::Hub;
 use super::nonblocking::Registration;
-use super::notify::{Block, DirectLink, ThreadSignal};
+use super::notify::{Block, ThreadSignal};
 use super::pipe::StreamPipe;
+use super::progress::ProgressLink;
 use super::sync::{AtomicBool, AtomicU64, Ordering};
 
 /// Why a blocking operation returned without a result.
@@ -51,27 +52,13 @@ impl Opts {
     }
 }
 
-/// Waits until `sig` fires (`true`) or `deadline` passes (`false`): on the signal's condition
-/// variable, or — direct backend — driving the engine meanwhile when no other thread does (then
-/// `true` may also mean "the engine made progress, try again").
-pub(crate) fn wait_signal(
-    sig: &Arc<ThreadSignal>,
-    deadline: Option<Instant>,
-    direct: &DirectLink,
-) -> bool {
-    match direct.get().and_then(std::sync::Weak::upgrade) {
-        Some(d) => d.wait(sig, deadline),
-        None => sig.wait(deadline),
-    }
-}
-
 /// Runs `attempt` until it yields a value: once in non-blocking mode, else waiting on a thread
-/// signal between tries until `deadline` ([`wait_signal`]; `direct` is the object's shard's
-/// link). `unregister` withdraws the signal on expiry.
+/// signal between tries until `deadline` ([`ProgressLink::wait`]: `progress` is the object's
+/// shard's link). `unregister` withdraws the signal on expiry.
 pub(crate) fn wait_for<T, E>(
     nonblocking: bool,
     deadline: Option<Instant>,
-    direct: &DirectLink,
+    progress: &ProgressLink,
     mut attempt: impl FnMut(Block<'_>) -> Result<Option<T>, E>,
     unregister: impl FnOnce(&Arc<ThreadSignal>),
     stall: impl Fn(Stall) -> E,
@@ -88,7 +75,7 @@ pub(crate) fn wait_for<T, E>(
         if let Some(v) = attempt(Block::Thread(&sig))? {
             return Ok(v);
         }
-        if !wait_signal(&sig, deadline, direct) {
+        if !progress.wait(&sig, deadline) {
             unregister(&sig);
             return attempt(Block::Flag)?.ok_or_else(|| stall(Stall::TimedOut));
         }
@@ -139,12 +126,12 @@ impl Target<'_> {
         }
     }
 
-    /// The link of the object's shard to a direct-backend driver.
-    pub(crate) fn direct(&self) -> &DirectLink {
+    /// How a wait on the object's shard makes progress.
+    pub(crate) fn progress(&self) -> &ProgressLink {
         match &self.0 {
-            Inner::Pipe(p) => p.direct(),
-            Inner::Conn(c) => c.direct(),
-            Inner::Accept(h) => h.direct(),
+            Inner::Pipe(p) => p.progress(),
+            Inner::Conn(c) => c.progress(),
+            Inner::Accept(h) => h.progress(),
         }
     }
 
@@ -180,7 +167,7 @@ pub fn block_until(pipes: &[&dyn Pipe], deadline: Option<Instant>) -> bool {
     }
     let sig = ThreadSignal::new();
     let first = pipes[0].target();
-    let direct = first.direct();
+    let progress = first.progress();
     let unregister_all = |sig: &Arc<ThreadSignal>| {
         for p in pipes {
             p.target().unblock_thread(sig);
@@ -194,7 +181,7 @@ pub fn block_until(pipes: &[&dyn Pipe], deadline: Option<Instant>) -> bool {
             unregister_all(&sig);
             return true;
         }
-        if !wait_signal(&sig, deadline, direct) {
+        if !progress.wait(&sig, deadline) {
             unregister_all(&sig);
             return pipes.iter().any(|p| p.target().register(Block::Flag));
         }

@@ -27,9 +27,9 @@ use super::notify::{Ready, Responder, ShardQueue};
 use super::pipe::{PipeDir, QuicRecv, QuicSend, RecvEnd, StreamPipe};
 use crate::handler::{ConnId, Handler, ShardCtx, ShardId};
 
-/// The [`Handler`] of a handle-mode engine (see [`Engine::builder_handles`](crate::Engine)).
-/// Applications do not call it; it is public because it names the engine's type,
-/// `Engine<HandleHandler>`.
+/// The [`Handler`] of a handle-mode engine (see [`HandleEngine`](crate::HandleEngine)).
+/// Applications do not call it; it is public because it names the core engine's type under
+/// the handle layer, `Engine<HandleHandler>`.
 pub struct HandleHandler {
     hub: Arc<Hub>,
     queue: Arc<ShardQueue>,
@@ -127,7 +127,7 @@ impl HandleHandler {
             h.post(shard, |ctx, me: &mut HandleHandler| me.run_ready(ctx))
                 .is_ok()
         });
-        let queue = Arc::new(ShardQueue::new(post).with_direct(hub.direct.clone()));
+        let queue = Arc::new(ShardQueue::new(post).with_progress(hub.progress.clone()));
         Self {
             hub,
             queue,

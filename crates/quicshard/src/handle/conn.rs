@@ -132,7 +132,7 @@ impl Connection {
         let r = wait_for(
             self.inner.opts.nonblocking(),
             self.inner.opts.deadline(deadline),
-            c.direct(),
+            c.progress(),
             |how| {
                 if open {
                     c.open(dir, how, &mut waiting)
@@ -204,7 +204,7 @@ impl Connection {
         wait_for(
             self.inner.opts.nonblocking(),
             self.inner.opts.deadline(deadline),
-            c.direct(),
+            c.progress(),
             |how| c.read_datagram(how),
             |sig| c.unblock_thread(sig),
             stall,
@@ -236,7 +236,7 @@ impl Connection {
         wait_for(
             false,
             deadline,
-            c.direct(),
+            c.progress(),
             |how| Ok(c.closed(how)),
             |sig| c.unblock_thread(sig),
             stall,
@@ -278,7 +278,7 @@ impl Connection {
         let r = wait_for(
             false,
             None,
-            c.direct(),
+            c.progress(),
             |how| Ok::<_, ConnError>(slot.poll(how)),
             |sig| slot.unblock_thread(sig),
             stall,

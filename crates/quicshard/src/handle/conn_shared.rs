@@ -360,8 +360,8 @@ impl ConnShared {
     }
 
     /// See [`ShardQueue::direct`].
-    pub(crate) fn direct(&self) -> &super::notify::DirectLink {
-        self.queue.direct()
+    pub(crate) fn progress(&self) -> &super::progress::ProgressLink {
+        self.queue.progress()
     }
 
     pub(crate) fn hub(&self) -> Option<Arc<Hub>> {

@@ -4,9 +4,8 @@
 //! and the shard ([`pipe`](self#modules)); availability is monotonic and backpressure reaches
 //! the peer through QUIC flow control.
 //!
-//! Start an engine with [`Engine::builder_handles`](crate::Engine::builder_handles); then
-//! [`Engine::accept`](crate::Engine::accept) / [`Engine::connect`](crate::Engine::connect) hand
-//! out connections. Four ways to wait:
+//! Start an engine with [`HandleEngine::builder`]; then [`HandleEngine::accept`] /
+//! [`HandleEngine::connect`] hand out connections. Four ways to wait:
 //! - **blocking**: `std::io::Read` / `Write`, the `_until(deadline)` variants, per-handle
 //!   `set_timeout`, and [`block_until`] over several [`Pipe`]s;
 //! - **non-blocking**: `set_nonblocking(true)` (`WouldBlock`) plus a [`Poller`] whose fd an
@@ -14,13 +13,13 @@
 //! - **async**: `futures_io::AsyncRead` / `AsyncWrite` (tokio's with the `tokio` feature) and
 //!   `*_async` methods;
 //! - the callback API ([`Handler`](crate::Handler)) stays available for engines not in handle
-//!   mode.
+//!   mode, and next to handles in a mixed engine ([`HandleEngine::builder_mixed`]).
 //!
 //! # Examples
 //! ```no_run
 //! use std::io::{Read, Write};
-//! use quicshard::Engine;
-//! let server = Engine::builder_handles().shards(2).start().unwrap();
+//! use quicshard::HandleEngine;
+//! let server = HandleEngine::builder().shards(2).start().unwrap();
 //! std::thread::scope(|s| {
 //!     s.spawn(|| {
 //!         let conn = server.accept().unwrap();
@@ -37,10 +36,9 @@
 //! coalesced ready queue, one-shot answers), `sync` (the loom facade), `blocking` (wait loop,
 //! [`Pipe`], [`block_until`]), `nonblocking` ([`Poller`]), `async_io`, `conn_shared` (one
 //! connection's shared state), `conn` and `stream` (the handles), `bridge` ([`HandleHandler`],
-//! the shard side), `hub` (handle-mode `Engine` methods), `mixed`
-//! ([`Engine::builder_handles_mixed`](crate::Engine::builder_handles_mixed): handles for some
-//! ALPNs, a callback handler for the others, e.g. HTTP/3 next to callback protocols); see also
-//! `README.md` here.
+//! the shard side), `hub` (what one engine's handles and shards share), `progress` (how a
+//! waiting app thread gets a shard to make progress: worker threads or the app-driven direct
+//! backend), `engine` ([`HandleEngine`]); see also `README.md` here.
 //! An app call that needs the shard queues its object in the shard's ready queue, which posts
 //! one `Remote::run_on`-style message per burst; the shard wakes app threads, tasks or pollers
 //! only when they are blocked on the object that changed.
@@ -52,15 +50,16 @@ mod bridge;
 mod buf;
 mod conn;
 mod conn_shared;
+mod engine;
 mod error;
 mod hub;
-mod mixed;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod model;
 mod nonblocking;
 mod notify;
 mod pipe;
+mod progress;
 mod stream;
 mod sync;
 
@@ -68,9 +67,11 @@ pub use async_io::StreamOpener;
 pub use blocking::{block_until, Pipe};
 pub use bridge::HandleHandler;
 pub use conn::Connection;
+pub use engine::{HandleBuilder, HandleEngine, HandleLayer};
 pub use error::{AcceptError, ConnError, ConnectError, ReadError, WriteError};
 pub use hub::HandleConfig;
 pub(crate) use hub::Hub;
 pub use nonblocking::Poller;
 pub(crate) use notify::ThreadSignal;
+pub(crate) use progress::{Driven, HandleMsg, Progress};
 pub use stream::{RecvStream, SendStream};

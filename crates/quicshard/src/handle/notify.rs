@@ -21,6 +21,7 @@ use std::time::Instant;
 use super::conn_shared::ConnShared;
 use super::nonblocking::Registration;
 use super::pipe::StreamPipe;
+use super::progress::ProgressLink;
 use super::sync::{lock, Condvar, Mutex};
 
 /// One app thread's wake-up: a flag and a condition variable. Fresh per blocking call.
@@ -195,14 +196,9 @@ pub(crate) type PostFn = Box<dyn Fn() -> bool + Send + Sync>;
 pub(crate) struct ShardQueue {
     state: Mutex<QueueState>,
     post: PostFn,
-    /// How a blocked app thread drives the shard itself (direct backend; unset otherwise).
-    direct: DirectLink,
+    /// How a blocked app thread gets this shard to make progress.
+    progress: ProgressLink,
 }
-
-/// Where the direct backend's driver is, once an engine in that mode started (see
-/// `crate::direct`); never set for the worker backend. Weak: the driver owns the shards, whose
-/// handlers own the queues holding this.
-pub(crate) type DirectLink = Arc<std::sync::OnceLock<std::sync::Weak<crate::direct::Direct>>>;
 
 #[derive(Default)]
 struct QueueState {
@@ -215,18 +211,18 @@ impl ShardQueue {
         Self {
             state: Mutex::new(crate::ranks::SHARD_QUEUE, QueueState::default()),
             post,
-            direct: DirectLink::default(),
+            progress: ProgressLink::default(),
         }
     }
 
-    /// Blocked waits on this shard's objects drive it through `direct` when that is set.
-    pub(crate) fn with_direct(mut self, direct: DirectLink) -> Self {
-        self.direct = direct;
+    /// Blocked waits on this shard's objects make progress through `progress`.
+    pub(crate) fn with_progress(mut self, progress: ProgressLink) -> Self {
+        self.progress = progress;
         self
     }
 
-    pub(crate) fn direct(&self) -> &DirectLink {
-        &self.direct
+    pub(crate) fn progress(&self) -> &ProgressLink {
+        &self.progress
     }
 
     /// Queues `item` (the caller already checked the item is not queued: its `pending` flag).

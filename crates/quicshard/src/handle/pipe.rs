@@ -148,8 +148,8 @@ impl StreamPipe {
     }
 
     /// See [`ShardQueue::direct`].
-    pub(crate) fn direct(&self) -> &super::notify::DirectLink {
-        self.queue.direct()
+    pub(crate) fn progress(&self) -> &super::progress::ProgressLink {
+        self.queue.progress()
     }
 
     // ----- app side -----

@@ -108,7 +108,7 @@ impl SendStream {
         wait_for(
             self.opts.nonblocking(),
             self.opts.deadline(deadline),
-            p.direct(),
+            p.progress(),
             |how| p.write(data, how),
             |sig| p.unblock_thread(sig),
             wstall,
@@ -137,7 +137,7 @@ impl SendStream {
         wait_for(
             self.opts.nonblocking(),
             self.opts.deadline(None),
-            p.direct(),
+            p.progress(),
             |how| p.write_bytes(data, how),
             |sig| p.unblock_thread(sig),
             wstall,
@@ -157,7 +157,7 @@ impl SendStream {
             wait_for(
                 self.opts.nonblocking(),
                 deadline,
-                p.direct(),
+                p.progress(),
                 |how| p.write_bytes(&mut data, how),
                 |sig| p.unblock_thread(sig),
                 wstall,
@@ -248,7 +248,7 @@ impl RecvStream {
         wait_for(
             self.opts.nonblocking(),
             self.opts.deadline(deadline),
-            p.direct(),
+            p.progress(),
             |how| p.read(out, how),
             |sig| p.unblock_thread(sig),
             rstall,

@@ -337,17 +337,6 @@ fn report(level: &str, edges: &BTreeMap<Module, BTreeSet<Module>>) -> Vec<String
         .collect()
 }
 
-/// Cycles still being taken apart: among the files of the handle layer.
-const PENDING: &[&str] = &["handle"];
-
-fn pending(report: &str) -> bool {
-    let arrows = report.split_once(": ").map_or("", |(_, a)| a);
-    arrows
-        .split([',', ' '])
-        .filter(|w| !w.is_empty() && *w != "->")
-        .all(|m| PENDING.contains(&m.split("::").next().unwrap_or(m)))
-}
-
 fn is_prefix(a: &Module, b: &Module) -> bool {
     a.len() <= b.len() && b[..a.len()] == a[..]
 }
@@ -382,7 +371,6 @@ fn no_import_cycles() {
     }
     let mut found = report("file", &files);
     found.extend(report("top-level module", &top));
-    found.retain(|c| !pending(c));
     assert!(
         found.is_empty(),
         "import cycles in crates/quicshard/src:\n{}",

@@ -53,11 +53,12 @@ use driver::Direct;
 
 use crate::engine::{Engine, StartError};
 use crate::handle::{
-    Driven, HandleBuilder, HandleEngine, HandleHandler, HandleMsg, Progress, ThreadSignal,
+    send_driving, Driven, HandleBuilder, HandleEngine, HandleHandler, HandleLayer, Progress,
+    ThreadSignal,
 };
 use crate::handler::{Remote, ShardId};
 use crate::shard::io::{Sock, CLIENT, LISTEN};
-use crate::shard::mailbox::{mailbox, MailboxTx, Msg, SendError};
+use crate::shard::mailbox::{mailbox, Msg};
 use crate::shard::{self, mem, ShardParts, WAKER_TOKEN};
 use crate::stats::Counters;
 
@@ -117,7 +118,7 @@ impl HandleBuilder {
             true,
         )?);
         spawn_assist(&cfg, &direct)?;
-        Ok(finish((half.engine, half.hub), &direct, 0))
+        Ok(finish((half.engine, half.layer), &direct, 0))
     }
 
     /// Builds one engine's shard on the calling thread.
@@ -162,7 +163,7 @@ impl HandleBuilder {
         Ok(Half {
             engine,
             shard,
-            hub: self.layer.hub.clone(),
+            layer: self.layer.clone(),
         })
     }
 }
@@ -171,18 +172,18 @@ impl HandleBuilder {
 struct Half {
     engine: Engine<HandleHandler>,
     shard: shard::Shard<HandleHandler>,
-    hub: Arc<crate::handle::Hub>,
+    layer: HandleLayer,
 }
 
 /// The handle engine of shard `index` of `direct`: its handles make progress by driving.
 fn finish(
-    (engine, hub): (Engine<HandleHandler>, Arc<crate::handle::Hub>),
+    (engine, layer): (Engine<HandleHandler>, HandleLayer),
     direct: &Arc<Direct>,
     index: usize,
 ) -> HandleEngine {
     let progress: Arc<dyn Progress> = direct.clone();
-    hub.progress().set(Arc::downgrade(&progress));
-    HandleEngine::new(engine, hub, Some((direct.clone(), index)))
+    layer.hub.progress().set(Arc::downgrade(&progress));
+    HandleEngine::new(engine, layer, Some((direct.clone(), index)))
 }
 
 fn check(cfg: &DirectConfig) -> Result<(), StartError> {
@@ -253,8 +254,8 @@ pub fn memory_pair(
     )?);
     spawn_assist(&cfg, &direct)?;
     Ok((
-        finish((ha.engine, ha.hub), &direct, 0),
-        finish((hb.engine, hb.hub), &direct, 1),
+        finish((ha.engine, ha.layer), &direct, 0),
+        finish((hb.engine, hb.layer), &direct, 1),
     ))
 }
 
@@ -265,32 +266,12 @@ impl Progress for Direct {
         Direct::wait(self, sig, deadline)
     }
 
-    /// If the mailbox is full, runs the engine (or lets the thread driving it) drain it first,
-    /// instead of blocking a thread that may be the only one able to drain it.
-    fn send(
-        &self,
-        mb: &MailboxTx<HandleHandler>,
-        mut msg: HandleMsg,
-    ) -> Result<(), SendError<HandleMsg>> {
-        loop {
-            match mb.try_send(msg) {
-                Err(SendError::Full(m)) => {
-                    msg = m;
-                    if !Direct::tick(self) {
-                        std::thread::yield_now();
-                    }
-                }
-                r => return r,
-            }
-        }
+    fn tick(&self) -> bool {
+        Direct::tick(self)
     }
 }
 
 impl Driven for Direct {
-    fn tick(&self) -> bool {
-        Direct::tick(self)
-    }
-
     fn poll_fd(&self) -> Option<RawFd> {
         Direct::poll_fd(self)
     }
@@ -302,7 +283,7 @@ impl Driven for Direct {
     fn shutdown(&self, index: usize, deadline: Instant) {
         if let Some(mb) = self.mailbox(index) {
             // a closed mailbox means the shard already stopped
-            let _ = Progress::send(self, &mb, Msg::Shutdown { deadline });
+            let _ = send_driving(self, &mb, Msg::Shutdown { deadline });
         }
         self.run_until_stopped(index);
     }

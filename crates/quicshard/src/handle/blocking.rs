@@ -10,13 +10,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conn_shared::ConnShared;
-use super::hub::Hub;
-use super::nonblocking::Registration;
 use super::notify::{Block, ThreadSignal};
-use super::pipe::StreamPipe;
 use super::progress::ProgressLink;
 use super::sync::{AtomicBool, AtomicU64, Ordering};
+use super::waitable::Wait;
 
 /// Why a blocking operation returned without a result.
 pub(crate) enum Stall {
@@ -98,49 +95,18 @@ pub(crate) mod sealed {
     }
 }
 
-/// The shared object behind a [`Pipe`] (opaque outside the crate).
+/// The shared object behind a [`Pipe`] (opaque outside the crate): any waitable object.
 #[allow(unreachable_pub)]
-pub struct Target<'a>(pub(crate) Inner<'a>);
+pub struct Target<'a>(&'a dyn Wait);
 
-pub(crate) enum Inner<'a> {
-    Pipe(&'a Arc<StreamPipe>),
-    Conn(&'a Arc<ConnShared>),
-    Accept(&'a Hub),
-}
-
-impl Target<'_> {
-    /// `true` if ready now; otherwise registers `how`.
-    pub(crate) fn register(&self, how: Block<'_>) -> bool {
-        match &self.0 {
-            Inner::Pipe(p) => p.register(how),
-            Inner::Conn(c) => c.register(how),
-            Inner::Accept(h) => h.register_accept(how),
-        }
+impl<'a> Target<'a> {
+    pub(crate) fn new(object: &'a dyn Wait) -> Self {
+        Self(object)
     }
 
-    pub(crate) fn unblock_thread(&self, sig: &Arc<ThreadSignal>) {
-        match &self.0 {
-            Inner::Pipe(p) => p.unblock_thread(sig),
-            Inner::Conn(c) => c.unblock_thread(sig),
-            Inner::Accept(h) => h.unblock_accept(sig),
-        }
-    }
-
-    /// How a wait on the object's shard makes progress.
-    pub(crate) fn progress(&self) -> &ProgressLink {
-        match &self.0 {
-            Inner::Pipe(p) => p.progress(),
-            Inner::Conn(c) => c.progress(),
-            Inner::Accept(h) => h.progress(),
-        }
-    }
-
-    pub(crate) fn set_poll(&self, reg: Option<Arc<Registration>>) {
-        match &self.0 {
-            Inner::Pipe(p) => p.set_poll(reg),
-            Inner::Conn(c) => c.set_poll(reg),
-            Inner::Accept(h) => h.set_poll_accept(reg),
-        }
+    /// The object's wait operations.
+    pub(crate) fn wait(&self) -> &'a dyn Wait {
+        self.0
     }
 }
 
@@ -167,23 +133,25 @@ pub fn block_until(pipes: &[&dyn Pipe], deadline: Option<Instant>) -> bool {
     }
     let sig = ThreadSignal::new();
     let first = pipes[0].target();
-    let progress = first.progress();
+    let progress = first.wait().progress();
     let unregister_all = |sig: &Arc<ThreadSignal>| {
         for p in pipes {
-            p.target().unblock_thread(sig);
+            p.target().wait().unblock_thread(sig);
         }
     };
     loop {
         if pipes
             .iter()
-            .any(|p| p.target().register(Block::Thread(&sig)))
+            .any(|p| p.target().wait().register(Block::Thread(&sig)))
         {
             unregister_all(&sig);
             return true;
         }
         if !progress.wait(&sig, deadline) {
             unregister_all(&sig);
-            return pipes.iter().any(|p| p.target().register(Block::Flag));
+            return pipes
+                .iter()
+                .any(|p| p.target().wait().register(Block::Flag));
         }
     }
 }

@@ -46,25 +46,37 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::os::fd::RawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use super::blocking::{sealed, wait_for, Inner, Pipe, Stall, Target};
-use super::bridge::HandleHandler;
+use super::blocking::{sealed, wait_for, Pipe, Stall, Target};
+use super::bridge::{HandleHandler, Shards};
 use super::conn::Connection;
+use super::conn_shared::ConnShared;
 use super::error::{AcceptError, ConnectError};
-use super::hub::{finish_connect, ConnectGuard, ConnectReply, HandleConfig, Hub};
-use super::notify::{Block, Slot};
+use super::hub::{ConnectReply, HandleConfig, Hub};
+use super::notify::{Block, Canceled, Slot};
 use super::progress::Driven;
+use super::waitable::Wait;
 use crate::engine::{Builder, Engine, Layer};
 use crate::handler::{Handler, ShardId};
 use crate::stats::ShardStats;
 
 /// The handle layer on a [`Builder`]: its `start()` gives a [`HandleEngine`]. Made by
 /// [`HandleEngine::builder`].
+#[derive(Clone)]
 pub struct HandleLayer {
     pub(crate) hub: Arc<Hub>,
+    pub(crate) shards: Arc<Shards>,
+}
+
+impl HandleLayer {
+    fn new(config: HandleConfig) -> Self {
+        let hub = Arc::new(Hub::new(config));
+        let shards = Arc::new(Shards::new(hub.progress().clone()));
+        Self { hub, shards }
+    }
 }
 
 /// A [`Builder`] of a [`HandleEngine`].
@@ -73,7 +85,7 @@ pub type HandleBuilder = Builder<HandleHandler, HandleLayer>;
 impl Layer<HandleHandler> for HandleLayer {
     type Engine = HandleEngine;
     fn wrap(self, engine: Engine<HandleHandler>) -> HandleEngine {
-        HandleEngine::new(engine, self.hub, None)
+        HandleEngine::new(engine, self, None)
     }
 }
 
@@ -82,6 +94,7 @@ impl Layer<HandleHandler> for HandleLayer {
 pub struct HandleEngine {
     core: Engine<HandleHandler>,
     hub: Arc<Hub>,
+    shards: Arc<Shards>,
     /// App-driven backend only: its driver and this engine's shard in it.
     driven: Option<(Arc<dyn Driven>, usize)>,
 }
@@ -94,10 +107,10 @@ impl HandleEngine {
 
     /// [`HandleEngine::builder`] with explicit handle settings.
     pub fn builder_with(config: HandleConfig) -> HandleBuilder {
-        let hub = Arc::new(Hub::new(config));
-        let h = hub.clone();
-        Engine::builder(move |shard| HandleHandler::new(shard, h.clone()))
-            .with_layer(HandleLayer { hub })
+        let layer = HandleLayer::new(config);
+        let l = layer.clone();
+        Engine::builder(move |shard| HandleHandler::new(shard, l.hub.clone(), l.shards.clone()))
+            .with_layer(layer)
     }
 
     /// A builder of a mixed engine: handles for connections that negotiate one of
@@ -112,23 +125,33 @@ impl HandleEngine {
     where
         F: Fn(ShardId) -> Box<dyn Handler + Send> + Send + Sync + 'static,
     {
-        let hub = Arc::new(Hub::new(config));
+        let layer = HandleLayer::new(config);
         let alpns: Arc<[Vec<u8>]> = handle_alpns.iter().map(|a| a.to_vec()).collect();
-        let h = hub.clone();
+        let l = layer.clone();
         Engine::builder(move |shard| {
-            HandleHandler::with_fallback(shard, h.clone(), alpns.clone(), fallback(shard))
+            let (hub, shards) = (l.hub.clone(), l.shards.clone());
+            HandleHandler::with_fallback(shard, hub, shards, alpns.clone(), fallback(shard))
         })
-        .with_layer(HandleLayer { hub })
+        .with_layer(layer)
     }
 
     /// Wraps a started core engine; `driven`: the app-driven backend running its shard.
     pub(crate) fn new(
         core: Engine<HandleHandler>,
-        hub: Arc<Hub>,
+        layer: HandleLayer,
         driven: Option<(Arc<dyn Driven>, usize)>,
     ) -> Self {
-        hub.set_remote(core.remote());
-        Self { core, hub, driven }
+        layer.shards.set_remote(core.remote());
+        Self {
+            core,
+            hub: layer.hub,
+            shards: layer.shards,
+            driven,
+        }
+    }
+
+    fn connection(&self, c: Arc<ConnShared>) -> Connection {
+        Connection::new(c, Arc::downgrade(&self.shards))
     }
 
     /// Waits for the next incoming connection (handshake complete).
@@ -157,19 +180,19 @@ impl HandleEngine {
             deadline,
             hub.progress(),
             |how| Ok(hub.accept(how)),
-            |sig| hub.unblock_accept(sig),
+            |sig| hub.unblock_thread(sig),
             |s| match s {
                 Stall::WouldBlock => AcceptError::WouldBlock,
                 Stall::TimedOut => AcceptError::TimedOut,
             },
         )?;
-        Ok(Connection::new(c))
+        Ok(self.connection(c))
     }
 
     /// Waits for the next incoming connection.
     pub async fn accept_async(&self) -> Connection {
         poll_fn(|cx| match self.hub.accept(Block::Task(cx.waker())) {
-            Some(c) => Poll::Ready(Connection::new(c)),
+            Some(c) => Poll::Ready(self.connection(c)),
             None => Poll::Pending,
         })
         .await
@@ -205,7 +228,7 @@ impl HandleEngine {
                 None => return Err(e),
             },
         };
-        finish_connect(r)
+        finish_connect(r, &self.shards)
     }
 
     /// Opens a client connection and waits for its handshake.
@@ -225,7 +248,7 @@ impl HandleEngine {
         })
         .await;
         guard.0 = None;
-        finish_connect(r)
+        finish_connect(r, &self.shards)
     }
 
     /// Asks a shard to connect; the slot gets the outcome.
@@ -237,7 +260,7 @@ impl HandleEngine {
         let shard = self.hub.next_connect_shard(self.core.shards());
         let (slot, tx) = Slot::new();
         let name = server_name.to_owned();
-        self.hub
+        self.shards
             .post(shard, move |ctx, h| h.connect(ctx, addr, &name, tx))
             .map_err(|_| ConnectError::EngineStopped)?;
         Ok(slot)
@@ -301,8 +324,34 @@ impl Drop for HandleEngine {
 
 impl sealed::Sealed for HandleEngine {
     fn target(&self) -> Target<'_> {
-        Target(Inner::Accept(&self.hub))
+        Target::new(&*self.hub)
     }
 }
 /// Ready when a connection waits to be accepted.
 impl Pipe for HandleEngine {}
+
+/// Turns a shard's connect answer into a handle.
+fn finish_connect(
+    r: Result<ConnectReply, Canceled>,
+    shards: &Arc<Shards>,
+) -> Result<Connection, ConnectError> {
+    match r {
+        Ok(Ok(c)) => Ok(Connection::new(c, Arc::downgrade(shards))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ConnectError::EngineStopped),
+    }
+}
+
+/// Abandons a pending connect when its future is dropped.
+struct ConnectGuard(Option<Arc<Slot<ConnectReply>>>);
+
+impl Drop for ConnectGuard {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            // an answer that already arrived becomes a handle, whose drop closes it
+            if let Some(Ok(c)) = slot.abandon() {
+                drop(Connection::new(c, Weak::new()));
+            }
+        }
+    }
+}

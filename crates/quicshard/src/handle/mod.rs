@@ -32,18 +32,27 @@
 //! ```
 //!
 //! # Implementation notes
-//! Module map: `pipe` (the byte pipe and its wake-up rules), `notify` (waiters, the shard's
-//! coalesced ready queue, one-shot answers), `sync` (the loom facade), `blocking` (wait loop,
-//! [`Pipe`], [`block_until`]), `nonblocking` ([`Poller`]), `async_io`, `conn_shared` (one
-//! connection's shared state), `conn` and `stream` (the handles), `bridge` ([`HandleHandler`],
-//! the shard side), `hub` (what one engine's handles and shards share), `progress` (how a
-//! waiting app thread gets a shard to make progress: worker threads or the app-driven direct
-//! backend), `engine` ([`HandleEngine`]); see also `README.md` here.
+//! Three tiers, each file naming only its own tier's earlier files and the tiers below it (no
+//! import cycle: `tests/layers.rs`); `README.md` here lists them in order:
+//! - **shared core** (named by both sides, names neither): `sync` (the loom facade), `buf`,
+//!   `error`, `registration` (a poller's eventfd and one handle's membership), `notify`
+//!   (waiters, thread signals, one-shot answers), `progress` (how a waiting app thread gets a
+//!   shard to make progress: worker threads, or the app-driven direct backend), `waitable` (the
+//!   one generic waitable: register / unblock / poller written once), `pipe` (the byte pipe and
+//!   its wake-up rules), `conn_shared` (one connection's shared state), `queue` (a shard's
+//!   coalesced ready queue), `hub` (what one engine's handles and shards share: the accept
+//!   queue);
+//! - **shard side**: `bridge` ([`HandleHandler`], and posting closures to a shard);
+//! - **application side**: `blocking` (the wait loop, [`Pipe`], [`block_until`]),
+//!   `nonblocking` ([`Poller`]), `app_conn`, `stream` and `conn` (the handles), `async_io`,
+//!   `engine` ([`HandleEngine`]).
+//!
 //! An app call that needs the shard queues its object in the shard's ready queue, which posts
 //! one `Remote::run_on`-style message per burst; the shard wakes app threads, tasks or pollers
 //! only when they are blocked on the object that changed.
 #![allow(unexpected_cfgs)] // cfg(loom): see sync.rs
 
+mod app_conn;
 mod async_io;
 mod blocking;
 mod bridge;
@@ -60,8 +69,11 @@ mod nonblocking;
 mod notify;
 mod pipe;
 mod progress;
+mod queue;
+mod registration;
 mod stream;
 mod sync;
+mod waitable;
 
 pub use async_io::StreamOpener;
 pub use blocking::{block_until, Pipe};
@@ -70,8 +82,7 @@ pub use conn::Connection;
 pub use engine::{HandleBuilder, HandleEngine, HandleLayer};
 pub use error::{AcceptError, ConnError, ConnectError, ReadError, WriteError};
 pub use hub::HandleConfig;
-pub(crate) use hub::Hub;
 pub use nonblocking::Poller;
 pub(crate) use notify::ThreadSignal;
-pub(crate) use progress::{Driven, HandleMsg, Progress};
+pub(crate) use progress::{send_driving, Driven, Progress};
 pub use stream::{RecvStream, SendStream};

@@ -17,30 +17,21 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
-use super::bridge::HandleHandler;
 use super::notify::ThreadSignal;
 use crate::shard::mailbox::{MailboxTx, Msg, SendError};
-
-/// A mailbox message of a handle-mode shard.
-pub(crate) type HandleMsg = Msg<HandleHandler>;
 
 /// Makes progress on behalf of a waiting app thread (see the module docs).
 pub(crate) trait Progress: Send + Sync {
     /// Waits until `sig` fires (`true`; also when the engine made progress: the caller checks
     /// its object again) or `deadline` passes (`false`).
     fn wait(&self, sig: &Arc<ThreadSignal>, deadline: Option<Instant>) -> bool;
-    /// Queues `msg` in a shard's mailbox from an app thread, waiting while it is full.
-    fn send(
-        &self,
-        mb: &MailboxTx<HandleHandler>,
-        msg: HandleMsg,
-    ) -> Result<(), SendError<HandleMsg>>;
+    /// Runs the shards' pending work on the calling thread without blocking; `false` if it did
+    /// not (another thread was driving; on the worker backend the shard threads do it).
+    fn tick(&self) -> bool;
 }
 
 /// An app-driven backend as its engine sees it: one driver for one or more engines' shards.
 pub(crate) trait Driven: Progress {
-    /// Runs pending work without blocking; `false` if another thread was driving.
-    fn tick(&self) -> bool;
     /// A descriptor readable when the engine has input (`None`: not pollable).
     fn poll_fd(&self) -> Option<RawFd>;
     /// When the engine next needs a tick without input.
@@ -57,12 +48,29 @@ impl Progress for Workers {
         sig.wait(deadline)
     }
 
-    fn send(
-        &self,
-        mb: &MailboxTx<HandleHandler>,
-        msg: HandleMsg,
-    ) -> Result<(), SendError<HandleMsg>> {
-        mb.send_blocking(msg)
+    fn tick(&self) -> bool {
+        false
+    }
+}
+
+/// Queues `msg` in `mb` for an app-driven backend: while the mailbox is full, runs the engine
+/// (or lets the thread driving it) drain it, instead of blocking a thread that may be the only
+/// one able to drain it.
+pub(crate) fn send_driving<H>(
+    backend: &dyn Progress,
+    mb: &MailboxTx<H>,
+    mut msg: Msg<H>,
+) -> Result<(), SendError<Msg<H>>> {
+    loop {
+        match mb.try_send(msg) {
+            Err(SendError::Full(m)) => {
+                msg = m;
+                if !backend.tick() {
+                    std::thread::yield_now();
+                }
+            }
+            r => return r,
+        }
     }
 }
 
@@ -85,15 +93,12 @@ impl ProgressLink {
         }
     }
 
-    /// [`Progress::send`] on the engine's backend.
-    pub(crate) fn send(
-        &self,
-        mb: &MailboxTx<HandleHandler>,
-        msg: HandleMsg,
-    ) -> Result<(), SendError<HandleMsg>> {
+    /// Queues `msg` in a shard's mailbox from an app thread, waiting while it is full: for the
+    /// shard thread to drain it (workers), or driving ([`send_driving`]).
+    pub(crate) fn send<H>(&self, mb: &MailboxTx<H>, msg: Msg<H>) -> Result<(), SendError<Msg<H>>> {
         match self.0.get().and_then(Weak::upgrade) {
-            Some(p) => p.send(mb, msg),
-            None => Workers.send(mb, msg),
+            Some(p) => send_driving(&*p, mb, msg),
+            None => mb.send_blocking(msg),
         }
     }
 }

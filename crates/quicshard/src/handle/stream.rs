@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quinn_proto::{StreamId, VarInt};
 
-use super::blocking::{sealed, wait_for, Inner, Opts, Pipe, Stall, Target};
-use super::conn::AppConn;
+use super::app_conn::AppConn;
+use super::blocking::{sealed, wait_for, Opts, Pipe, Stall, Target};
 use super::error::{ReadError, WriteError};
 use super::notify::Block;
 use super::pipe::StreamPipe;
+use super::waitable::Wait;
 
 /// The sending half of a stream.
 pub struct SendStream {
@@ -316,13 +317,13 @@ impl io::Read for RecvStream {
 
 impl sealed::Sealed for SendStream {
     fn target(&self) -> Target<'_> {
-        Target(Inner::Pipe(&self.pipe))
+        Target::new(&*self.pipe)
     }
 }
 impl Pipe for SendStream {}
 impl sealed::Sealed for RecvStream {
     fn target(&self) -> Target<'_> {
-        Target(Inner::Pipe(&self.pipe))
+        Target::new(&*self.pipe)
     }
 }
 impl Pipe for RecvStream {}

@@ -5,14 +5,14 @@
 //! its connections for their whole life. The kernel steers datagrams to the owning shard by the shard
 //! byte of the connection ID (classic BPF on an `SO_REUSEPORT` group); whatever it cannot steer is
 //! handed off between shards in userspace. Start with [`Engine::builder`] and a [`Handler`]
-//! (callbacks on the owning shard), or with [`Engine::builder_handles`] for thread-safe blocking,
-//! non-blocking and async handles ([`handle`]).
+//! (callbacks on the owning shard), or with [`HandleEngine::builder`] for thread-safe blocking,
+//! non-blocking and async handles ([`handle`]). The layers stack: the core (shards, steering,
+//! handoff, callbacks) names no layer above it; the handle layer wraps the started [`Engine`]
+//! ([`Layer`]), and the [`direct`] backend plugs into the handle layer's progress abstraction.
 
 pub mod cid;
 pub mod direct;
 mod engine;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod handle;
 pub mod handler;
 mod inject;
@@ -25,6 +25,8 @@ mod shard;
 mod shared;
 pub mod stats;
 pub mod steer;
+#[doc(hidden)]
+pub mod testing;
 pub mod tickets;
 pub mod tls;
 

@@ -1,5 +1,6 @@
-//! The pure pieces of the datagram input path, exposed for the property tests
-//! (`tests/fuzz_*.rs`). Not a stable API.
+//! Public items that exist only for tests, benches and fuzzing (hidden from the docs; not a
+//! stable API): the pure pieces of the datagram input path, for the property tests
+//! (`tests/fuzz_*.rs`).
 //!
 //! A datagram on the shared port goes: [`handoff_target`] (steering: another shard's? hand it
 //! off) → [`check_before_endpoint`] (drop empty, truncated or foreign short headers) →

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quicshard::handle::{Connection, HandleConfig, RecvStream, SendStream};
 use quicshard::quinn_proto::VarInt;
-use quicshard::{handle::HandleHandler, Engine};
+use quicshard::HandleEngine;
 
 use crate::proto::{self, ALPN_PERF, BAD_REQUEST};
 use crate::{signals, CommonArgs, Fatal};
@@ -68,7 +68,7 @@ pub fn run(args: Args) -> Result<(), Fatal> {
     let config = HandleConfig {
         pipe_capacity: args.pipe_kib.max(1) * 1024,
     };
-    let engine = Engine::builder_handles_with(config)
+    let engine = HandleEngine::builder_with(config)
         .listen(c.listen)
         .shards(c.threads())
         .bpf(!args.no_bpf)
@@ -107,7 +107,7 @@ pub fn run(args: Args) -> Result<(), Fatal> {
     Ok(())
 }
 
-fn accept_blocking(engine: &Engine<HandleHandler>, stop: &AtomicBool) {
+fn accept_blocking(engine: &HandleEngine, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         if let Ok(conn) = engine.accept_until(Some(Instant::now() + STOP_CHECK)) {
             std::thread::spawn(move || serve_blocking(conn));

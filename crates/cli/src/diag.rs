@@ -29,7 +29,7 @@ pub(crate) fn qlog_setup(flag: Option<&Path>) -> Result<(), Failure> {
 }
 
 /// `b` tracing every connection into `QLOGDIR` if it is set (see [`qlog_setup`]).
-pub(crate) fn with_qlog<H: Handler>(b: Builder<H>) -> Builder<H> {
+pub(crate) fn with_qlog<H: Handler, L>(b: Builder<H, L>) -> Builder<H, L> {
     match std::env::var_os(QLOG_ENV).filter(|d| !d.is_empty()) {
         Some(dir) => b.qlog_dir(dir),
         None => b,
@@ -42,7 +42,7 @@ pub(crate) fn keylog_wanted() -> bool {
 }
 
 /// `b` logging the server's TLS secrets to `SSLKEYLOGFILE` if it is set.
-pub(crate) fn with_keylog<H: Handler>(b: Builder<H>) -> Builder<H> {
+pub(crate) fn with_keylog<H: Handler, L>(b: Builder<H, L>) -> Builder<H, L> {
     if keylog_wanted() {
         b.key_log(Arc::new(quicshard::rustls::KeyLogFile::new()))
     } else {

@@ -6,11 +6,9 @@ mod common;
 
 use quicshard_relay::{client, protocol};
 
+use quicshard::HandleEngine;
 use std::process::Output;
 use std::time::{Duration, Instant};
-
-use quicshard::handle::HandleHandler;
-use quicshard::Engine;
 
 use client::{payload, Checker, Publisher, Subscription};
 use common::{qs, Proc};
@@ -23,9 +21,9 @@ const PAYLOAD: usize = 100;
 /// (topic, publishers, subscribers).
 const TOPICS: [(&str, u16, usize); 2] = [("alpha", 2, 3), ("beta", 1, 2)];
 
-fn clients() -> Engine<HandleHandler> {
+fn clients() -> HandleEngine {
     let tls = quicshard::tls::insecure_client_config(&[protocol::ALPN]).unwrap();
-    Engine::builder_handles()
+    HandleEngine::builder()
         .shards(2)
         .client_config(tls)
         .start()
@@ -143,7 +141,7 @@ fn a_subscriber_that_does_not_read_is_reset_with_lagged() {
         stream_receive_window: 16 * 1024,
         ..quicshard::MemoryBudget::default()
     };
-    let engine = Engine::builder_handles_with(quicshard::handle::HandleConfig {
+    let engine = HandleEngine::builder_with(quicshard::handle::HandleConfig {
         pipe_capacity: 16 * 1024,
     })
     .shards(1)

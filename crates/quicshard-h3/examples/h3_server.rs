@@ -15,12 +15,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use http::{Method, StatusCode};
-use quicshard::handle::HandleHandler;
-use quicshard::Engine;
+use quicshard::HandleEngine;
 use quicshard_h3::{client, FileServer, ALPN};
 
 /// The accept loop: every connection is served by its own task.
-async fn serve(engine: Arc<Engine<HandleHandler>>, files: FileServer) {
+async fn serve(engine: Arc<HandleEngine>, files: FileServer) {
     loop {
         let conn = engine.accept_async().await;
         let files = files.clone();
@@ -33,11 +32,7 @@ async fn serve(engine: Arc<Engine<HandleHandler>>, files: FileServer) {
 }
 
 /// Downloads every file of `dir` from the server and compares it; Err says what differed.
-async fn check(
-    engine: &Engine<HandleHandler>,
-    server: &Engine<HandleHandler>,
-    dir: &Path,
-) -> Result<(), String> {
+async fn check(engine: &HandleEngine, server: &HandleEngine, dir: &Path) -> Result<(), String> {
     let conn = engine
         .connect_async(server.local_addr(), "localhost")
         .await
@@ -120,7 +115,7 @@ fn main() -> ExitCode {
     };
     let files = FileServer::new(&dir).expect("a readable directory");
     let server = Arc::new(
-        Engine::builder_handles()
+        HandleEngine::builder()
             .shards(2)
             .listen(listen)
             .alpn(&[ALPN])
@@ -137,7 +132,7 @@ fn main() -> ExitCode {
         .expect("self-signed certificate")
         .to_vec();
     let tls = quicshard::tls::client_config_trusting(&cert, &[ALPN]).expect("client TLS");
-    let client = Engine::builder_handles()
+    let client = HandleEngine::builder()
         .shards(1)
         .client_config(tls)
         .start()

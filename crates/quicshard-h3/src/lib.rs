@@ -9,13 +9,13 @@
 //! - `settings`: the SETTINGS rule h3 leaves out (SETTINGS_H3_DATAGRAM needs the peer's
 //!   `max_datagram_frame_size`, RFC 9297 §2.1.1), applied by [`quic`] to peers' streams.
 //!
-//! The engine must run in handle mode (`Engine::builder_handles` or, next to callback protocols
-//! on the same port, `Engine::builder_handles_mixed`) and offer ALPN [`ALPN`]. Any executor
+//! The engine must run in handle mode (`HandleEngine::builder` or, next to callback protocols
+//! on the same port, `HandleEngine::builder_mixed`) and offer ALPN [`ALPN`]. Any executor
 //! drives the futures; the shards wake tasks through their wakers.
 //!
 //! # Examples
 //! ```no_run
-//! # async fn run(engine: quicshard::Engine<quicshard::handle::HandleHandler>) {
+//! # async fn run(engine: quicshard::HandleEngine) {
 //! let files = quicshard_h3::FileServer::new(std::path::Path::new("./www")).unwrap();
 //! loop {
 //!     let conn = engine.accept_async().await;

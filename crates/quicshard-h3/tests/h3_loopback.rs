@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use quicshard::handle::HandleHandler;
-use quicshard::{ConnId, Engine, Handler, ShardCtx};
+use quicshard::HandleEngine;
+use quicshard::{ConnId, Handler, ShardCtx};
 use quicshard_h3::client::{self, Fetched};
 use quicshard_h3::FileServer;
 
@@ -39,8 +39,8 @@ fn www(name: &str) -> PathBuf {
 type Served = tokio::task::JoinHandle<Result<(), quicshard_h3::files::ServeError>>;
 
 struct Setup {
-    server: Arc<Engine<HandleHandler>>,
-    client: Engine<HandleHandler>,
+    server: Arc<HandleEngine>,
+    client: HandleEngine,
     refused: Arc<Mutex<Vec<ConnId>>>,
     served: Arc<Mutex<Vec<Served>>>,
     rt: tokio::runtime::Runtime,
@@ -81,7 +81,7 @@ fn setup(files: FileServer) -> Setup {
     let refused = Arc::new(Mutex::new(Vec::new()));
     let r = refused.clone();
     let server =
-        Engine::builder_handles_mixed(Default::default(), &[quicshard_h3::ALPN], move |_| {
+        HandleEngine::builder_mixed(Default::default(), &[quicshard_h3::ALPN], move |_| {
             Box::new(Refuser(r.clone())) as Box<dyn Handler + Send>
         })
         .shards(2)
@@ -90,7 +90,7 @@ fn setup(files: FileServer) -> Setup {
         .unwrap();
     let cert = server.certificate().unwrap().to_vec();
     let tls = quicshard::tls::client_config_trusting(&cert, &[b"h3", b"other"]).unwrap();
-    let client = Engine::builder_handles()
+    let client = HandleEngine::builder()
         .shards(1)
         .client_config(tls)
         .start()
@@ -282,7 +282,7 @@ fn other_alpns_go_to_the_callback_handler() {
     let s = setup(FileServer::new(&dir).unwrap());
     let cert = s.server.certificate().unwrap().to_vec();
     let tls = quicshard::tls::client_config_trusting(&cert, &[b"other"]).unwrap();
-    let other = Engine::builder_handles()
+    let other = HandleEngine::builder()
         .shards(1)
         .client_config(tls)
         .start()

@@ -8,9 +8,9 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quicshard::handle::{Connection, HandleHandler};
+use quicshard::handle::Connection;
 use quicshard::quinn_proto::{ConnectionError, TransportConfig};
-use quicshard::Engine;
+use quicshard::HandleEngine;
 use quicshard_h3::FileServer;
 
 /// H3_SETTINGS_ERROR (RFC 9114 §8.1).
@@ -32,13 +32,13 @@ fn get_request() -> Vec<u8> {
 }
 
 struct Setup {
-    server: Arc<Engine<HandleHandler>>,
+    server: Arc<HandleEngine>,
     _rt: tokio::runtime::Runtime,
 }
 
 fn server() -> Setup {
     let server = Arc::new(
-        Engine::builder_handles()
+        HandleEngine::builder()
             .shards(1)
             .alpn(&[quicshard_h3::ALPN])
             .start()
@@ -62,7 +62,7 @@ fn server() -> Setup {
 }
 
 /// A client connection whose transport parameters carry `max_datagram_frame_size` or not.
-fn peer(setup: &Setup, datagrams: bool) -> (Engine<HandleHandler>, Connection) {
+fn peer(setup: &Setup, datagrams: bool) -> (HandleEngine, Connection) {
     let cert = setup.server.certificate().unwrap().to_vec();
     let mut tls = quicshard::tls::client_config_trusting(&cert, &[quicshard_h3::ALPN]).unwrap();
     let mut transport = TransportConfig::default();
@@ -71,7 +71,7 @@ fn peer(setup: &Setup, datagrams: bool) -> (Engine<HandleHandler>, Connection) {
         transport.datagram_receive_buffer_size(None);
     }
     tls.transport_config(Arc::new(transport));
-    let client = Engine::builder_handles()
+    let client = HandleEngine::builder()
         .shards(1)
         .client_config(tls)
         .start()

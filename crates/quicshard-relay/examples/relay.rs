@@ -21,9 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use quicshard::handle::{Connection, HandleConfig, HandleHandler};
+use quicshard::handle::{Connection, HandleConfig};
 use quicshard::quinn_proto::TransportConfig;
-use quicshard::{Engine, ShardId};
+use quicshard::HandleEngine;
+use quicshard::ShardId;
 
 use quicshard_relay::client::{payload, Checker, ClientError, Publisher, Subscription};
 use quicshard_relay::protocol::{ALPN, DELIVERY_HEADER};
@@ -250,8 +251,8 @@ fn main() -> Result<(), String> {
         stream_receive_window: CLIENT_BUFFER as u64,
         ..quicshard::MemoryBudget::default()
     };
-    let clients: Arc<Engine<HandleHandler>> = Arc::new(
-        Engine::builder_handles_with(HandleConfig {
+    let clients: Arc<HandleEngine> = Arc::new(
+        HandleEngine::builder_with(HandleConfig {
             pipe_capacity: CLIENT_BUFFER,
         })
         .shards(2)
@@ -261,7 +262,7 @@ fn main() -> Result<(), String> {
         .start()
         .map_err(|e| e.to_string())?,
     );
-    let connect = move |clients: &Engine<HandleHandler>| {
+    let connect = move |clients: &HandleEngine| {
         clients.connect_until(addr, "localhost", Some(Instant::now() + STEP_TIMEOUT))
     };
 

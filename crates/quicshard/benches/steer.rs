@@ -6,8 +6,8 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use quicshard::cid::CidConfig;
-use quicshard::fuzzing::run_bpf;
 use quicshard::steer::{owner_shard, steering_program, ShardKey};
+use quicshard::testing::run_bpf;
 
 const SHARDS: usize = 4;
 

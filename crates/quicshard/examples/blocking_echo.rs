@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use quicshard::handle::{ConnError, Connection};
 use quicshard::quinn_proto::{TransportConfig, VarInt};
-use quicshard::Engine;
+use quicshard::HandleEngine;
 
 const CLIENTS: usize = 8;
 const STREAMS: usize = 4;
@@ -45,13 +45,13 @@ fn serve(conn: Connection) {
 fn main() {
     let mut transport = TransportConfig::default();
     transport.max_concurrent_bidi_streams(VarInt::from_u32(16));
-    let server = Engine::builder_handles()
+    let server = HandleEngine::builder()
         .shards(4)
         .transport(transport)
         .start()
         .expect("server");
     let tls = quicshard::tls::client_config_trusting(server.certificate().unwrap(), &[]).unwrap();
-    let client = Engine::builder_handles()
+    let client = HandleEngine::builder()
         .shards(2)
         .client_config(tls)
         .start()

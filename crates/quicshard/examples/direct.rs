@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use quicshard::direct::{memory_pair, DirectConfig};
 use quicshard::handle::{ConnError, ReadError, RecvStream, SendStream, WriteError};
 use quicshard::quinn_proto::VarInt;
-use quicshard::{Engine, ShardStats};
+use quicshard::HandleEngine;
+use quicshard::ShardStats;
 
 const STREAMS: u64 = 8;
 const BYTES: usize = 256 * 1024;
@@ -81,7 +82,7 @@ fn main() {
         timer_assist: false,
     };
     let (server, client) =
-        memory_pair(Engine::builder_handles(), Engine::builder_handles(), cfg).expect("pair");
+        memory_pair(HandleEngine::builder(), HandleEngine::builder(), cfg).expect("pair");
     let deadline = Some(Instant::now() + LIMIT);
 
     // blocking calls drive both engines

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
 use quicshard::handle::{
-    ConnError, Connection, HandleHandler, Poller, ReadError, RecvStream, SendStream, WriteError,
+    ConnError, Connection, Poller, ReadError, RecvStream, SendStream, WriteError,
 };
 use quicshard::quinn_proto::{TransportConfig, VarInt};
-use quicshard::Engine;
+use quicshard::HandleEngine;
 
 const STREAMS: usize = 100;
 const BYTES: usize = 32 * 1024;
@@ -102,7 +102,7 @@ impl Echo {
 }
 
 /// Accepts one connection and echoes every stream on it, from this thread only.
-fn server(engine: &Engine<HandleHandler>) -> usize {
+fn server(engine: &HandleEngine) -> usize {
     let mut lp = Loop::new();
     const ENGINE: usize = 0;
     const CONN: usize = 1;
@@ -249,14 +249,14 @@ fn client(conn: Connection) {
 fn main() {
     let mut transport = TransportConfig::default();
     transport.max_concurrent_bidi_streams(VarInt::from_u32(128));
-    let server_engine = Engine::builder_handles()
+    let server_engine = HandleEngine::builder()
         .shards(2)
         .transport(transport)
         .start()
         .expect("server");
     let tls =
         quicshard::tls::client_config_trusting(server_engine.certificate().unwrap(), &[]).unwrap();
-    let client_engine = Engine::builder_handles()
+    let client_engine = HandleEngine::builder()
         .shards(1)
         .client_config(tls)
         .start()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use quicshard::handle::ConnError;
 use quicshard::quinn_proto::{TransportConfig, VarInt};
-use quicshard::Engine;
+use quicshard::HandleEngine;
 
 const CLIENTS: usize = 8;
 const STREAMS: usize = 4;
@@ -24,7 +24,7 @@ async fn main() {
     let mut transport = TransportConfig::default();
     transport.max_concurrent_bidi_streams(VarInt::from_u32(16));
     let server = Arc::new(
-        Engine::builder_handles()
+        HandleEngine::builder()
             .shards(4)
             .transport(transport)
             .start()
@@ -32,7 +32,7 @@ async fn main() {
     );
     let tls = quicshard::tls::client_config_trusting(server.certificate().unwrap(), &[]).unwrap();
     let client = Arc::new(
-        Engine::builder_handles()
+        HandleEngine::builder()
             .shards(2)
             .client_config(tls)
             .start()

@@ -241,8 +241,8 @@ impl ConnectionIdGenerator for ShardCidGenerator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fuzzing::run_bpf;
     use crate::steer::{owner_shard, steering_program};
+    use crate::testing::run_bpf;
     use proptest::prelude::*;
 
     const KEY: [u8; 16] = [0x3c; 16];

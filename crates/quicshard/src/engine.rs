@@ -81,8 +81,26 @@ pub enum StartError {
 
 type Factory<H> = Arc<dyn Fn(ShardId) -> H + Send + Sync>;
 
-/// Configures and starts an [`Engine`].
-pub struct Builder<H> {
+/// What [`Builder::start`] returns for a layer built on the engine: the layer's own engine type,
+/// made from the started [`Engine`]. `()` is no layer (the callback engine itself); the handle
+/// layer's is [`HandleEngine`](crate::HandleEngine). The engine knows nothing of its layers: a
+/// layer sets its handler factory and wraps the result.
+pub trait Layer<H: Handler> {
+    /// The engine type the layer hands out.
+    type Engine;
+    /// Wraps the started engine.
+    fn wrap(self, engine: Engine<H>) -> Self::Engine;
+}
+
+impl<H: Handler> Layer<H> for () {
+    type Engine = Engine<H>;
+    fn wrap(self, engine: Engine<H>) -> Engine<H> {
+        engine
+    }
+}
+
+/// Configures and starts an [`Engine`] (or a [`Layer`]'s engine, `L`).
+pub struct Builder<H, L = ()> {
     pub(crate) factory: Factory<H>,
     shards: usize,
     pub(crate) listen: SocketAddr,
@@ -110,17 +128,17 @@ pub struct Builder<H> {
     /// `None`: batch scheduling exactly when there are more threads than cores.
     batch_scheduling: Option<bool>,
     turn_sharing: bool,
-    /// Handle mode: the hub the shards' `HandleHandler`s share (set by `builder_handles`).
-    pub(crate) handles: Option<Arc<crate::handle::Hub>>,
     memory: MemoryBudget,
     /// `None`: random.
     secrets: Option<crate::Secrets>,
     handover: Option<std::path::PathBuf>,
     /// From a predecessor: its CID layout in this process's slot.
     inherited_cid: Option<CidConfig>,
+    /// The layer [`Builder::start`] wraps the engine in.
+    pub(crate) layer: L,
 }
 
-impl<H: Handler> Builder<H> {
+impl<H: Handler, L> Builder<H, L> {
     /// Number of shards. Default: `std::thread::available_parallelism()`. 1..=256.
     pub fn shards(mut self, n: usize) -> Self {
         self.shards = n;
@@ -428,8 +446,45 @@ impl<H: Handler> Builder<H> {
         Ok((shared, certificate))
     }
 
+    /// The same configuration for another layer.
+    pub(crate) fn with_layer<L2>(self, layer: L2) -> Builder<H, L2> {
+        Builder {
+            factory: self.factory,
+            shards: self.shards,
+            listen: self.listen,
+            server_tls: self.server_tls,
+            client_config: self.client_config,
+            transport: self.transport,
+            transport_factory: self.transport_factory,
+            qlog_dir: self.qlog_dir,
+            key_log: self.key_log,
+            quic_lb: self.quic_lb,
+            shard_key: self.shard_key,
+            bpf: self.bpf,
+            retry: self.retry,
+            retry_threshold: self.retry_threshold,
+            max_connections: self.max_connections,
+            admission: self.admission,
+            alpn: self.alpn,
+            zero_rtt: self.zero_rtt,
+            preferred_address: self.preferred_address,
+            ticket_capacity: self.ticket_capacity,
+            ticket_key_lifetime: self.ticket_key_lifetime,
+            threads: self.threads,
+            batch_scheduling: self.batch_scheduling,
+            turn_sharing: self.turn_sharing,
+            memory: self.memory,
+            secrets: self.secrets,
+            handover: self.handover,
+            inherited_cid: self.inherited_cid,
+            layer,
+        }
+    }
+}
+
+impl<H: Handler, L: Layer<H>> Builder<H, L> {
     /// Binds, attaches BPF, spawns the shard threads.
-    pub fn start(mut self) -> Result<Engine<H>, StartError> {
+    pub fn start(mut self) -> Result<L::Engine, StartError> {
         let n = self.shards;
         let plan = match &self.handover {
             Some(path) => Some(crate::handover::Plan::prepare(path, n, self.listen)?),
@@ -578,9 +633,7 @@ impl<H: Handler> Builder<H> {
             certificate,
             bpf_attached,
             cid_len: shared.cid.cid_len(),
-            handles: self.handles,
             shared,
-            direct: None,
             handover: None,
         };
         if let Some(plan) = plan {
@@ -597,12 +650,13 @@ impl<H: Handler> Builder<H> {
             engine.bpf_attached = true;
             engine.handover = Some(handover);
         }
-        Ok(engine)
+        Ok(self.layer.wrap(engine))
     }
 }
 
 /// A running engine: N shards serving one UDP port, each on its thread or in a group of shards
-/// sharing one ([`Builder::threads`]).
+/// sharing one ([`Builder::threads`]), or unspawned shards that an app-driven backend runs
+/// (`crate::direct`, which then owns their shutdown).
 pub struct Engine<H: Handler> {
     pub(crate) remote: Remote<H>,
     pub(crate) threads: Vec<JoinHandle<()>>,
@@ -611,12 +665,8 @@ pub struct Engine<H: Handler> {
     pub(crate) certificate: Option<Vec<CertificateDer<'static>>>,
     pub(crate) bpf_attached: bool,
     pub(crate) cid_len: usize,
-    /// Handle mode only (see `crate::handle`).
-    pub(crate) handles: Option<Arc<crate::handle::Hub>>,
     /// What every shard shares (configuration, the ticket store).
     pub(crate) shared: Arc<Shared>,
-    /// Direct backend only: the driver and this engine's shard in it (see `crate::direct`).
-    pub(crate) direct: Option<(Arc<crate::direct::Direct>, usize)>,
     /// With [`Builder::handover`].
     pub(crate) handover: Option<crate::Handover>,
 }
@@ -652,11 +702,11 @@ impl<H: Handler> Engine<H> {
             threads: None,
             batch_scheduling: None,
             turn_sharing: true,
-            handles: None,
             memory: MemoryBudget::default(),
             secrets: None,
             handover: None,
             inherited_cid: None,
+            layer: (),
         }
     }
 
@@ -754,15 +804,13 @@ impl<H: Handler> Engine<H> {
         self.stats()
     }
 
-    fn stop(&mut self, timeout: Duration) {
+    /// Tells every shard to stop by now + `timeout` and joins the shard threads. A shard that
+    /// already stopped (an app-driven backend stops its own first) is skipped.
+    pub(crate) fn stop(&mut self, timeout: Duration) {
         if let Some(h) = self.handover.take() {
             h.close();
         }
         let deadline = Instant::now() + timeout;
-        if let Some((direct, index)) = self.direct.take() {
-            direct.shutdown(index, deadline);
-            return;
-        }
         for mb in self.remote.mailboxes.iter() {
             // a closed mailbox means the shard already exited
             let _ = mb.send_blocking(Msg::Shutdown { deadline });
@@ -777,7 +825,7 @@ impl<H: Handler> Engine<H> {
 
 impl<H: Handler> Drop for Engine<H> {
     fn drop(&mut self) {
-        if !self.threads.is_empty() || self.direct.is_some() || self.handover.is_some() {
+        if !self.threads.is_empty() || self.handover.is_some() {
             self.stop(Duration::ZERO);
         }
     }

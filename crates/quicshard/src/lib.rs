@@ -5,14 +5,14 @@
 //! its connections for their whole life. The kernel steers datagrams to the owning shard by the shard
 //! byte of the connection ID (classic BPF on an `SO_REUSEPORT` group); whatever it cannot steer is
 //! handed off between shards in userspace. Start with [`Engine::builder`] and a [`Handler`]
-//! (callbacks on the owning shard), or with [`Engine::builder_handles`] for thread-safe blocking,
-//! non-blocking and async handles ([`handle`]).
+//! (callbacks on the owning shard), or with [`HandleEngine::builder`] for thread-safe blocking,
+//! non-blocking and async handles ([`handle`]). The layers stack: the core (shards, steering,
+//! handoff, callbacks) names no layer above it; the handle layer wraps the started [`Engine`]
+//! ([`Layer`]), and the [`direct`] backend plugs into the handle layer's progress abstraction.
 
 pub mod cid;
 pub mod direct;
 mod engine;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod handle;
 pub mod handler;
 pub mod handover;
@@ -32,14 +32,15 @@ pub mod testing;
 pub mod tickets;
 pub mod tls;
 
-pub use engine::{Builder, Engine, StartError, DEFAULT_MAX_CONNECTIONS};
+pub use engine::{Builder, Engine, Layer, StartError, DEFAULT_MAX_CONNECTIONS};
+pub use handle::HandleEngine;
 pub use handler::{ConnId, Handler, Remote, RemoteError, ShardCtx, ShardId, HANDLER_PANIC_CODE};
 pub use handover::{Handover, HandoverError, HandoverStats};
 pub use inject::{InjectError, InjectStats, Injector};
 pub use memory::MemoryBudget;
 pub use reload::ReloadError;
 pub use secrets::Secrets;
-pub use shard::Admission;
+pub use shared::Admission;
 pub use stats::ShardStats;
 
 pub use quinn_proto;

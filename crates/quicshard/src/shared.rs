@@ -14,6 +14,28 @@ use quinn_proto::{ClientConfig, EndpointConfig, ServerConfig, TransportConfig};
 use crate::cid::CidConfig;
 use crate::tls::TlsError;
 
+/// How a shard admits new connections (see [`Builder::admission`](crate::Builder::admission)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// New connections accepted per loop turn (each one's first flight costs an ECDHE and, for
+    /// a full handshake, a signature). At least 1.
+    pub per_turn: usize,
+    /// New connections that may wait for a later turn; an Initial beyond them is refused with
+    /// CONNECTION_REFUSED. 0: none wait (refused at once beyond `per_turn`).
+    pub queue: usize,
+}
+
+impl Default for Admission {
+    /// 4 per turn (about 0.6 ms of full handshakes before established traffic is served
+    /// again), 1,024 waiting per shard.
+    fn default() -> Self {
+        Self {
+            per_turn: 4,
+            queue: 1024,
+        }
+    }
+}
+
 /// Everything the shards share. Cloned into each shard thread behind an `Arc`.
 pub(crate) struct Shared {
     /// `None` when the engine does not accept connections.
@@ -27,7 +49,7 @@ pub(crate) struct Shared {
     pub(crate) retry_threshold: Option<usize>,
     pub(crate) max_connections: usize,
     /// How much handshake work a shard takes on per turn, and how many new connections wait.
-    pub(crate) admission: crate::Admission,
+    pub(crate) admission: Admission,
     /// Windows and the shard-wide bound on what connections may hold.
     pub(crate) memory: crate::memory::MemoryBudget,
     /// How sessions resume across shards.

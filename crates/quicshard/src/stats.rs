@@ -8,6 +8,37 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+thread_local! {
+    /// The counters of the shard running on this thread (set by the shard's scope), for code
+    /// called from deep inside quinn-proto / rustls (the shared ticketer).
+    static THREAD_COUNTERS: std::cell::RefCell<Option<Arc<Counters>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Makes `counters` the calling thread's shard counters (see [`count_resumption`]); returns the
+/// previous ones.
+pub(crate) fn swap_thread_counters(counters: Option<Arc<Counters>>) -> Option<Arc<Counters>> {
+    THREAD_COUNTERS.with(|c| std::mem::replace(&mut *c.borrow_mut(), counters))
+}
+
+/// Counts a decrypted session ticket on the calling shard (no-op off shard threads).
+pub(crate) fn count_resumption() {
+    THREAD_COUNTERS.with(|c| {
+        if let Some(c) = &*c.borrow() {
+            c.resumptions.fetch_add(1, Relaxed);
+        }
+    });
+}
+
+/// Counts a refused single-use ticket on the calling shard (no-op off shard threads).
+pub(crate) fn count_ticket_refused() {
+    THREAD_COUNTERS.with(|c| {
+        if let Some(c) = &*c.borrow() {
+            c.tickets_refused.fetch_add(1, Relaxed);
+        }
+    });
+}
+
 /// The [`ShardStats`] fields that are gauges (a current level); every other field only grows.
 pub const GAUGES: &[&str] = &["connections_open", "handshakes_in_progress"];
 

@@ -132,10 +132,10 @@ impl StoresServerSessions for TicketStore {
         let v = self.part(key).lock().map.remove(key);
         if v.is_some() {
             self.resumed.fetch_add(1, Relaxed);
-            crate::shard::count_resumption();
+            crate::stats::count_resumption();
         } else {
             self.refused.fetch_add(1, Relaxed);
-            crate::shard::count_ticket_refused();
+            crate::stats::count_ticket_refused();
         }
         v
     }

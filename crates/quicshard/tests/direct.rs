@@ -13,7 +13,8 @@ use handles_common::*;
 use quicshard::direct::DirectConfig;
 use quicshard::handle::{ConnError, HandleConfig, ReadError, WriteError};
 use quicshard::quinn_proto::{ConnectionError, TransportConfig, VarInt};
-use quicshard::{Engine, ShardStats};
+use quicshard::HandleEngine;
+use quicshard::ShardStats;
 
 /// One echoed stream on the server of `serve_echo_with_own_loop`.
 struct Echo {
@@ -51,7 +52,7 @@ impl Echo {
 
 /// Echo server on a UDP direct engine, driven by this thread's own mio loop watching
 /// `poll_fd`: non-blocking handles only, one stream per connection.
-fn serve_echo_with_own_loop(server: Engine<quicshard::handle::HandleHandler>, streams: usize) {
+fn serve_echo_with_own_loop(server: HandleEngine, streams: usize) {
     let fd: RawFd = server.poll_fd().expect("a UDP direct engine is pollable");
     let mut poll = mio::Poll::new().unwrap();
     poll.registry()
@@ -122,7 +123,7 @@ fn serve_echo_with_own_loop(server: Engine<quicshard::handle::HandleHandler>, st
 
 #[test]
 fn udp_engine_in_an_app_owned_event_loop() {
-    let server = Engine::builder_handles()
+    let server = HandleEngine::builder()
         .transport(transport())
         .start_direct(DirectConfig::default())
         .unwrap();
@@ -133,7 +134,7 @@ fn udp_engine_in_an_app_owned_event_loop() {
     let app = std::thread::spawn(move || serve_echo_with_own_loop(server, streams));
     // the client: an ordinary worker-backend engine, blocking calls
     let tls = quicshard::tls::client_config_trusting(&cert, &[]).unwrap();
-    let client = Engine::builder_handles()
+    let client = HandleEngine::builder()
         .shards(1)
         .client_config(tls)
         .start()
@@ -213,8 +214,8 @@ fn timer_assist_runs_timers_while_the_app_is_away() {
         timer_assist: true,
     };
     let (server, client) = quicshard::direct::memory_pair(
-        Engine::builder_handles().transport(t),
-        Engine::builder_handles(),
+        HandleEngine::builder().transport(t),
+        HandleEngine::builder(),
         cfg,
     )
     .unwrap();
@@ -237,8 +238,7 @@ fn timer_assist_needs_locking() {
         locking: false,
         timer_assist: true,
     };
-    let r =
-        quicshard::direct::memory_pair(Engine::builder_handles(), Engine::builder_handles(), cfg);
+    let r = quicshard::direct::memory_pair(HandleEngine::builder(), HandleEngine::builder(), cfg);
     let e = r.err().expect("refused");
     assert!(e.to_string().contains("needs locking"), "{e}");
 }

@@ -15,9 +15,9 @@ mod fuzz_common;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use quicshard::cid::{CidConfig, ShardCidGenerator};
-use quicshard::fuzzing::{check_before_endpoint, handoff_target, run_bpf, EarlyDrop};
 use quicshard::quinn_proto::{ConnectionId, ConnectionIdGenerator};
 use quicshard::steer::{owner_shard, steering_program, BPF_FALLBACK};
+use quicshard::testing::{check_before_endpoint, handoff_target, run_bpf, EarlyDrop};
 
 /// The engine's CID layout: a QUIC-LB config (plaintext or encrypted) plus the shard byte.
 #[derive(Debug, Clone)]

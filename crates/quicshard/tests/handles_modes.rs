@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use handles_common::*;
 use quicshard::handle::{ConnError, Connection, HandleConfig, Poller, ReadError};
 use quicshard::quinn_proto::VarInt;
-use quicshard::Engine;
+use quicshard::HandleEngine;
 
 #[test]
 fn handles_are_send_and_sync() {
@@ -21,7 +21,7 @@ fn handles_are_send_and_sync() {
     check::<quicshard::handle::SendStream>();
     check::<quicshard::handle::RecvStream>();
     check::<Poller>();
-    check::<quicshard::Engine<quicshard::handle::HandleHandler>>();
+    check::<quicshard::HandleEngine>();
 }
 
 #[test]
@@ -314,13 +314,13 @@ fn tokio_io_traits() {
 fn open_waits_for_stream_credit() {
     let mut t = transport();
     t.max_concurrent_bidi_streams(VarInt::from_u32(2));
-    let server = quicshard::Engine::builder_handles()
+    let server = quicshard::HandleEngine::builder()
         .shards(2)
         .transport(t)
         .start()
         .unwrap();
     let tls = quicshard::tls::client_config_trusting(server.certificate().unwrap(), &[]).unwrap();
-    let client = quicshard::Engine::builder_handles()
+    let client = quicshard::HandleEngine::builder()
         .shards(1)
         .client_config(tls)
         .start()
@@ -366,13 +366,13 @@ fn open_waits_for_stream_credit() {
 /// first resumes (once per ticket), and the shards' resumption counters agree with the store.
 #[test]
 fn zero_rtt_tickets_resume_once_each() {
-    let server = Engine::builder_handles()
+    let server = HandleEngine::builder()
         .shards(2)
         .zero_rtt(true)
         .start()
         .unwrap();
     let tls = quicshard::tls::client_config_trusting(server.certificate().unwrap(), &[]).unwrap();
-    let client = Engine::builder_handles()
+    let client = HandleEngine::builder()
         .shards(1)
         .client_config(tls)
         .start()
@@ -416,6 +416,6 @@ fn zero_rtt_tickets_resume_once_each() {
 
 #[test]
 fn stateless_tickets_have_no_store() {
-    let server = Engine::builder_handles().shards(1).start().unwrap();
+    let server = HandleEngine::builder().shards(1).start().unwrap();
     assert_eq!(server.ticket_stats(), None);
 }

@@ -4,16 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use quicshard::handle::HandleHandler;
-use quicshard::{tls, Engine};
+use quicshard::tls;
+use quicshard::HandleEngine;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
 /// A client engine trusting only `roots`.
-fn client(
-    roots: &[quicshard::rustls::pki_types::CertificateDer<'static>],
-) -> Engine<HandleHandler> {
-    Engine::builder_handles()
+fn client(roots: &[quicshard::rustls::pki_types::CertificateDer<'static>]) -> HandleEngine {
+    HandleEngine::builder()
         .shards(1)
         .client_config(tls::client_config_trusting(roots, &[b"t"]).unwrap())
         .start()
@@ -24,7 +22,7 @@ fn client(
 fn new_handshakes_on_every_shard_see_the_new_certificate() {
     let (chain_a, key_a) = tls::self_signed(&["localhost"]).unwrap();
     let (chain_b, key_b) = tls::self_signed(&["localhost"]).unwrap();
-    let server = Engine::builder_handles()
+    let server = HandleEngine::builder()
         .shards(2)
         .server_tls(tls::server_config(chain_a.clone(), key_a, &[b"t"]).unwrap())
         .start()

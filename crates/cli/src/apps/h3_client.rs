@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
 use http::{Method, StatusCode};
-use quicshard::handle::{Connection, HandleHandler};
-use quicshard::Engine;
+use quicshard::handle::Connection;
+use quicshard::HandleEngine;
 use quicshard_h3::client::{self, SendRequest};
 use ranked_lock::{Mutex, Rank};
 
@@ -44,12 +44,12 @@ fn engine(
     server: SocketAddr,
     config: quinn_proto::ClientConfig,
     shards: Option<usize>,
-) -> Result<Engine<HandleHandler>, Failure> {
+) -> Result<HandleEngine, Failure> {
     let local: SocketAddr = match server {
         SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let mut b = Engine::builder_handles()
+    let mut b = HandleEngine::builder()
         .listen(local)
         .client_config(config)
         .bpf(false);
@@ -70,7 +70,7 @@ fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, Failure> {
 }
 
 async fn connect(
-    engine: &Engine<HandleHandler>,
+    engine: &HandleEngine,
     addr: SocketAddr,
     server_name: &str,
     limit: Duration,
@@ -128,7 +128,7 @@ pub(crate) fn get(
 }
 
 fn get_on(
-    engine: &Engine<HandleHandler>,
+    engine: &HandleEngine,
     rt: &tokio::runtime::Runtime,
     addr: SocketAddr,
     server_name: &str,
@@ -275,7 +275,7 @@ pub(crate) fn bench(
 
 /// One bench connection's settings and shared counters.
 struct Run {
-    engine: Arc<Engine<HandleHandler>>,
+    engine: Arc<HandleEngine>,
     p: Params,
     path: String,
     deadline: Option<Instant>,

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quicshard::handle::HandleHandler;
-use quicshard::{Builder, Engine, Handler, ShardStats};
+use quicshard::handle::HandleBuilder;
+use quicshard::HandleEngine;
+use quicshard::{Handler, ShardStats};
 use quicshard_h3::FileServer;
 
 use super::server::Server;
@@ -19,8 +20,8 @@ const H3_WORKERS: usize = 2;
 
 /// The engine builder of `serve`: h3 connections become handles, the rest go to a [`Server`]
 /// per shard serving `root`.
-pub(crate) fn builder(root: Option<Arc<PathBuf>>) -> Builder<HandleHandler> {
-    Engine::builder_handles_mixed(Default::default(), &[ALPN_H3], move |_| {
+pub(crate) fn builder(root: Option<Arc<PathBuf>>) -> HandleBuilder {
+    HandleEngine::builder_mixed(Default::default(), &[ALPN_H3], move |_| {
         Box::new(Server::new(root.clone())) as Box<dyn Handler + Send>
     })
 }
@@ -34,7 +35,7 @@ pub(crate) struct H3Service {
 /// Starts the accept loop: every h3 connection is served by its own task with at most
 /// `max_requests` requests at once.
 pub(crate) fn spawn(
-    engine: &Arc<Engine<HandleHandler>>,
+    engine: &Arc<HandleEngine>,
     root: Option<&std::path::Path>,
     max_requests: usize,
 ) -> Result<H3Service, Failure> {
@@ -66,11 +67,7 @@ pub(crate) fn spawn(
 
 impl H3Service {
     /// Stops the h3 tasks (their connections close), then shuts the engine down.
-    pub(crate) fn shutdown(
-        self,
-        engine: Arc<Engine<HandleHandler>>,
-        drain: Duration,
-    ) -> Vec<ShardStats> {
+    pub(crate) fn shutdown(self, engine: Arc<HandleEngine>, drain: Duration) -> Vec<ShardStats> {
         let stats = self.files.stats();
         tracing::info!(
             requests = stats.requests.load(std::sync::atomic::Ordering::Relaxed),

@@ -4,11 +4,9 @@
 //! handshakes that start afterwards ([`quicshard::Engine::set_server_tls`]). A reload that changes
 //! anything else is refused with the setting's name, and the running configuration stays.
 
+use quicshard::HandleEngine;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-
-use quicshard::handle::HandleHandler;
-use quicshard::Engine;
 
 use super::Args;
 use crate::apps::SERVER_ALPNS;
@@ -164,7 +162,7 @@ fn needs_restart(running: &Args, new: &Args) -> Option<&'static str> {
 /// Waits for SIGINT or SIGTERM (returned), reloading on every SIGHUP; a reload that fails or
 /// would need a restart is logged as one line and changes nothing.
 pub(super) fn serve_until_termination(
-    engine: &Engine<HandleHandler>,
+    engine: &HandleEngine,
     cli: &Args,
     running: &mut Args,
 ) -> Result<End, Failure> {
@@ -201,11 +199,7 @@ pub(super) enum End {
 }
 
 /// One reload: the new settings, checked against the running ones, then the certificate.
-fn reload(
-    engine: &Engine<HandleHandler>,
-    cli: &Args,
-    running: &mut Args,
-) -> Result<String, String> {
+fn reload(engine: &HandleEngine, cli: &Args, running: &mut Args) -> Result<String, String> {
     let new = effective(cli).map_err(|f| match f {
         Failure::Usage(m) | Failure::Refused(m) => m,
     })?;

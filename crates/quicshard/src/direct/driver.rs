@@ -1,6 +1,6 @@
 //! [`Direct`]: the driver of the direct backend. It owns one or two unspawned shards (one engine
 //! on a UDP socket, or both engines of an in-memory pair) and lends them to whichever app thread
-//! needs progress: a blocked handle call, [`Engine::tick`](crate::Engine), shutdown, or the
+//! needs progress: a blocked handle call, [`HandleEngine::tick`](crate::HandleEngine::tick), shutdown, or the
 //! timer-assist thread.
 //!
 //! # Who drives
@@ -190,7 +190,7 @@ impl Direct {
         self.gate().waiting.retain(|x| !Arc::ptr_eq(x, w));
     }
 
-    /// The blocking wait of a handle call in direct mode (see `handle::blocking::wait_signal`):
+    /// The blocking wait of a handle call in direct mode (the handle layer's `Progress::wait`):
     /// `true` when `sig` fired or the engine made progress (the caller re-checks), `false` when
     /// `deadline` passed.
     pub(crate) fn wait(&self, sig: &Arc<ThreadSignal>, deadline: Option<Instant>) -> bool {

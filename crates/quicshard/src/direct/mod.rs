@@ -1,8 +1,9 @@
 //! The direct backend (DESIGN §5.3; seed 001's blocking models without background threads): the
-//! same thread-safe handles as [`Engine::builder_handles`], but no shard thread. The engine runs
+//! same thread-safe handles as [`HandleEngine::builder`], but no shard thread. The engine runs
 //! on the application's threads: a blocking handle call runs the engine's I/O itself until it can
-//! return, and an application that owns its event loop drives it with
-//! [`Engine::poll_fd`], [`Engine::next_deadline`] and [`Engine::tick`].
+//! return (the driver is the handle layer's `Progress` for these engines), and an application
+//! that owns its event loop drives it with [`HandleEngine::poll_fd`],
+//! [`HandleEngine::next_deadline`] and [`HandleEngine::tick`].
 //!
 //! - **Transports**: a UDP socket ([`Builder::start_direct`]), or an in-memory datagram pair of
 //!   two engines ([`memory_pair`]; not pollable — the application ticks, and a blocking call on
@@ -16,15 +17,15 @@
 //!   while the application computes. Needs locking.
 //!
 //! One shard per engine (no steering, no handoff). The engines' counters are
-//! [`Engine::stats`] as usual.
+//! [`Engine::stats`](crate::Engine::stats) as usual.
 //!
 //! # Examples
 //! ```
 //! use quicshard::direct::{memory_pair, DirectConfig};
-//! use quicshard::Engine;
+//! use quicshard::HandleEngine;
 //! let (server, client) = memory_pair(
-//!     Engine::builder_handles(),
-//!     Engine::builder_handles(),
+//!     HandleEngine::builder(),
+//!     HandleEngine::builder(),
 //!     DirectConfig::default(),
 //! )
 //! .unwrap();
@@ -48,13 +49,16 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub(crate) use driver::Direct;
+use driver::Direct;
 
-use crate::engine::{Builder, Engine, StartError};
-use crate::handle::HandleHandler;
+use crate::engine::{Engine, StartError};
+use crate::handle::{
+    send_driving, Driven, HandleBuilder, HandleEngine, HandleHandler, HandleLayer, Progress,
+    ThreadSignal,
+};
 use crate::handler::{Remote, ShardId};
 use crate::shard::io::{Sock, CLIENT, LISTEN};
-use crate::shard::mailbox::{mailbox, MailboxTx, Msg, SendError};
+use crate::shard::mailbox::{mailbox, Msg};
 use crate::shard::{self, mem, ShardParts, WAKER_TOKEN};
 use crate::stats::Counters;
 
@@ -84,11 +88,11 @@ pub const MEMORY_ADDR_A: SocketAddr =
 pub const MEMORY_ADDR_B: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 443);
 
-impl Builder<HandleHandler> {
+impl HandleBuilder {
     /// Starts the engine on the direct backend over a UDP socket bound to the listen address:
     /// no thread (unless [`DirectConfig::timer_assist`]); blocking handle calls and
-    /// [`Engine::tick`] run it. The shard count is ignored: a direct engine has one shard.
-    pub fn start_direct(mut self, cfg: DirectConfig) -> Result<Engine<HandleHandler>, StartError> {
+    /// [`HandleEngine::tick`] run it. The shard count is ignored: a direct engine has one shard.
+    pub fn start_direct(mut self, cfg: DirectConfig) -> Result<HandleEngine, StartError> {
         check(&cfg)?;
         let listen = UdpSocket::bind(self.listen).map_err(|source| StartError::Bind {
             addr: self.listen,
@@ -105,17 +109,16 @@ impl Builder<HandleHandler> {
             Sock::new(listen, stats.clone())?,
             Sock::new(client, stats.clone())?,
         ];
-        let mut half = self.half(socks, CLIENT, stats, local_addr)?;
+        let half = self.half(socks, CLIENT, stats, local_addr)?;
+        let mailbox = half.engine.remote.mailboxes[0].clone();
         let direct = Arc::new(Direct::new(
             vec![half.shard],
-            vec![half.engine.remote.mailboxes[0].clone()],
+            vec![mailbox],
             cfg.locking,
             true,
         )?);
-        half.engine.direct = Some((direct.clone(), 0));
-        link_hub(&half.engine, &direct);
         spawn_assist(&cfg, &direct)?;
-        Ok(half.engine)
+        Ok(finish((half.engine, half.layer), &direct, 0))
     }
 
     /// Builds one engine's shard on the calling thread.
@@ -155,18 +158,33 @@ impl Builder<HandleHandler> {
             certificate,
             bpf_attached: false,
             cid_len: shared.cid.cid_len(),
-            handles: self.handles.clone(),
             shared,
-            direct: None,
             handover: None,
         };
-        Ok(Half { engine, shard })
+        Ok(Half {
+            engine,
+            shard,
+            layer: self.layer.clone(),
+        })
     }
 }
 
+/// One engine of the direct backend before its driver exists.
 struct Half {
     engine: Engine<HandleHandler>,
     shard: shard::Shard<HandleHandler>,
+    layer: HandleLayer,
+}
+
+/// The handle engine of shard `index` of `direct`: its handles make progress by driving.
+fn finish(
+    (engine, layer): (Engine<HandleHandler>, HandleLayer),
+    direct: &Arc<Direct>,
+    index: usize,
+) -> HandleEngine {
+    let progress: Arc<dyn Progress> = direct.clone();
+    layer.hub.progress().set(Arc::downgrade(&progress));
+    HandleEngine::new(engine, layer, Some((direct.clone(), index)))
 }
 
 fn check(cfg: &DirectConfig) -> Result<(), StartError> {
@@ -177,11 +195,6 @@ fn check(cfg: &DirectConfig) -> Result<(), StartError> {
         )));
     }
     Ok(())
-}
-
-/// Points the engine's hub at the driver, so blocked handle calls drive it.
-fn link_hub(engine: &Engine<HandleHandler>, direct: &Arc<Direct>) {
-    let _ = engine.hub().direct.set(Arc::downgrade(direct));
 }
 
 fn spawn_assist(cfg: &DirectConfig, direct: &Arc<Direct>) -> std::io::Result<()> {
@@ -197,15 +210,15 @@ fn spawn_assist(cfg: &DirectConfig, direct: &Arc<Direct>) -> std::io::Result<()>
 
 /// Two engines on the direct backend joined by an in-memory datagram link, at
 /// [`MEMORY_ADDR_A`] and [`MEMORY_ADDR_B`] (their builders' listen addresses are ignored). One
-/// driver runs both: a blocking call on either engine, or [`Engine::tick`] on either, makes both
+/// driver runs both: a blocking call on either engine, or [`HandleEngine::tick`] on either, makes both
 /// progress. Unless `b` has its own client config, `b` trusts the certificate `a` generated (the
 /// usual set-up: `a` serves, `b` connects). Datagrams beyond the link's queue (1024 per direction) are dropped and counted in
 /// `dropped_link_full`.
 pub fn memory_pair(
-    mut a: Builder<HandleHandler>,
-    mut b: Builder<HandleHandler>,
+    mut a: HandleBuilder,
+    mut b: HandleBuilder,
     cfg: DirectConfig,
-) -> Result<(Engine<HandleHandler>, Engine<HandleHandler>), StartError> {
+) -> Result<(HandleEngine, HandleEngine), StartError> {
     check(&cfg)?;
     let (pa, pb) = mem::link(MEMORY_ADDR_A, MEMORY_ADDR_B);
     let mut halves: Vec<Half> = Vec::with_capacity(2);
@@ -227,82 +240,52 @@ pub fn memory_pair(
         halves.push(builder.half(socks, LISTEN, stats, addr)?);
     }
     let (hb, ha) = (halves.pop(), halves.pop());
-    let (Some(mut ha), Some(mut hb)) = (ha, hb) else {
+    let (Some(ha), Some(hb)) = (ha, hb) else {
         unreachable!("two halves were built")
     };
+    let mailboxes = vec![
+        ha.engine.remote.mailboxes[0].clone(),
+        hb.engine.remote.mailboxes[0].clone(),
+    ];
     let direct = Arc::new(Direct::new(
         vec![ha.shard, hb.shard],
-        vec![
-            ha.engine.remote.mailboxes[0].clone(),
-            hb.engine.remote.mailboxes[0].clone(),
-        ],
+        mailboxes,
         cfg.locking,
         false,
     )?);
-    ha.engine.direct = Some((direct.clone(), 0));
-    hb.engine.direct = Some((direct.clone(), 1));
-    link_hub(&ha.engine, &direct);
-    link_hub(&hb.engine, &direct);
     spawn_assist(&cfg, &direct)?;
-    Ok((ha.engine, hb.engine))
+    Ok((
+        finish((ha.engine, ha.layer), &direct, 0),
+        finish((hb.engine, hb.layer), &direct, 1),
+    ))
 }
 
-impl Direct {
-    /// Queues `msg` for a shard of this driver: if the mailbox is full, runs the engine (or lets
-    /// the thread driving it) drain it first, instead of blocking a thread that may be the only
-    /// one able to drain it.
-    pub(crate) fn send(
-        &self,
-        mb: &MailboxTx<HandleHandler>,
-        mut msg: Msg<HandleHandler>,
-    ) -> Result<(), SendError<Msg<HandleHandler>>> {
-        loop {
-            match mb.try_send(msg) {
-                Err(SendError::Full(m)) => {
-                    msg = m;
-                    if !self.tick() {
-                        std::thread::yield_now();
-                    }
-                }
-                r => return r,
-            }
-        }
+/// The direct backend is the handle layer's [`Progress`] for its engines: a waiting app thread
+/// drives the engine.
+impl Progress for Direct {
+    fn wait(&self, sig: &Arc<ThreadSignal>, deadline: Option<Instant>) -> bool {
+        Direct::wait(self, sig, deadline)
     }
 
-    /// Tells shard `index` to stop by `deadline`, and drives until it has.
-    pub(crate) fn shutdown(&self, index: usize, deadline: Instant) {
+    fn tick(&self) -> bool {
+        Direct::tick(self)
+    }
+}
+
+impl Driven for Direct {
+    fn poll_fd(&self) -> Option<RawFd> {
+        Direct::poll_fd(self)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        Direct::next_deadline(self)
+    }
+
+    fn shutdown(&self, index: usize, deadline: Instant) {
         if let Some(mb) = self.mailbox(index) {
             // a closed mailbox means the shard already stopped
-            let _ = self.send(&mb, Msg::Shutdown { deadline });
+            let _ = send_driving(self, &mb, Msg::Shutdown { deadline });
         }
         self.run_until_stopped(index);
-    }
-}
-
-/// Direct-backend methods (see [`crate::direct`]). On a worker-backend engine they do nothing
-/// useful: `poll_fd` and `next_deadline` are `None` and `tick` returns `false`.
-impl Engine<HandleHandler> {
-    /// Whether this engine runs on the direct backend.
-    pub fn is_direct(&self) -> bool {
-        self.direct.is_some()
-    }
-
-    /// A file descriptor that becomes readable when the engine has input (UDP direct engines
-    /// only; a memory pair is not pollable). Watch it for reading in your own epoll / mio loop
-    /// and call [`Engine::tick`] when it is readable or [`Engine::next_deadline`] passed.
-    pub fn poll_fd(&self) -> Option<RawFd> {
-        self.direct.as_ref().and_then(|(d, _)| d.poll_fd())
-    }
-
-    /// When the engine next needs [`Engine::tick`] even without input (timers; now if work was
-    /// left over), as of its last turn. `None`: no timer is armed.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.direct.as_ref().and_then(|(d, _)| d.next_deadline())
-    }
-
-    /// Runs the engine's pending work (input, timers, output) without blocking. Returns `false`
-    /// if another thread was driving it at that moment (that thread does the work).
-    pub fn tick(&self) -> bool {
-        self.direct.as_ref().is_some_and(|(d, _)| d.tick())
     }
 }

@@ -1,6 +1,6 @@
 //! Async use: `futures_io::AsyncRead` / `AsyncWrite` on the stream handles (and tokio's, with
-//! the `tokio` feature), and async versions of the waiting operations (accept, open, connect,
-//! datagrams). Any executor works, including a multi-threaded tokio runtime: the shard wakes the
+//! the `tokio` feature), and async versions of the waiting operations (open, datagrams; accept
+//! and connect are [`HandleEngine`](crate::HandleEngine)'s). Any executor works, including a multi-threaded tokio runtime: the shard wakes the
 //! task's `Waker` registered in the pipe when the pipe changes in its favour; nothing polls.
 //!
 //! For code that implements poll-based traits over the handles (the `quicshard-h3` crate's
@@ -12,21 +12,16 @@
 
 use std::future::poll_fn;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use quinn_proto::Dir;
 
-use super::bridge::HandleHandler;
 use super::conn::{Connection, StreamHalves};
-use super::error::{ConnError, ConnectError, ReadError, WriteError};
-use super::hub::{finish_connect, ConnectReply};
-use super::notify::{Block, Slot};
+use super::error::{ConnError, ReadError, WriteError};
+use super::notify::Block;
 use super::stream::{RecvStream, SendStream};
-use crate::engine::Engine;
 
 fn ready<T, E>(r: Result<Option<T>, E>) -> Poll<Result<T, E>> {
     match r {
@@ -315,50 +310,5 @@ impl Drop for StreamOpener {
                 self.conn.cancel_open(dir);
             }
         }
-    }
-}
-
-/// Abandons a pending connect when its future is dropped.
-struct ConnectGuard(Option<Arc<Slot<ConnectReply>>>);
-
-impl Drop for ConnectGuard {
-    fn drop(&mut self) {
-        if let Some(slot) = self.0.take() {
-            // an answer that already arrived becomes a handle, whose drop closes it
-            if let Some(r) = slot.abandon() {
-                let _ = finish_connect(Ok(r));
-            }
-        }
-    }
-}
-
-impl Engine<HandleHandler> {
-    /// Waits for the next incoming connection.
-    pub async fn accept_async(&self) -> Connection {
-        poll_fn(|cx| match self.poll_accept(Block::Task(cx.waker())) {
-            Some(c) => Poll::Ready(c),
-            None => Poll::Pending,
-        })
-        .await
-    }
-
-    /// Opens a client connection and waits for its handshake.
-    pub async fn connect_async(
-        &self,
-        addr: SocketAddr,
-        server_name: &str,
-    ) -> Result<Connection, ConnectError> {
-        let mut guard = ConnectGuard(Some(self.start_connect(addr, server_name)?));
-        let r = poll_fn(|cx| {
-            // invariant: the guard holds the slot until this future completes
-            let slot = guard.0.as_ref().expect("pending connect slot");
-            match slot.poll(Block::Task(cx.waker())) {
-                Some(r) => Poll::Ready(r),
-                None => Poll::Pending,
-            }
-        })
-        .await;
-        guard.0 = None;
-        finish_connect(r)
     }
 }

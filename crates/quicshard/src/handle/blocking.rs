@@ -10,12 +10,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conn_shared::ConnShared;
-use super::hub::Hub;
-use super::nonblocking::Registration;
-use super::notify::{Block, DirectLink, ThreadSignal};
-use super::pipe::StreamPipe;
+use super::notify::{Block, ThreadSignal};
+use super::progress::ProgressLink;
 use super::sync::{AtomicBool, AtomicU64, Ordering};
+use super::waitable::Wait;
 
 /// Why a blocking operation returned without a result.
 pub(crate) enum Stall {
@@ -51,27 +49,13 @@ impl Opts {
     }
 }
 
-/// Waits until `sig` fires (`true`) or `deadline` passes (`false`): on the signal's condition
-/// variable, or — direct backend — driving the engine meanwhile when no other thread does (then
-/// `true` may also mean "the engine made progress, try again").
-pub(crate) fn wait_signal(
-    sig: &Arc<ThreadSignal>,
-    deadline: Option<Instant>,
-    direct: &DirectLink,
-) -> bool {
-    match direct.get().and_then(std::sync::Weak::upgrade) {
-        Some(d) => d.wait(sig, deadline),
-        None => sig.wait(deadline),
-    }
-}
-
 /// Runs `attempt` until it yields a value: once in non-blocking mode, else waiting on a thread
-/// signal between tries until `deadline` ([`wait_signal`]; `direct` is the object's shard's
-/// link). `unregister` withdraws the signal on expiry.
+/// signal between tries until `deadline` ([`ProgressLink::wait`]: `progress` is the object's
+/// shard's link). `unregister` withdraws the signal on expiry.
 pub(crate) fn wait_for<T, E>(
     nonblocking: bool,
     deadline: Option<Instant>,
-    direct: &DirectLink,
+    progress: &ProgressLink,
     mut attempt: impl FnMut(Block<'_>) -> Result<Option<T>, E>,
     unregister: impl FnOnce(&Arc<ThreadSignal>),
     stall: impl Fn(Stall) -> E,
@@ -88,7 +72,7 @@ pub(crate) fn wait_for<T, E>(
         if let Some(v) = attempt(Block::Thread(&sig))? {
             return Ok(v);
         }
-        if !wait_signal(&sig, deadline, direct) {
+        if !progress.wait(&sig, deadline) {
             unregister(&sig);
             return attempt(Block::Flag)?.ok_or_else(|| stall(Stall::TimedOut));
         }
@@ -111,49 +95,18 @@ pub(crate) mod sealed {
     }
 }
 
-/// The shared object behind a [`Pipe`] (opaque outside the crate).
+/// The shared object behind a [`Pipe`] (opaque outside the crate): any waitable object.
 #[allow(unreachable_pub)]
-pub struct Target<'a>(pub(crate) Inner<'a>);
+pub struct Target<'a>(&'a dyn Wait);
 
-pub(crate) enum Inner<'a> {
-    Pipe(&'a Arc<StreamPipe>),
-    Conn(&'a Arc<ConnShared>),
-    Accept(&'a Hub),
-}
-
-impl Target<'_> {
-    /// `true` if ready now; otherwise registers `how`.
-    pub(crate) fn register(&self, how: Block<'_>) -> bool {
-        match &self.0 {
-            Inner::Pipe(p) => p.register(how),
-            Inner::Conn(c) => c.register(how),
-            Inner::Accept(h) => h.register_accept(how),
-        }
+impl<'a> Target<'a> {
+    pub(crate) fn new(object: &'a dyn Wait) -> Self {
+        Self(object)
     }
 
-    pub(crate) fn unblock_thread(&self, sig: &Arc<ThreadSignal>) {
-        match &self.0 {
-            Inner::Pipe(p) => p.unblock_thread(sig),
-            Inner::Conn(c) => c.unblock_thread(sig),
-            Inner::Accept(h) => h.unblock_accept(sig),
-        }
-    }
-
-    /// The link of the object's shard to a direct-backend driver.
-    pub(crate) fn direct(&self) -> &DirectLink {
-        match &self.0 {
-            Inner::Pipe(p) => p.direct(),
-            Inner::Conn(c) => c.direct(),
-            Inner::Accept(h) => h.direct(),
-        }
-    }
-
-    pub(crate) fn set_poll(&self, reg: Option<Arc<Registration>>) {
-        match &self.0 {
-            Inner::Pipe(p) => p.set_poll(reg),
-            Inner::Conn(c) => c.set_poll(reg),
-            Inner::Accept(h) => h.set_poll_accept(reg),
-        }
+    /// The object's wait operations.
+    pub(crate) fn wait(&self) -> &'a dyn Wait {
+        self.0
     }
 }
 
@@ -180,23 +133,25 @@ pub fn block_until(pipes: &[&dyn Pipe], deadline: Option<Instant>) -> bool {
     }
     let sig = ThreadSignal::new();
     let first = pipes[0].target();
-    let direct = first.direct();
+    let progress = first.wait().progress();
     let unregister_all = |sig: &Arc<ThreadSignal>| {
         for p in pipes {
-            p.target().unblock_thread(sig);
+            p.target().wait().unblock_thread(sig);
         }
     };
     loop {
         if pipes
             .iter()
-            .any(|p| p.target().register(Block::Thread(&sig)))
+            .any(|p| p.target().wait().register(Block::Thread(&sig)))
         {
             unregister_all(&sig);
             return true;
         }
-        if !wait_signal(&sig, deadline, direct) {
+        if !progress.wait(&sig, deadline) {
             unregister_all(&sig);
-            return pipes.iter().any(|p| p.target().register(Block::Flag));
+            return pipes
+                .iter()
+                .any(|p| p.target().wait().register(Block::Flag));
         }
     }
 }

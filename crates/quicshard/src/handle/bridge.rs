@@ -6,7 +6,10 @@
 //! goes once the shard is done with both of its pipes, a connection's once it is closed (every
 //! pipe and blocked app call is then failed with the reason).
 //!
-//! A *mixed* engine (`Engine::builder_handles_mixed`, `mixed.rs`) gives each shard's
+//! [`Shards`] is how the app side and the shard side post work to a shard (a closure on the
+//! shard's `HandleHandler`).
+//!
+//! A *mixed* engine (`HandleEngine::builder_mixed`) gives each shard's
 //! `HandleHandler` a [`Fallback`]: a callback [`Handler`] that gets, whole, every connection whose
 //! negotiated ALPN is not one of the handle protocols. The choice is made once, at the
 //! connection's first callback (`on_connection`, or a stream event carrying 0-RTT data, which
@@ -15,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use quinn_proto::{ConnectionError, Dir, StreamId, VarInt};
@@ -23,13 +26,65 @@ use quinn_proto::{ConnectionError, Dir, StreamId, VarInt};
 use super::conn_shared::{ConnShared, StreamPair};
 use super::error::ConnectError;
 use super::hub::{ConnectReply, Hub};
-use super::notify::{Ready, Responder, ShardQueue};
+use super::notify::Responder;
 use super::pipe::{PipeDir, QuicRecv, QuicSend, RecvEnd, StreamPipe};
-use crate::handler::{ConnId, Handler, ShardCtx, ShardId};
+use super::progress::ProgressLink;
+use super::queue::{Ready, ShardQueue};
+use crate::handler::{ConnId, Handler, Remote, ShardCtx, ShardId};
+use crate::shard::mailbox::Msg;
 
-/// The [`Handler`] of a handle-mode engine (see [`Engine::builder_handles`](crate::Engine)).
-/// Applications do not call it; it is public because it names the engine's type,
-/// `Engine<HandleHandler>`.
+/// How the handles and the shards of one handle-mode engine post work to a shard: the shards'
+/// mailboxes (set when the engine starts, before any handle exists) and the engine's progress
+/// link (an app thread waits or drives while a mailbox is full).
+pub(crate) struct Shards {
+    remote: OnceLock<Remote<HandleHandler>>,
+    progress: ProgressLink,
+}
+
+impl Shards {
+    pub(crate) fn new(progress: ProgressLink) -> Self {
+        Self {
+            remote: OnceLock::new(),
+            progress,
+        }
+    }
+
+    /// Connects to the started engine's shards.
+    pub(crate) fn set_remote(&self, remote: Remote<HandleHandler>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// Runs `f` on `shard`. From an app thread this waits while the mailbox is full; from a
+    /// shard thread (e.g. a handle dropped there) it does not, and a full mailbox loses the
+    /// message (logged). `Err` once the shard has stopped.
+    pub(crate) fn post(
+        &self,
+        shard: ShardId,
+        f: impl FnOnce(&mut ShardCtx<'_>, &mut HandleHandler) + Send + 'static,
+    ) -> Result<(), ()> {
+        // invariant: handles (the only app-side callers) come from a started engine, which set
+        // `remote`
+        let Some(remote) = self.remote.get() else {
+            return Err(());
+        };
+        let mb = remote.mailboxes.get(shard.0).ok_or(())?;
+        let msg = Msg::Run(Box::new(f));
+        let r = if crate::shard::current_shard().is_some() {
+            mb.try_send(msg)
+        } else {
+            self.progress.send(mb, msg)
+        };
+        r.map_err(|e| {
+            if matches!(e, crate::shard::mailbox::SendError::Full(_)) {
+                tracing::warn!(shard = shard.0, "handle wake-up lost: shard mailbox full");
+            }
+        })
+    }
+}
+
+/// The [`Handler`] of a handle-mode engine (see [`HandleEngine`](crate::HandleEngine)).
+/// Applications do not call it; it is public because it names the core engine's type under
+/// the handle layer, `Engine<HandleHandler>`.
 pub struct HandleHandler {
     hub: Arc<Hub>,
     queue: Arc<ShardQueue>,
@@ -121,13 +176,13 @@ impl QuicRecv for QuinnRecv<'_> {
 }
 
 impl HandleHandler {
-    pub(crate) fn new(shard: ShardId, hub: Arc<Hub>) -> Self {
-        let h = hub.clone();
+    pub(crate) fn new(shard: ShardId, hub: Arc<Hub>, shards: Arc<Shards>) -> Self {
+        let s = shards.clone();
         let post = Box::new(move || {
-            h.post(shard, |ctx, me: &mut HandleHandler| me.run_ready(ctx))
+            s.post(shard, |ctx, me: &mut HandleHandler| me.run_ready(ctx))
                 .is_ok()
         });
-        let queue = Arc::new(ShardQueue::new(post).with_direct(hub.direct.clone()));
+        let queue = Arc::new(ShardQueue::new(post).with_progress(hub.progress.clone()));
         Self {
             hub,
             queue,
@@ -143,10 +198,11 @@ impl HandleHandler {
     pub(crate) fn with_fallback(
         shard: ShardId,
         hub: Arc<Hub>,
+        shards: Arc<Shards>,
         handle_alpns: Arc<[Vec<u8>]>,
         fallback: Box<dyn Handler + Send>,
     ) -> Self {
-        let mut h = Self::new(shard, hub);
+        let mut h = Self::new(shard, hub, shards);
         h.fallback = Some(Fallback {
             handle_alpns,
             handler: fallback,
@@ -191,7 +247,6 @@ impl HandleHandler {
             let shared = ConnShared::new(
                 conn,
                 c.remote_address(),
-                &self.hub,
                 self.queue.clone(),
                 c.datagrams().max_size(),
             );

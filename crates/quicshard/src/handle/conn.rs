@@ -7,35 +7,23 @@
 //! until it idles out); [`Connection::close`] closes at once.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn_proto::{ConnectionError, ConnectionStats, Dir, VarInt};
 
-use super::blocking::{sealed, wait_for, Inner, Opts, Pipe, Stall, Target};
+use super::app_conn::AppConn;
+use super::blocking::{sealed, wait_for, Opts, Pipe, Stall, Target};
+use super::bridge::Shards;
 use super::conn_shared::{ConnShared, StreamPair};
 use super::error::ConnError;
 use super::notify::{Block, Slot};
 use super::stream::{RecvStream, SendStream};
+use super::waitable::Wait;
 use crate::handler::ConnId;
 /// The app's handles of one stream (a unidirectional stream has one of them).
 pub(crate) type StreamHalves = (Option<SendStream>, Option<RecvStream>);
-
-/// The app's reference on a connection: when the last one drops, the connection closes once
-/// everything sent is acknowledged.
-pub(crate) struct AppConn {
-    pub(crate) shared: Arc<ConnShared>,
-    opts: Opts,
-}
-
-impl Drop for AppConn {
-    fn drop(&mut self) {
-        if !self.shared.is_lost() {
-            self.shared.linger();
-        }
-    }
-}
 
 /// A QUIC connection, usable from any thread (`Clone + Send + Sync`; clones share the
 /// non-blocking switch and timeout). Blocking methods honour [`Connection::set_nonblocking`]
@@ -63,11 +51,12 @@ fn stall(s: Stall) -> ConnError {
 }
 
 impl Connection {
-    pub(crate) fn new(shared: Arc<ConnShared>) -> Self {
+    pub(crate) fn new(shared: Arc<ConnShared>, shards: Weak<Shards>) -> Self {
         Self {
             inner: Arc::new(AppConn {
                 shared,
                 opts: Opts::default(),
+                shards,
             }),
         }
     }
@@ -132,7 +121,7 @@ impl Connection {
         let r = wait_for(
             self.inner.opts.nonblocking(),
             self.inner.opts.deadline(deadline),
-            c.direct(),
+            c.progress(),
             |how| {
                 if open {
                     c.open(dir, how, &mut waiting)
@@ -204,7 +193,7 @@ impl Connection {
         wait_for(
             self.inner.opts.nonblocking(),
             self.inner.opts.deadline(deadline),
-            c.direct(),
+            c.progress(),
             |how| c.read_datagram(how),
             |sig| c.unblock_thread(sig),
             stall,
@@ -236,7 +225,7 @@ impl Connection {
         wait_for(
             false,
             deadline,
-            c.direct(),
+            c.progress(),
             |how| Ok(c.closed(how)),
             |sig| c.unblock_thread(sig),
             stall,
@@ -268,17 +257,22 @@ impl Connection {
         let c = &self.inner.shared;
         let (slot, tx) = Slot::new();
         let id = c.id;
-        let hub = c.hub().ok_or(ConnError::EngineStopped)?;
-        hub.post(id.shard(), move |ctx, _h| {
-            if let Some(conn) = ctx.connection(id) {
-                let _ = tx.send(f(conn));
-            }
-        })
-        .map_err(|_| ConnError::EngineStopped)?;
+        let shards = self
+            .inner
+            .shards
+            .upgrade()
+            .ok_or(ConnError::EngineStopped)?;
+        shards
+            .post(id.shard(), move |ctx, _h| {
+                if let Some(conn) = ctx.connection(id) {
+                    let _ = tx.send(f(conn));
+                }
+            })
+            .map_err(|_| ConnError::EngineStopped)?;
         let r = wait_for(
             false,
             None,
-            c.direct(),
+            c.progress(),
             |how| Ok::<_, ConnError>(slot.poll(how)),
             |sig| slot.unblock_thread(sig),
             stall,
@@ -322,7 +316,7 @@ impl Connection {
 
 impl sealed::Sealed for Connection {
     fn target(&self) -> Target<'_> {
-        Target(Inner::Conn(&self.inner.shared))
+        Target::new(&*self.inner.shared)
     }
 }
 impl Pipe for Connection {}

@@ -12,17 +12,17 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use quinn_proto::{ConnectionError, Dir, VarInt};
 
 use super::error::ConnError;
-use super::hub::Hub;
-use super::nonblocking::Registration;
-use super::notify::{Block, Ready, ShardQueue, ThreadSignal, Waiters};
+use super::notify::{Block, Waiters};
 use super::pipe::StreamPipe;
+use super::progress::ProgressLink;
 use super::sync::{lock, Mutex};
+use super::waitable::Waitable;
 use crate::handler::ConnId;
 
 /// Datagrams queued per direction before the oldest is dropped. Why: datagrams are unreliable and
@@ -45,18 +45,24 @@ pub(crate) struct ConnRequests {
     pub(crate) open: [usize; 2],
 }
 
+/// Where a connection asks its shard for service (the shard's ready queue, `super::queue`).
+pub(crate) trait ConnQueue: Send + Sync {
+    /// Queues `conn` for the shard (the caller checked it is not queued: its `pending` flag).
+    fn kick_conn(&self, conn: Arc<ConnShared>);
+    /// How a wait on the shard's objects makes progress.
+    fn progress(&self) -> &ProgressLink;
+}
+
 /// One connection's app/shard shared state.
 pub(crate) struct ConnShared {
     pub(crate) id: ConnId,
     pub(crate) remote: SocketAddr,
-    /// Weak: the hub's accept queue holds connections, which must not keep the hub alive.
-    hub: Weak<Hub>,
-    queue: Arc<ShardQueue>,
+    queue: Arc<dyn ConnQueue>,
     state: Mutex<ConnState>,
 }
 
 #[derive(Default)]
-struct ConnState {
+pub(crate) struct ConnState {
     incoming: [VecDeque<StreamPair>; 2],
     opened: [VecDeque<StreamPair>; 2],
     open_requested: [usize; 2],
@@ -87,12 +93,28 @@ impl ConnState {
     }
 }
 
+/// Ready: a stream to accept or take, a datagram, or the connection is gone.
+impl Waitable for ConnShared {
+    type State = ConnState;
+    fn state(&self) -> &Mutex<ConnState> {
+        &self.state
+    }
+    fn waiters(s: &mut ConnState) -> &mut Waiters {
+        &mut s.waiters
+    }
+    fn is_ready(&self, s: &ConnState) -> bool {
+        s.ready()
+    }
+    fn link(&self) -> &ProgressLink {
+        self.queue.progress()
+    }
+}
+
 impl ConnShared {
     pub(crate) fn new(
         id: ConnId,
         remote: SocketAddr,
-        hub: &Arc<Hub>,
-        queue: Arc<ShardQueue>,
+        queue: Arc<dyn ConnQueue>,
         max_datagram: Option<usize>,
     ) -> Arc<Self> {
         let state = ConnState {
@@ -102,7 +124,6 @@ impl ConnShared {
         Arc::new(Self {
             id,
             remote,
-            hub: Arc::downgrade(hub),
             queue,
             state: Mutex::new(crate::ranks::CONN, state),
         })
@@ -115,7 +136,7 @@ impl ConnShared {
             s.request_service()
         };
         if kick {
-            self.queue.kick(Ready::Conn(self.clone()));
+            self.queue.kick_conn(self.clone());
         }
     }
 
@@ -170,7 +191,7 @@ impl ConnShared {
             (got, kick)
         };
         if kick {
-            self.queue.kick(Ready::Conn(self.clone()));
+            self.queue.kick_conn(self.clone());
         }
         Ok(got)
     }
@@ -207,28 +228,6 @@ impl ConnShared {
             s.waiters.block(how);
         }
         s.lost.clone()
-    }
-
-    pub(crate) fn register(&self, how: Block<'_>) -> bool {
-        let mut s = lock(&self.state);
-        if s.ready() {
-            return true;
-        }
-        s.waiters.block(how);
-        false
-    }
-
-    pub(crate) fn unblock_thread(&self, sig: &Arc<ThreadSignal>) {
-        lock(&self.state).waiters.unblock_thread(sig);
-    }
-
-    pub(crate) fn set_poll(&self, reg: Option<Arc<Registration>>) {
-        let wake = {
-            let mut s = lock(&self.state);
-            let ready = reg.is_some() && s.ready();
-            s.waiters.set_poll(reg, ready)
-        };
-        wake.wake();
     }
 
     pub(crate) fn close(self: &Arc<Self>, code: VarInt, reason: &[u8]) {
@@ -360,11 +359,7 @@ impl ConnShared {
     }
 
     /// See [`ShardQueue::direct`].
-    pub(crate) fn direct(&self) -> &super::notify::DirectLink {
-        self.queue.direct()
-    }
-
-    pub(crate) fn hub(&self) -> Option<Arc<Hub>> {
-        self.hub.upgrade()
+    pub(crate) fn progress(&self) -> &ProgressLink {
+        self.queue.progress()
     }
 }

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use quinn_proto::{Dir, Side, StreamId, VarInt};
 
 use super::blocking::{wait_for, Stall};
-use super::notify::{Ready, ShardQueue};
 use super::pipe::{PipeDir, QuicRecv, QuicSend, RecvEnd, StreamPipe};
+use super::queue::{Ready, ShardQueue};
 use super::sync::{lock, Condvar, Mutex};
+use super::waitable::Wait;
 use crate::handler::ConnId;
 
 struct Mailbox {

@@ -1,7 +1,7 @@
 //! Who wakes whom across the app/shard boundary: the app side's [`Waiters`] (blocked threads, a
-//! task's `Waker`, a [`Poller`](super::Poller) registration), the shard side's [`ShardQueue`]
-//! (objects waiting for service, one coalesced mailbox message per burst), and [`Slot`], a
-//! one-shot answer from a shard to an app thread.
+//! task's `Waker`, a [`Poller`](super::Poller) registration), the shard side's
+//! [`ShardQueue`](super::queue::ShardQueue) (objects waiting for service, one coalesced mailbox
+//! message per burst), and [`Slot`], a one-shot answer from a shard to an app thread.
 //!
 //! # Implementation notes
 //! Both directions are edge-triggered and coalesced, and both decisions are taken under the
@@ -11,16 +11,14 @@
 //!   in the app's favour, takes the registrations ([`Waiters::take`]) under the same lock and
 //!   wakes them after unlocking ([`Wake::wake`]). No registration, no wake-up.
 //! - app → shard: an object asks for service only when it is not already queued (its `pending`
-//!   flag, under its lock); the [`ShardQueue`] posts one message to the shard's mailbox only on
+//!   flag, under its lock); the [`ShardQueue`](super::queue::ShardQueue) posts one message to the shard's mailbox only on
 //!   its empty → non-empty transition (`armed`, under the queue lock).
 
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
 
-use super::conn_shared::ConnShared;
-use super::nonblocking::Registration;
-use super::pipe::StreamPipe;
+use super::registration::Registration;
 use super::sync::{lock, Condvar, Mutex};
 
 /// One app thread's wake-up: a flag and a condition variable. Fresh per blocking call.
@@ -175,78 +173,6 @@ impl Wake {
         if let Some(r) = self.poll {
             r.notify();
         }
-    }
-}
-
-/// An object the shard must look at.
-pub(crate) enum Ready {
-    /// A stream pipe: data, FIN, reset or stop to pass between the pipe and quinn-proto.
-    Pipe(Arc<StreamPipe>),
-    /// A connection: open requests, datagrams to send, close.
-    Conn(Arc<ConnShared>),
-}
-
-/// How a [`ShardQueue`] reaches its shard: posts one "service your queue" message; `false` if it
-/// could not (the shard stopped, or its mailbox is full and the caller may not block).
-pub(crate) type PostFn = Box<dyn Fn() -> bool + Send + Sync>;
-
-/// One shard's queue of objects needing service, with a coalesced wake-up: only the push that
-/// finds the queue disarmed posts a message; the shard disarms when it takes the queue.
-pub(crate) struct ShardQueue {
-    state: Mutex<QueueState>,
-    post: PostFn,
-    /// How a blocked app thread drives the shard itself (direct backend; unset otherwise).
-    direct: DirectLink,
-}
-
-/// Where the direct backend's driver is, once an engine in that mode started (see
-/// `crate::direct`); never set for the worker backend. Weak: the driver owns the shards, whose
-/// handlers own the queues holding this.
-pub(crate) type DirectLink = Arc<std::sync::OnceLock<std::sync::Weak<crate::direct::Direct>>>;
-
-#[derive(Default)]
-struct QueueState {
-    items: Vec<Ready>,
-    armed: bool,
-}
-
-impl ShardQueue {
-    pub(crate) fn new(post: PostFn) -> Self {
-        Self {
-            state: Mutex::new(crate::ranks::SHARD_QUEUE, QueueState::default()),
-            post,
-            direct: DirectLink::default(),
-        }
-    }
-
-    /// Blocked waits on this shard's objects drive it through `direct` when that is set.
-    pub(crate) fn with_direct(mut self, direct: DirectLink) -> Self {
-        self.direct = direct;
-        self
-    }
-
-    pub(crate) fn direct(&self) -> &DirectLink {
-        &self.direct
-    }
-
-    /// Queues `item` (the caller already checked the item is not queued: its `pending` flag).
-    pub(crate) fn kick(&self, item: Ready) {
-        let first = {
-            let mut s = lock(&self.state);
-            s.items.push(item);
-            !std::mem::replace(&mut s.armed, true)
-        };
-        if first && !(self.post)() {
-            // nobody will come for the queue: let the next kick try again
-            lock(&self.state).armed = false;
-        }
-    }
-
-    /// Shard side: takes everything queued and disarms.
-    pub(crate) fn take(&self, into: &mut Vec<Ready>) {
-        let mut s = lock(&self.state);
-        s.armed = false;
-        into.append(&mut s.items);
     }
 }
 

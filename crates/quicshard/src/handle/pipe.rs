@@ -33,9 +33,10 @@ use quinn_proto::{ConnectionError, StreamId, VarInt};
 
 use super::buf::{Ring, SendBuf};
 use super::error::{ReadError, WriteError};
-use super::nonblocking::Registration;
-use super::notify::{Block, Ready, ShardQueue, ThreadSignal, Waiters, Wake};
+use super::notify::{Block, Waiters, Wake};
+use super::progress::ProgressLink;
 use super::sync::{lock, Mutex};
+use super::waitable::Waitable;
 use crate::handler::ConnId;
 
 /// Which way the bytes flow.
@@ -80,18 +81,26 @@ pub(crate) trait QuicRecv {
     fn stop(&mut self, code: VarInt);
 }
 
+/// Where a pipe asks its shard for service (the shard's ready queue, `super::queue`).
+pub(crate) trait PipeQueue: Send + Sync {
+    /// Queues `pipe` for the shard (the caller checked it is not queued: its `pending` flag).
+    fn kick_pipe(&self, pipe: Arc<StreamPipe>);
+    /// How a wait on the shard's objects makes progress.
+    fn progress(&self) -> &ProgressLink;
+}
+
 /// One direction of one stream; shared by the app handle and the shard.
 pub(crate) struct StreamPipe {
     pub(crate) conn: ConnId,
     pub(crate) id: StreamId,
     pub(crate) dir: PipeDir,
     cap: usize,
-    queue: Arc<ShardQueue>,
+    queue: Arc<dyn PipeQueue>,
     state: Mutex<PipeState>,
 }
 
 #[derive(Default)]
-struct PipeState {
+pub(crate) struct PipeState {
     /// Recv: the bytes the shard moved in.
     ring: Ring,
     /// Send: the bytes the app wrote.
@@ -125,13 +134,30 @@ impl PipeState {
     }
 }
 
+/// Ready: send, room for a byte; receive, a byte or the end; either, an error to report.
+impl Waitable for StreamPipe {
+    type State = PipeState;
+    fn state(&self) -> &Mutex<PipeState> {
+        &self.state
+    }
+    fn waiters(s: &mut PipeState) -> &mut Waiters {
+        &mut s.waiters
+    }
+    fn is_ready(&self, s: &PipeState) -> bool {
+        Self::ready(self.dir, self.cap, s)
+    }
+    fn link(&self) -> &ProgressLink {
+        self.queue.progress()
+    }
+}
+
 impl StreamPipe {
     pub(crate) fn new(
         conn: ConnId,
         id: StreamId,
         dir: PipeDir,
         cap: usize,
-        queue: Arc<ShardQueue>,
+        queue: Arc<dyn PipeQueue>,
     ) -> Arc<Self> {
         Arc::new(Self {
             conn,
@@ -144,12 +170,12 @@ impl StreamPipe {
     }
 
     fn kick(self: &Arc<Self>) {
-        self.queue.kick(Ready::Pipe(self.clone()));
+        self.queue.kick_pipe(self.clone());
     }
 
-    /// See [`ShardQueue::direct`].
-    pub(crate) fn direct(&self) -> &super::notify::DirectLink {
-        self.queue.direct()
+    /// How a wait on this pipe gets its shard to make progress.
+    pub(crate) fn progress(&self) -> &ProgressLink {
+        self.queue.progress()
     }
 
     // ----- app side -----
@@ -272,29 +298,6 @@ impl StreamPipe {
             PipeDir::Send => terminal || s.fin || s.out.len() < cap,
             PipeDir::Recv => terminal || s.fin || s.ring.len > 0,
         }
-    }
-
-    /// `true` if ready now; otherwise registers `how`.
-    pub(crate) fn register(&self, how: Block<'_>) -> bool {
-        let mut s = lock(&self.state);
-        if Self::ready(self.dir, self.cap, &s) {
-            return true;
-        }
-        s.waiters.block(how);
-        false
-    }
-
-    pub(crate) fn unblock_thread(&self, sig: &Arc<ThreadSignal>) {
-        lock(&self.state).waiters.unblock_thread(sig);
-    }
-
-    pub(crate) fn set_poll(&self, reg: Option<Arc<Registration>>) {
-        let wake = {
-            let mut s = lock(&self.state);
-            let ready = reg.is_some() && Self::ready(self.dir, self.cap, &s);
-            s.waiters.set_poll(reg, ready)
-        };
-        wake.wake();
     }
 
     /// Send: FIN after the buffered bytes. Idempotent.

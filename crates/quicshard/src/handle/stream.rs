@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quinn_proto::{StreamId, VarInt};
 
-use super::blocking::{sealed, wait_for, Inner, Opts, Pipe, Stall, Target};
-use super::conn::AppConn;
+use super::app_conn::AppConn;
+use super::blocking::{sealed, wait_for, Opts, Pipe, Stall, Target};
 use super::error::{ReadError, WriteError};
 use super::notify::Block;
 use super::pipe::StreamPipe;
+use super::waitable::Wait;
 
 /// The sending half of a stream.
 pub struct SendStream {
@@ -108,7 +109,7 @@ impl SendStream {
         wait_for(
             self.opts.nonblocking(),
             self.opts.deadline(deadline),
-            p.direct(),
+            p.progress(),
             |how| p.write(data, how),
             |sig| p.unblock_thread(sig),
             wstall,
@@ -137,7 +138,7 @@ impl SendStream {
         wait_for(
             self.opts.nonblocking(),
             self.opts.deadline(None),
-            p.direct(),
+            p.progress(),
             |how| p.write_bytes(data, how),
             |sig| p.unblock_thread(sig),
             wstall,
@@ -157,7 +158,7 @@ impl SendStream {
             wait_for(
                 self.opts.nonblocking(),
                 deadline,
-                p.direct(),
+                p.progress(),
                 |how| p.write_bytes(&mut data, how),
                 |sig| p.unblock_thread(sig),
                 wstall,
@@ -248,7 +249,7 @@ impl RecvStream {
         wait_for(
             self.opts.nonblocking(),
             self.opts.deadline(deadline),
-            p.direct(),
+            p.progress(),
             |how| p.read(out, how),
             |sig| p.unblock_thread(sig),
             rstall,
@@ -316,13 +317,13 @@ impl io::Read for RecvStream {
 
 impl sealed::Sealed for SendStream {
     fn target(&self) -> Target<'_> {
-        Target(Inner::Pipe(&self.pipe))
+        Target::new(&*self.pipe)
     }
 }
 impl Pipe for SendStream {}
 impl sealed::Sealed for RecvStream {
     fn target(&self) -> Target<'_> {
-        Target(Inner::Pipe(&self.pipe))
+        Target::new(&*self.pipe)
     }
 }
 impl Pipe for RecvStream {}

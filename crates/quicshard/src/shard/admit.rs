@@ -20,32 +20,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::BytesMut;
 use quinn_proto::Incoming;
 
-use super::inbound::send_response;
+use super::callback::Handler;
 use super::io::Sock;
 use super::{Core, Shard};
-use crate::handler::Handler;
-
-/// How a shard admits new connections (see [`Builder::admission`](crate::Builder::admission)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Admission {
-    /// New connections accepted per loop turn (each one's first flight costs an ECDHE and, for
-    /// a full handshake, a signature). At least 1.
-    pub per_turn: usize,
-    /// New connections that may wait for a later turn; an Initial beyond them is refused with
-    /// CONNECTION_REFUSED. 0: none wait (refused at once beyond `per_turn`).
-    pub queue: usize,
-}
-
-impl Default for Admission {
-    /// 4 per turn (about 0.6 ms of full handshakes before established traffic is served
-    /// again), 1,024 waiting per shard.
-    fn default() -> Self {
-        Self {
-            per_turn: 4,
-            queue: 1024,
-        }
-    }
-}
+use crate::shared::Admission;
 
 /// One new connection waiting to be accepted.
 pub(crate) struct Waiting {
@@ -218,5 +196,17 @@ impl<H: Handler> Shard<H> {
                 }
             }
         }
+    }
+}
+
+/// Queues an endpoint-generated packet from `core.resp_buf`; dropped if the socket is blocked
+/// (best effort: the peer retries).
+pub(super) fn send_response(
+    sock: &mut super::io::Sock,
+    core: &super::Core,
+    t: &quinn_proto::Transmit,
+) {
+    if !sock.queue_copy(t, &core.resp_buf[..t.size]) {
+        core.stats.dropped_send_error.fetch_add(1, Relaxed);
     }
 }

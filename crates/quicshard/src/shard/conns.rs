@@ -12,7 +12,7 @@ use std::time::Instant;
 use quinn_proto::Connection;
 
 use super::amplify::AmpBudget;
-use crate::handler::ConnId;
+use super::callback::ConnId;
 
 /// One live connection and its loop bookkeeping.
 pub(crate) struct Entry {

@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::Bytes;
 use quinn_proto::{ConnectionError, ConnectionHandle, Event, StreamEvent, VarInt};
 
+use super::callback::{ConnId, Handler, ShardCtx, HANDLER_PANIC_CODE};
 use super::conns::Entry;
 use super::timers::Timer;
 use super::{Shard, EVENT_PASSES_PER_DRIVE, TRANSMITS_PER_DRIVE};
-use crate::handler::{ConnId, Handler, ShardCtx, HANDLER_PANIC_CODE};
 
 /// The largest UDP payload (IPv4: 65,535 − 8-byte UDP header − 20-byte IP header): the bound on
 /// one GSO batch.

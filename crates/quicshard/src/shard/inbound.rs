@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::BytesMut;
 use quinn_proto::{ConnectionId, ConnectionIdGenerator, DatagramEvent, EcnCodepoint, Incoming};
 
+use super::admit::send_response;
 use super::amplify;
 use super::io::{CLIENT, LISTEN};
 use super::mailbox::{Handoff, Msg, SendError};
@@ -307,16 +308,4 @@ pub fn check_before_endpoint(
         }
     }
     Ok(())
-}
-
-/// Queues an endpoint-generated packet from `core.resp_buf`; dropped if the socket is blocked
-/// (best effort: the peer retries).
-pub(super) fn send_response(
-    sock: &mut super::io::Sock,
-    core: &super::Core,
-    t: &quinn_proto::Transmit,
-) {
-    if !sock.queue_copy(t, &core.resp_buf[..t.size]) {
-        core.stats.dropped_send_error.fetch_add(1, Relaxed);
-    }
 }

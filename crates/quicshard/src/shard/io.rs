@@ -36,9 +36,10 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use quinn_udp::{EcnCodepoint, RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
+use quinn_udp::{EcnCodepoint, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
 
 use super::mem::{MemPort, MEM_GSO_SEGMENTS};
+pub(crate) use super::rx::RxBufs;
 use super::sys::{MmsgBufs, OutMsg, TX_BATCH};
 use crate::stats::Counters;
 
@@ -46,12 +47,6 @@ use crate::stats::Counters;
 pub(crate) const LISTEN: usize = 0;
 /// Index of the shard's unshared client socket.
 pub(crate) const CLIENT: usize = 1;
-
-/// The shortest buffer per received message: one maximal UDP payload.
-const MIN_RX_BUF: usize = 1 << 16;
-
-/// Bytes per GRO segment we reserve room for.
-const GRO_SEGMENT_BYTES: usize = 1500;
 
 /// Capacity each transmit buffer starts with: one full-size datagram. Buffers that held a GSO
 /// batch keep their larger capacity for the next one.
@@ -443,37 +438,6 @@ fn send_failed(stats: &Counters, err: &io::Error, destination: SocketAddr, datag
         tracing::debug!(error = %err, dest = %destination, "send failed");
     } else if datagrams > 1 {
         tracing::warn!(dest = %destination, datagrams, "GSO batch refused as too large");
-    }
-}
-
-/// Per-shard receive buffers: `BATCH_SIZE` messages of `buf_len` bytes each, plus their metadata.
-pub(crate) struct RxBufs {
-    bufs: Vec<u8>,
-    pub(crate) buf_len: usize,
-    pub(crate) metas: [RecvMeta; BATCH_SIZE],
-}
-
-impl RxBufs {
-    /// Buffers big enough for `gro_segments` coalesced datagrams per message.
-    pub(crate) fn new(gro_segments: usize) -> Self {
-        let buf_len = (gro_segments * GRO_SEGMENT_BYTES).max(MIN_RX_BUF);
-        Self {
-            bufs: vec![0; buf_len * BATCH_SIZE],
-            buf_len,
-            metas: [RecvMeta::default(); BATCH_SIZE],
-        }
-    }
-
-    /// The whole buffer of message `i`, to receive into.
-    pub(super) fn buf_mut(&mut self, i: usize) -> &mut [u8] {
-        let start = i * self.buf_len;
-        &mut self.bufs[start..start + self.buf_len]
-    }
-
-    /// The bytes of message `i` (its first `metas[i].len` bytes).
-    pub(crate) fn message(&self, i: usize) -> &[u8] {
-        let start = i * self.buf_len;
-        &self.bufs[start..start + self.metas[i].len.min(self.buf_len)]
     }
 }
 

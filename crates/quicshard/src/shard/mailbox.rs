@@ -19,7 +19,7 @@ use bytes::BytesMut;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use quinn_proto::EcnCodepoint;
 
-use crate::handler::RunFn;
+use super::callback::RunFn;
 
 /// Messages per mailbox. Why: deep enough to absorb a burst of handoffs for one GRO batch per
 /// shard (BATCH_SIZE × GRO segments ≈ 2k) while bounding the memory a stalled shard can pin.

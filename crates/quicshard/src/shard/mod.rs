@@ -21,6 +21,7 @@
 mod admit;
 pub(crate) mod amplify;
 pub(crate) mod arena;
+pub(crate) mod callback;
 pub(crate) mod conns;
 mod drive;
 pub(crate) mod group;
@@ -31,6 +32,7 @@ pub(crate) mod mailbox;
 pub(crate) mod mem;
 mod parts;
 mod reclaim;
+mod rx;
 mod sys;
 pub(crate) mod timers;
 
@@ -49,7 +51,6 @@ use crate::cid::ShardCidGenerator;
 use crate::handler::{ConnId, Handler, ShardCtx};
 use crate::shared::Shared;
 use crate::stats::Counters;
-pub use admit::Admission;
 use admit::AdmitQueue;
 use arena::Arena;
 use conns::ConnTable;
@@ -98,10 +99,6 @@ thread_local! {
     /// The thread's CPU time (µs) at the end of its last shard turn: a turn's CPU is the
     /// difference at its end (one clock read per turn; the `poll` in between costs little).
     static TURN_CPU: Cell<u64> = const { Cell::new(0) };
-    /// The counters of the shard running on this thread, for code called from deep inside
-    /// quinn-proto / rustls (the shared ticketer).
-    static SHARD_COUNTERS: std::cell::RefCell<Option<Arc<Counters>>> =
-        const { std::cell::RefCell::new(None) };
 }
 
 /// Starts the calling thread's turn CPU clock (see `TURN_CPU`): at a shard thread's start, and
@@ -133,24 +130,6 @@ fn long_turn(busy: Duration, cpu: Duration) -> Option<LongTurn> {
     )
 }
 
-/// Counts a decrypted session ticket on the calling shard (no-op off shard threads).
-pub(crate) fn count_resumption() {
-    SHARD_COUNTERS.with(|c| {
-        if let Some(c) = &*c.borrow() {
-            c.resumptions.fetch_add(1, Relaxed);
-        }
-    });
-}
-
-/// Counts a refused single-use ticket on the calling shard (no-op off shard threads).
-pub(crate) fn count_ticket_refused() {
-    SHARD_COUNTERS.with(|c| {
-        if let Some(c) = &*c.borrow() {
-            c.tickets_refused.fetch_add(1, Relaxed);
-        }
-    });
-}
-
 /// The shard index if the calling thread is a shard thread.
 pub(crate) fn current_shard() -> Option<usize> {
     CURRENT_SHARD.with(|c| c.get())
@@ -167,7 +146,7 @@ pub(crate) struct ShardScope {
 impl ShardScope {
     pub(crate) fn enter(id: usize, stats: &Arc<Counters>) -> Self {
         let prev = CURRENT_SHARD.with(|c| c.replace(Some(id)));
-        let prev_counters = SHARD_COUNTERS.with(|c| c.borrow_mut().replace(stats.clone()));
+        let prev_counters = crate::stats::swap_thread_counters(Some(stats.clone()));
         Self {
             prev,
             prev_counters,
@@ -178,7 +157,7 @@ impl ShardScope {
 impl Drop for ShardScope {
     fn drop(&mut self) {
         CURRENT_SHARD.with(|c| c.set(self.prev));
-        SHARD_COUNTERS.with(|c| *c.borrow_mut() = self.prev_counters.take());
+        crate::stats::swap_thread_counters(self.prev_counters.take());
     }
 }
 

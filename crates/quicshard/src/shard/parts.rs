@@ -9,13 +9,13 @@ use std::time::Instant;
 use quinn_proto::Endpoint;
 
 use super::arena::Arena;
+use super::callback::{Handler, ShardId};
 use super::conns::ConnTable;
 use super::help::Desk;
 use super::io::{RxBufs, Sock, CLIENT, LISTEN};
 use super::mailbox::{MailboxRx, MailboxTx};
 use super::timers::Timers;
 use super::{group, sys, Core, Shard, ShardScope};
-use crate::handler::{Handler, ShardId};
 use crate::shared::Shared;
 use crate::stats::Counters;
 

@@ -12,8 +12,8 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use super::callback::Handler;
 use super::Shard;
-use crate::handler::Handler;
 
 /// Closures since the last trim that make the next one worth its cost. Why: each closed
 /// connection frees about 28 KB; 64 of them are ~2 MB, below which a trim returns little.

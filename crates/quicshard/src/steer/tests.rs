@@ -1,7 +1,7 @@
 //! Unit tests of the steering rule: the BPF program in the interpreter against its Rust twin.
 
 use super::*;
-use crate::fuzzing::run_bpf;
+use crate::testing::run_bpf;
 use proptest::prelude::*;
 
 const KEY: [u8; 16] = *b"0123456789abcdef";

@@ -141,7 +141,7 @@ impl ProducesTickets for AeadTicketKey {
             .len();
         buf.truncate(plain_len);
         // one key decrypts a ticket (the rotator stops at the first that does): a resumption
-        crate::shard::count_resumption();
+        crate::stats::count_resumption();
         Some(buf)
     }
 }

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use quicshard::handle::{Connection, HandleConfig, HandleHandler};
+use quicshard::handle::{Connection, HandleConfig};
 use quicshard::quinn_proto::{TransportConfig, VarInt};
-use quicshard::Engine;
+use quicshard::HandleEngine;
 
 /// Every test's overall bound.
 pub const LONG: Duration = Duration::from_secs(60);
@@ -37,20 +37,20 @@ pub fn transport() -> TransportConfig {
 
 /// A server and a client engine in handle mode, the client trusting the server.
 pub struct Pair {
-    pub server: Engine<HandleHandler>,
-    pub client: Engine<HandleHandler>,
+    pub server: HandleEngine,
+    pub client: HandleEngine,
 }
 
 impl Pair {
     pub fn new(server_shards: usize, client_shards: usize, cfg: HandleConfig) -> Self {
-        let server = Engine::builder_handles_with(cfg.clone())
+        let server = HandleEngine::builder_with(cfg.clone())
             .shards(server_shards)
             .transport(transport())
             .start()
             .unwrap();
         let tls =
             quicshard::tls::client_config_trusting(server.certificate().unwrap(), &[]).unwrap();
-        let client = Engine::builder_handles_with(cfg)
+        let client = HandleEngine::builder_with(cfg)
             .shards(client_shards)
             .client_config(tls)
             .transport(transport())
@@ -63,8 +63,8 @@ impl Pair {
     /// server's certificate).
     pub fn memory(cfg: HandleConfig, direct: quicshard::direct::DirectConfig) -> Self {
         let (server, client) = quicshard::direct::memory_pair(
-            Engine::builder_handles_with(cfg.clone()).transport(transport()),
-            Engine::builder_handles_with(cfg).transport(transport()),
+            HandleEngine::builder_with(cfg.clone()).transport(transport()),
+            HandleEngine::builder_with(cfg).transport(transport()),
             direct,
         )
         .unwrap();

@@ -27,7 +27,6 @@ use crate::shard::mailbox::mailbox;
 use crate::shard::{self, mem::MemPort, Poller, Shard, ShardParts, ShardScope, WAKER_TOKEN};
 use crate::stats::{Counters, ShardStats};
 
-pub use crate::fuzzing::run_bpf;
 /// One instruction of the steering program.
 pub use libc::sock_filter;
 

@@ -1,12 +1,16 @@
-//! The pure pieces of the datagram input path, exposed for the property tests
-//! (`tests/fuzz_*.rs`). Not a stable API.
+//! Public items that exist only for tests, benches, fuzzing and the simulator (hidden from the
+//! docs; not a stable API): the pure pieces of the datagram input path, for the property tests
+//! (`tests/fuzz_*.rs`), and [`SimServer`] ([`sim`]) for `crates/quicshard-testkit`.
 //!
 //! A datagram on the shared port goes: [`handoff_target`] (steering: another shard's? hand it
 //! off) → [`check_before_endpoint`] (drop empty, truncated or foreign short headers) →
 //! `quinn_proto::Endpoint::handle`. Handed-off datagrams skip the first step on the owner.
 //! [`run_bpf`] interprets the steering program, so tests can hold it to `owner_shard`.
 
+mod sim;
+
 pub use crate::shard::inbound::{check_before_endpoint, handoff_target, EarlyDrop};
+pub use sim::{sock_filter, SimServer, SimSetup};
 
 /// Runs a classic BPF program like the kernel's `SO_ATTACH_REUSEPORT_CBPF` path does, for the
 /// opcodes the steering program uses. A load past the end is an error here (the kernel would

@@ -79,6 +79,15 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+/// A handover error as a start error: a port someone holds is the same refusal as without a
+/// handover.
+fn handover_error(e: crate::handover::HandoverError) -> StartError {
+    match e {
+        crate::handover::HandoverError::Bind { addr, source } => StartError::Bind { addr, source },
+        other => StartError::Handover(other),
+    }
+}
+
 type Factory<H> = Arc<dyn Fn(ShardId) -> H + Send + Sync>;
 
 /// What [`Builder::start`] returns for a layer built on the engine: the layer's own engine type,
@@ -487,7 +496,9 @@ impl<H: Handler, L: Layer<H>> Builder<H, L> {
     pub fn start(mut self) -> Result<L::Engine, StartError> {
         let n = self.shards;
         let plan = match &self.handover {
-            Some(path) => Some(crate::handover::Plan::prepare(path, n, self.listen)?),
+            Some(path) => {
+                Some(crate::handover::Plan::prepare(path, n, self.listen).map_err(handover_error)?)
+            }
             None => None,
         };
         if let Some((secrets, cid)) = plan.as_ref().and_then(|p| p.inherited()) {
@@ -639,14 +650,16 @@ impl<H: Handler, L: Layer<H>> Builder<H, L> {
         if let Some(plan) = plan {
             let mut injector = engine.injector().for_peer();
             let shared = &engine.shared;
-            let handover = plan.finish(
-                shared.secrets.clone(),
-                shared.cid.clone(),
-                shared.retire.clone(),
-                Box::new(move |payload, remote, local| {
-                    let _ = injector.inject(payload, remote, local);
-                }),
-            )?;
+            let handover = plan
+                .finish(
+                    shared.secrets.clone(),
+                    shared.cid.clone(),
+                    shared.retire.clone(),
+                    Box::new(move |payload, remote, local| {
+                        let _ = injector.inject(payload, remote, local);
+                    }),
+                )
+                .map_err(handover_error)?;
             engine.bpf_attached = true;
             engine.handover = Some(handover);
         }

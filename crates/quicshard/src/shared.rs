@@ -61,8 +61,8 @@ pub(crate) struct Shared {
     pub(crate) qlog: Option<crate::qlog::Qlog>,
     /// The engine's secrets (handed to a successor, [`crate::handover`]).
     pub(crate) secrets: crate::Secrets,
-    /// Whether new connections go to a successor ([`crate::handover::forward`]).
-    pub(crate) retire: Arc<crate::handover::forward::Retire>,
+    /// Whether new connections go to the other process of a handover (`shard/forward.rs`).
+    pub(crate) retire: Arc<forward::Retire>,
     /// A simulation's seed ([`crate::testing`]): each shard's endpoint RNG and CID generators
     /// derive from it and the shard's index. `None`: from the OS.
     pub(crate) seed: Option<u64>,
@@ -224,5 +224,6 @@ impl rustls::server::ProducesTickets for NoTickets {
     }
 }
 
+pub(crate) mod forward;
 #[cfg(test)]
 mod tests;

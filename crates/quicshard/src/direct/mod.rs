@@ -5,7 +5,7 @@
 //! that owns its event loop drives it with [`HandleEngine::poll_fd`],
 //! [`HandleEngine::next_deadline`] and [`HandleEngine::tick`].
 //!
-//! - **Transports**: a UDP socket ([`Builder::start_direct`]), or an in-memory datagram pair of
+//! - **Transports**: a UDP socket ([`HandleBuilder::start_direct`](crate::handle::HandleBuilder::start_direct)), or an in-memory datagram pair of
 //!   two engines ([`memory_pair`]; not pollable — the application ticks, and a blocking call on
 //!   either engine drives both).
 //! - **Locking** ([`DirectConfig::locking`], default on): several app threads share the engine;

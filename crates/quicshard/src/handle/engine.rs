@@ -89,7 +89,7 @@ impl Layer<HandleHandler> for HandleLayer {
     }
 }
 
-/// A running engine of the handle model (see the [module docs](self)). Derefs to the core
+/// A running engine of the handle model (see the module docs of [`crate::handle`]). Derefs to the core
 /// [`Engine`] for what every engine has.
 pub struct HandleEngine {
     core: Engine<HandleHandler>,

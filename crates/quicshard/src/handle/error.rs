@@ -70,7 +70,7 @@ pub enum ConnError {
     DatagramsUnsupported,
 }
 
-/// Why [`Engine::connect`](crate::Engine::connect) failed.
+/// Why [`HandleEngine::connect`](crate::HandleEngine::connect) failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
     /// quinn-proto refused to start the connection (bad server name, no CIDs, stopping).
@@ -91,7 +91,7 @@ pub enum ConnectError {
     EngineStopped,
 }
 
-/// Why [`Engine::accept`](crate::Engine::accept) returned no connection.
+/// Why [`HandleEngine::accept`](crate::HandleEngine::accept) returned no connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AcceptError {
     /// Non-blocking variant: no connection is waiting.

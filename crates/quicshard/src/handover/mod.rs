@@ -42,7 +42,6 @@
 //! flight split by the switch still reaches one process (`a_first_flight_split_by_the_switch`
 //! in `tests/handover.rs`).
 
-pub(crate) mod forward;
 mod wire;
 
 use std::io;
@@ -56,8 +55,8 @@ use std::time::Duration;
 
 use crate::cid::CidConfig;
 use crate::secrets::Secrets;
+use crate::shared::forward::{self, Retire};
 use crate::steer::{self, Group, ShardKey};
-use forward::Retire;
 use wire::{Msg, State, VERSION};
 
 /// How long after the switch the successor sends datagrams that would start a connection to
@@ -87,6 +86,14 @@ pub enum HandoverError {
         /// The handover socket.
         path: PathBuf,
         /// What failed.
+        source: io::Error,
+    },
+    /// The port could not be bound (a fresh start): someone else holds it.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The listen address.
+        addr: SocketAddr,
+        /// Why.
         source: io::Error,
     },
     /// Handover needs room for the slot bit.
@@ -152,10 +159,10 @@ impl Plan {
         path: &Path,
         n: usize,
         listen: SocketAddr,
-    ) -> Result<Self, crate::StartError> {
+    ) -> Result<Self, HandoverError> {
         let started = std::time::Instant::now();
         if n > steer::MAX_SLOTTED_SHARDS {
-            return Err(HandoverError::Shards(n).into());
+            return Err(HandoverError::Shards(n));
         }
         let stream = match UnixStream::connect(path) {
             Ok(s) => s,
@@ -166,7 +173,7 @@ impl Plan {
                 ) =>
             {
                 let sockets =
-                    steer::bind_group(listen, 2 * n).map_err(|source| crate::StartError::Bind {
+                    steer::bind_group(listen, 2 * n).map_err(|source| HandoverError::Bind {
                         addr: listen,
                         source,
                     })?;
@@ -178,7 +185,7 @@ impl Plan {
                     started,
                 });
             }
-            Err(e) => return Err(io_err(path)(e).into()),
+            Err(e) => return Err(io_err(path)(e)),
         };
         let err = io_err(path);
         stream.set_read_timeout(Some(STEP_TIMEOUT)).map_err(&err)?;
@@ -199,17 +206,15 @@ impl Plan {
                 return Err(HandoverError::Refused {
                     path: path.to_owned(),
                     why,
-                }
-                .into())
+                })
             }
-            other => return Err(err(protocol(&other)).into()),
+            other => return Err(err(protocol(&other))),
         };
         if fds.len() != 2 * n {
             return Err(err(io::Error::other(format!(
                 "got {} sockets for {n} shards",
                 fds.len()
-            )))
-            .into());
+            ))));
         }
         let sockets = fds.into_iter().map(UdpSocket::from).collect();
         Ok(Self {
@@ -255,7 +260,7 @@ impl Plan {
         cid: CidConfig,
         retire: Arc<Retire>,
         inject: Inject,
-    ) -> Result<Handover, crate::StartError> {
+    ) -> Result<Handover, HandoverError> {
         let err = io_err(&self.path);
         let slot = self.slot();
         let generation = self.from.as_ref().map_or(1, |(_, s)| s.generation + 1);
@@ -290,7 +295,7 @@ impl Plan {
                 drop(theirs);
                 match wire::recv(&stream, &mut Vec::new()).map_err(&err)? {
                     Msg::Retired => {}
-                    other => return Err(err(protocol(&other)).into()),
+                    other => return Err(err(protocol(&other))),
                 }
                 inner.attach(true).map_err(&err)?;
                 wire::send(&stream, &Msg::Switched, &[]).map_err(&err)?;

@@ -152,7 +152,7 @@ impl<H: Handler> Shard<H> {
         let len = data.len();
         let proves = amplify::proves_address(&data);
         // in a handover, a long header that would start a connection may go to the other
-        // process: keep a copy until the endpoint tells (only then, see handover::forward)
+        // process: keep a copy until the endpoint tells (only then, see shared/forward.rs)
         let forward = !short && core.shared.retire.should_forward(core.now, from_peer);
         let retiring = forward.then(|| data.to_vec());
         // an Initial that may wait for admission must not pin a chunk of the shard's arena

@@ -41,7 +41,7 @@ pub(crate) struct Handoff {
     pub(crate) remote: SocketAddr,
     pub(crate) local_ip: Option<IpAddr>,
     pub(crate) ecn: Option<EcnCodepoint>,
-    /// Forwarded by the other process of a handover ([`crate::handover::forward`]): never
+    /// Forwarded by the other process of a handover (`shared/forward.rs`): never
     /// forwarded back by the successor's grace rule.
     pub(crate) from_peer: bool,
 }

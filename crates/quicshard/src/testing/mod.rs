@@ -1,6 +1,6 @@
 //! Public items that exist only for tests, benches, fuzzing and the simulator (hidden from the
 //! docs; not a stable API): the pure pieces of the datagram input path, for the property tests
-//! (`tests/fuzz_*.rs`), and [`SimServer`] ([`sim`]) for `crates/quicshard-testkit`.
+//! (`tests/fuzz_*.rs`), and [`SimServer`] (`testing/sim.rs`) for `crates/quicshard-testkit`.
 //!
 //! A datagram on the shared port goes: [`handoff_target`] (steering: another shard's? hand it
 //! off) → [`check_before_endpoint`] (drop empty, truncated or foreign short headers) →

@@ -1,4 +1,5 @@
-//! Forwarding new connections between the two processes of a handover.
+//! Forwarding new connections between the two processes of a handover ([`crate::handover`]):
+//! the shard side, which every shard checks, and the socket both processes use.
 //!
 //! Once an old process has retired ([`Retire::begin`]), a datagram that would start a new
 //! connection on one of its shards (quinn-proto answers it with `NewConnection`, or a 0-RTT
@@ -29,6 +30,13 @@ use ranked_lock::Mutex;
 
 use socket2::{Domain, Socket, Type};
 
+/// Microseconds since the first call in this process: the clock of [`Retire`]'s grace period.
+fn micros(t: std::time::Instant) -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    u64::try_from(t.saturating_duration_since(epoch).as_micros()).unwrap_or(u64::MAX)
+}
+
 /// Octets before the payload.
 const HEADER: usize = 1 + 16 + 2 + 1 + 16;
 /// Largest forwarded datagram: the largest UDP payload.
@@ -42,7 +50,7 @@ const SOCKET_BUFFER: usize = 4 << 20;
 #[derive(Debug)]
 pub(crate) struct Retire {
     on: AtomicBool,
-    /// The grace period's end ([`crate::shard::help::micros`]; 0: none).
+    /// The grace period's end ([`super::help::micros`]; 0: none).
     grace_until: AtomicU64,
     /// Taken only while retiring (a leaf: nothing is locked under it).
     to: Mutex<Option<Socket>>,
@@ -71,22 +79,19 @@ impl Retire {
     /// Whether a datagram that would start a connection at `now` goes to the other process:
     /// always once retired; in the grace period, unless it came from there.
     pub(crate) fn should_forward(&self, now: std::time::Instant, from_peer: bool) -> bool {
-        self.is_on()
-            || (!from_peer
-                && crate::shard::help::micros(now) < self.grace_until.load(Ordering::Acquire))
+        self.is_on() || (!from_peer && micros(now) < self.grace_until.load(Ordering::Acquire))
     }
 
     /// The successor's side: until `until`, datagrams that would start a connection go to the
     /// predecessor over `to`.
-    pub(super) fn grace(&self, to: Socket, until: std::time::Instant) {
+    pub(crate) fn grace(&self, to: Socket, until: std::time::Instant) {
         let _ = to.set_send_buffer_size(SOCKET_BUFFER);
         *self.to.lock() = Some(to);
-        self.grace_until
-            .store(crate::shard::help::micros(until), Ordering::Release);
+        self.grace_until.store(micros(until), Ordering::Release);
     }
 
     /// The predecessor exited: the grace period ends.
-    pub(super) fn end_grace(&self) {
+    pub(crate) fn end_grace(&self) {
         self.grace_until.store(0, Ordering::Release);
         if !self.is_on() {
             *self.to.lock() = None;
@@ -94,7 +99,7 @@ impl Retire {
     }
 
     /// From now on, new connections go to `to`.
-    pub(super) fn begin(&self, to: Socket) {
+    pub(crate) fn begin(&self, to: Socket) {
         // `to` stays blocking: a copy of it reads what comes back; sends do not wait
         let _ = to.set_send_buffer_size(SOCKET_BUFFER);
         *self.to.lock() = Some(to);
@@ -102,7 +107,7 @@ impl Retire {
     }
 
     /// The successor went away before it served: accept new connections again.
-    pub(super) fn cancel(&self) {
+    pub(crate) fn cancel(&self) {
         self.on.store(false, Ordering::Release);
         *self.to.lock() = None;
     }
@@ -189,7 +194,7 @@ fn decode(b: &[u8]) -> Option<(&[u8], SocketAddr, Option<IpAddr>)> {
 
 /// The successor's end: the socket pair's two ends (ours, and the one to hand to the old
 /// process).
-pub(super) fn pair() -> io::Result<(Socket, Socket)> {
+pub(crate) fn pair() -> io::Result<(Socket, Socket)> {
     let (ours, theirs) = Socket::pair(Domain::UNIX, Type::SEQPACKET.cloexec(), None)?;
     let _ = ours.set_recv_buffer_size(SOCKET_BUFFER);
     Ok((ours, theirs))
@@ -197,7 +202,7 @@ pub(super) fn pair() -> io::Result<(Socket, Socket)> {
 
 /// Receives forwarded datagrams on `sock` and gives each to `deliver` until the old process's
 /// end is closed. Returns how many it received and how many were malformed.
-pub(super) fn receive(
+pub(crate) fn receive(
     mut sock: &Socket,
     mut deliver: impl FnMut(&[u8], SocketAddr, Option<IpAddr>),
 ) -> (u64, u64) {

@@ -9,7 +9,7 @@
 //! (h3 treats those like a terminated stream or a failed connection).
 //!
 //! On a connection whose peer did not send `max_datagram_frame_size`, the start of each stream
-//! the peer opens is checked for SETTINGS_H3_DATAGRAM = 1 ([`crate::settings`]): the connection
+//! the peer opens is checked for SETTINGS_H3_DATAGRAM = 1 (`settings.rs`): the connection
 //! is then closed with H3_SETTINGS_ERROR (RFC 9297 §2.1.1), which h3 0.0.8 does not do itself.
 
 use std::sync::Arc;

@@ -7,7 +7,7 @@
 //!   and per stream using the `*_async` methods.
 //!
 //! Both write the response as `Bytes` slices of a static pattern table in chunks of
-//! [`proto::CHUNK`] bytes, without copying, as `serve` does. Only `perf` is offered (ALPN `perf`): that is what `quicshard bench` speaks.
+//! [`proto::CHUNK`](quicshard_apps::CHUNK) bytes, without copying, as `serve` does. Only `perf` is offered (ALPN `perf`): that is what `quicshard bench` speaks.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +19,8 @@ use quicshard::handle::{Connection, HandleConfig, RecvStream, SendStream};
 use quicshard::quinn_proto::VarInt;
 use quicshard::HandleEngine;
 
-use crate::proto::{self, ALPN_PERF, BAD_REQUEST};
 use crate::{signals, CommonArgs, Fatal};
+use quicshard_apps::{self as proto, ALPN_PERF, BAD_REQUEST};
 
 /// How long the engine drains connections on shutdown (as `serve`).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);

@@ -1,4 +1,5 @@
-//! Benchmark servers for `scripts/bench` (issues #9 and #5).
+//! Benchmark servers for `scripts/bench` (issues #9 and #5). The protocols they speak (constants,
+//! the perf pattern, request parsing) are `quicshard-apps`', the same code `quicshard serve` runs.
 //!
 //! - `quinn-baseline` ([`quinn_server`]): the same `hq-interop`, `perf` and `echo` protocols as
 //!   `quicshard serve`, on quinn 0.11's high-level API (tokio), with the same TLS settings
@@ -14,7 +15,6 @@
 
 pub mod handles;
 pub mod loadgen;
-pub mod proto;
 pub mod quinn_server;
 pub mod signals;
 pub mod tls;

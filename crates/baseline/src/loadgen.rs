@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use quinn::{ClientConfig, Connection, Endpoint};
 
-use crate::proto::{pattern, ALPN_PERF};
 use crate::Fatal;
+use quicshard_apps::{pattern, ALPN_PERF};
 
 /// What kind of load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

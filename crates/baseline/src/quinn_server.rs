@@ -15,7 +15,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 
-use crate::proto::{self, ALPN_ECHO, ALPN_HQ, ALPN_PERF, BAD_REQUEST, HQ_NOT_FOUND};
+use quicshard_apps::{self as proto, ALPN_ECHO, ALPN_HQ, ALPN_PERF, BAD_REQUEST, HQ_NOT_FOUND};
+
+/// The ALPNs `quicshard serve` offers but h3 (quinn-baseline has no HTTP/3), in its order.
+const SERVER_ALPNS: &[&[u8]] = &[ALPN_HQ, ALPN_PERF, ALPN_ECHO];
 use crate::{signals, CommonArgs, Fatal};
 
 /// How long a graceful shutdown waits for connections to drain (as `serve`).
@@ -48,7 +51,7 @@ pub fn run(args: Args) -> Result<(), Fatal> {
         None => None,
     };
     let c = &args.common;
-    let tls = crate::tls::server_config(c.cert.as_deref(), c.key.as_deref(), proto::SERVER_ALPNS)?;
+    let tls = crate::tls::server_config(c.cert.as_deref(), c.key.as_deref(), SERVER_ALPNS)?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     signals::block()?;

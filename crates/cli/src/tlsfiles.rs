@@ -129,10 +129,10 @@ pub(crate) fn client_tuned(
         provider.clone(),
     )?;
     let checks = Arc::new(CertChecks::default());
-    let verifier = Arc::new(CountingVerifier {
-        inner,
-        checks: checks.clone(),
-    });
+    let verifier = {
+        let checks = checks.clone();
+        tls::observe_cert_checks(inner, move |r| checks.count(r))
+    };
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
@@ -183,59 +183,13 @@ impl CertChecks {
     pub(crate) fn refusal(&self) -> Option<&str> {
         self.refused.get().map(String::as_str)
     }
-}
 
-/// Counts the full certificate checks of `inner` (webpki with `--ca` or the system's roots, or
-/// [`tls::accept_any_cert`] with `--insecure`), remembers the last refusal, and otherwise defers
-/// to it.
-#[derive(Debug)]
-struct CountingVerifier {
-    inner: Arc<dyn rustls::client::danger::ServerCertVerifier>,
-    checks: Arc<CertChecks>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for CountingVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &rustls::pki_types::ServerName<'_>,
-        ocsp: &[u8],
-        now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        self.checks.full.fetch_add(1, Ordering::Relaxed);
-        let r = self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
-        if let Err(e) = &r {
-            let _ = self.checks.refused.set(crate::trust::sentence(e));
+    /// Counts one full check (of webpki with `--ca` or the system's roots, or
+    /// [`tls::accept_any_cert`] with `--insecure`) and remembers the first refusal.
+    fn count(&self, r: &tls::CertCheckResult) {
+        self.full.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = r {
+            let _ = self.refused.set(crate::trust::sentence(e));
         }
-        r
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-
-    fn requires_raw_public_keys(&self) -> bool {
-        self.inner.requires_raw_public_keys()
     }
 }

@@ -11,8 +11,7 @@
 //! `FUZZ_CASES` sets the number of cases (default 20 000), e.g. for a long run:
 //! `FUZZ_CASES=10000000 cargo test --release -p quicshard-lb --test fuzz_parse`.
 
-#[path = "../../quicshard/tests/fuzz_common/mod.rs"]
-mod fuzz_common;
+use quicshard_fuzzkit::{self as fuzzkit, Damage};
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -102,8 +101,7 @@ enum Shape {
 #[derive(Debug, Clone)]
 struct Recipe {
     shape: Shape,
-    flips: Vec<(usize, u8)>,
-    cut: Option<usize>,
+    damage: Damage,
     client_port: u16,
 }
 
@@ -164,19 +162,11 @@ fn recipe() -> impl Strategy<Value = Recipe> {
             },
         );
     let shape = prop_oneof![4 => short, 4 => long, 1 => bytes(64).prop_map(Shape::Raw)];
-    let flips = proptest::collection::vec((any::<usize>(), 1u8..=255), 1..=2);
-    (
+    (shape, fuzzkit::damage(1..=2), any::<u16>()).prop_map(|(shape, damage, client_port)| Recipe {
         shape,
-        prop_oneof![3 => Just(Vec::new()), 1 => flips],
-        proptest::option::weighted(0.3, any::<usize>()),
-        any::<u16>(),
-    )
-        .prop_map(|(shape, flips, cut, client_port)| Recipe {
-            shape,
-            flips,
-            cut,
-            client_port,
-        })
+        damage,
+        client_port,
+    })
 }
 
 /// The datagram, and the backend its DCID names if that CID is intact and where the parser
@@ -256,21 +246,8 @@ fn build(r: &Recipe) -> Built {
         }
         Shape::Raw(b) => (b.clone(), None, 0),
     };
-    if !data.is_empty() {
-        for &(i, mask) in &r.flips {
-            let i = i % data.len();
-            data[i] ^= mask;
-            if i < header_len {
-                intact = None;
-            }
-        }
-    }
-    if let Some(c) = r.cut {
-        let c = c % (data.len() + 1);
-        data.truncate(c);
-        if c < header_len {
-            intact = None;
-        }
+    if !r.damage.apply(&mut data, header_len) {
+        intact = None;
     }
     Built {
         data,
@@ -349,7 +326,7 @@ fn parse_classify_route() {
     let backends: Vec<SocketAddr> = lb_config().backends.iter().map(|b| b.address).collect();
     // one router for many cases (its tables fill up as a real one's would), renewed now and then
     let router = RefCell::new((Router::new(lb_config(), 7), 0u32));
-    let mut runner = TestRunner::new(fuzz_common::fuzz_config());
+    let mut runner = TestRunner::new(fuzzkit::fuzz_config());
     let result = runner.run(&recipe(), |r| {
         let b = build(&r);
         let d = &b.data[..];
@@ -431,7 +408,7 @@ fn parse_classify_route() {
         Ok(())
     });
     let cov = cov.into_inner();
-    fuzz_common::finish(
+    fuzzkit::finish(
         result,
         &cov,
         cov.cases,

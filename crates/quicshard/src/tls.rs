@@ -140,22 +140,74 @@ pub fn ring_provider() -> rustls::crypto::CryptoProvider {
 pub fn accept_any_cert(
     provider: Arc<rustls::crypto::CryptoProvider>,
 ) -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
-    Arc::new(AcceptAnyCert(provider))
+    Arc::new(Verifier {
+        certs: CertCheck::AcceptAny(provider),
+        observe: None,
+    })
 }
 
-#[derive(Debug)]
-struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
+/// The outcome of one full certificate check, as [`observe_cert_checks`] reports it.
+pub type CertCheckResult = Result<rustls::client::danger::ServerCertVerified, rustls::Error>;
 
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
+/// `inner`, with `observe` called on the outcome of every full certificate check (a resumed
+/// handshake has none); everything else, the handshake signatures included, is `inner`'s. It runs
+/// on the shard thread of the handshake, so `observe` must not block.
+pub fn observe_cert_checks(
+    inner: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    observe: impl Fn(&CertCheckResult) + Send + Sync + 'static,
+) -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
+    Arc::new(Verifier {
+        certs: CertCheck::Inner(inner),
+        observe: Some(Box::new(observe)),
+    })
+}
+
+/// Who checks certificates and signatures for a [`Verifier`].
+#[derive(Debug)]
+enum CertCheck {
+    /// Every certificate is accepted; signatures are checked with the provider's algorithms.
+    AcceptAny(Arc<rustls::crypto::CryptoProvider>),
+    /// Another verifier does all the checking.
+    Inner(Arc<dyn rustls::client::danger::ServerCertVerifier>),
+}
+
+/// The one `ServerCertVerifier` of this crate: [`accept_any_cert`] and [`observe_cert_checks`].
+struct Verifier {
+    certs: CertCheck,
+    observe: Option<Observer>,
+}
+
+/// What [`observe_cert_checks`] calls on each full certificate check.
+type Observer = Box<dyn Fn(&CertCheckResult) + Send + Sync>;
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("certs", &self.certs)
+            .field("observed", &self.observe.is_some())
+            .finish()
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> CertCheckResult {
+        let r = match &self.certs {
+            CertCheck::AcceptAny(_) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            CertCheck::Inner(v) => {
+                v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            }
+        };
+        if let Some(observe) = &self.observe {
+            observe(&r);
+        }
+        r
     }
 
     fn verify_tls12_signature(
@@ -164,12 +216,15 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        match &self.certs {
+            CertCheck::AcceptAny(p) => rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &p.signature_verification_algorithms,
+            ),
+            CertCheck::Inner(v) => v.verify_tls12_signature(message, cert, dss),
+        }
     }
 
     fn verify_tls13_signature(
@@ -178,16 +233,29 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        match &self.certs {
+            CertCheck::AcceptAny(p) => rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &p.signature_verification_algorithms,
+            ),
+            CertCheck::Inner(v) => v.verify_tls13_signature(message, cert, dss),
+        }
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        match &self.certs {
+            CertCheck::AcceptAny(p) => p.signature_verification_algorithms.supported_schemes(),
+            CertCheck::Inner(v) => v.supported_verify_schemes(),
+        }
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        match &self.certs {
+            CertCheck::AcceptAny(_) => false,
+            CertCheck::Inner(v) => v.requires_raw_public_keys(),
+        }
     }
 }
 
@@ -225,6 +293,62 @@ mod tests {
             .dangerous()
             .with_custom_certificate_verifier(accept_any_cert(provider()))
             .with_no_client_auth()
+    }
+
+    /// Runs a TLS 1.3 handshake in memory with a client verifying with `verifier`; returns the
+    /// first error either side saw.
+    fn handshake_with(
+        verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    ) -> Result<(), rustls::Error> {
+        let (chain, key) = self_signed(&["localhost"]).unwrap();
+        let server = server_config(chain, key, &[]).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        let mut s = rustls::ServerConnection::new(Arc::new(server))?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(client), name)?;
+        while c.is_handshaking() || s.is_handshaking() {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut &buf[..]).unwrap();
+            s.process_new_packets()?;
+            buf.clear();
+            s.write_tls(&mut buf).unwrap();
+            c.read_tls(&mut &buf[..]).unwrap();
+            c.process_new_packets()?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn observed_checks_see_each_outcome() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let seen = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let observe = {
+            let seen = seen.clone();
+            move |r: &CertCheckResult| {
+                seen[usize::from(r.is_err())].fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        let accepting = observe_cert_checks(accept_any_cert(provider()), observe.clone());
+        handshake_with(accepting).unwrap();
+        // trusts only another certificate: the server's is refused, and the refusal observed
+        let (other, _) = self_signed(&["other"]).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(other[0].clone()).unwrap();
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .unwrap();
+        let refusing = observe_cert_checks(webpki, observe);
+        assert!(handshake_with(refusing).is_err());
+        let counts = seen.each_ref().map(|n| n.load(Ordering::Relaxed));
+        assert_eq!(counts, [1, 1], "[accepted, refused]");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! `FUZZ_CASES` sets the number of cases (default 20 000), e.g. for a long run:
 //! `FUZZ_CASES=10000000 cargo test --release -p quicshard --test fuzz_inbound`.
 
-mod fuzz_common;
+use quicshard_fuzzkit::{self as fuzzkit, Damage};
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -99,12 +99,11 @@ enum Shape {
     Raw(Vec<u8>),
 }
 
-/// A datagram recipe: a shape, byte flips at random positions, then a cut.
+/// A datagram recipe: a shape, then damage (byte flips at random positions, then a cut).
 #[derive(Debug, Clone)]
 struct Recipe {
     shape: Shape,
-    flips: Vec<(usize, u8)>,
-    cut: Option<usize>,
+    damage: Damage,
 }
 
 fn dcid() -> impl Strategy<Value = Dcid> {
@@ -143,10 +142,7 @@ fn recipe() -> impl Strategy<Value = Recipe> {
             rest,
         });
     let shape = prop_oneof![4 => short, 4 => long, 1 => bytes(64).prop_map(Shape::Raw)];
-    let flips = proptest::collection::vec((any::<usize>(), 1u8..=255), 0..=2);
-    let cut = proptest::option::weighted(0.3, any::<usize>());
-    (shape, prop_oneof![3 => Just(Vec::new()), 1 => flips], cut)
-        .prop_map(|(shape, flips, cut)| Recipe { shape, flips, cut })
+    (shape, fuzzkit::damage(0..=2)).prop_map(|(shape, damage)| Recipe { shape, damage })
 }
 
 /// What the recipe built, and what we know about it.
@@ -208,21 +204,8 @@ fn build(r: &Recipe, n: usize, gens: &mut dyn FnMut(usize) -> ConnectionId) -> B
         }
         Shape::Raw(b) => (b.clone(), None, 0),
     };
-    if !data.is_empty() {
-        for &(i, mask) in &r.flips {
-            let i = i % data.len();
-            data[i] ^= mask;
-            if i < header_len {
-                intact = None;
-            }
-        }
-    }
-    if let Some(c) = r.cut {
-        let c = c % (data.len() + 1);
-        data.truncate(c);
-        if c < header_len {
-            intact = None;
-        }
+    if !r.damage.apply(&mut data, header_len) {
+        intact = None;
     }
     Built {
         data,
@@ -265,7 +248,7 @@ struct Coverage {
 fn inbound_path_before_the_endpoint() {
     let cov = std::cell::RefCell::new(Coverage::default());
     let start = std::time::Instant::now();
-    let mut runner = proptest::test_runner::TestRunner::new(fuzz_common::fuzz_config());
+    let mut runner = proptest::test_runner::TestRunner::new(fuzzkit::fuzz_config());
     let result = runner.run(&(layout(), recipe()), |(l, r)| {
         let cfg = l.cid_config();
         let (n, me, cid_len, key) = (l.n, l.me, cfg.cid_len(), *cfg.shard_key());
@@ -356,7 +339,7 @@ fn inbound_path_before_the_endpoint() {
     });
     let cov = cov.into_inner();
     // every branch was reached (certain at the default case count)
-    fuzz_common::finish(
+    fuzzkit::finish(
         result,
         &cov,
         cov.cases,

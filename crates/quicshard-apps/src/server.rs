@@ -3,18 +3,17 @@
 //! [`Handler`]: quicshard::Handler
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use quicshard::{ConnId, Handler, ShardCtx};
 use quinn_proto::{Connection, Dir, StreamId, VarInt};
 
-use super::stream::{read_stream, Body, Outgoing, Pumped, CHUNK};
-use super::{alpn, ALPN_ECHO, ALPN_HQ, ALPN_PERF, BAD_REQUEST, HQ_NOT_FOUND};
-
-/// Longest hq-interop request line we accept.
-const MAX_REQUEST: usize = 4096;
+use crate::stream::{read_stream, Body, Outgoing, Pumped, CHUNK};
+use crate::{
+    alpn, open_under, parse_get, ALPN_ECHO, ALPN_HQ, ALPN_PERF, BAD_REQUEST, HQ_NOT_FOUND,
+    MAX_REQUEST,
+};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Proto {
@@ -33,14 +32,14 @@ struct Exchange {
 }
 
 /// Per-shard server state: each connection's protocol and open exchanges.
-pub(crate) struct Server {
+pub struct Server {
     root: Option<Arc<PathBuf>>,
     conns: HashMap<ConnId, (Proto, HashMap<StreamId, Exchange>)>,
 }
 
 impl Server {
     /// A server serving files under `root` (canonical), if any.
-    pub(crate) fn new(root: Option<Arc<PathBuf>>) -> Self {
+    pub fn new(root: Option<Arc<PathBuf>>) -> Self {
         Self {
             root,
             conns: HashMap::new(),
@@ -108,7 +107,7 @@ impl Server {
             // The queue drained: if the last read could have been cut short by a full queue (or
             // got data), more may be buffered; a read into an empty queue that finds nothing
             // means the next data will raise its own readable event.
-            let maybe_more = read > 0 || room_before < super::stream::CHUNK;
+            let maybe_more = read > 0 || room_before < CHUNK;
             if !(done == Some(Pumped::Starved) && maybe_more) {
                 break done;
             }
@@ -218,21 +217,6 @@ fn reset(conn: &mut Connection, sid: StreamId, code: u32) -> Option<Outgoing> {
     None
 }
 
-/// The path of `GET /path\r\n` (or without the line end, when the stream finished).
-fn parse_get(request: &[u8]) -> Option<&str> {
-    let line = std::str::from_utf8(request).ok()?;
-    let line = line.split("\r\n").next()?.trim_end();
-    let path = line.strip_prefix("GET ")?;
-    path.strip_prefix('/')
-        .map(|p| p.split(' ').next().unwrap_or(p))
-}
-
-/// Opens `rel` (a request path: percent-decoded, the query ignored) under `root` (canonical),
-/// refusing anything that resolves outside it or is not a file; as the h3 file server does.
-pub(crate) fn open_under(root: &Path, rel: &str) -> Option<File> {
-    quicshard_h3::files::open_under(root, rel).map(|(file, _, _)| file)
-}
-
 impl Handler for Server {
     fn on_connection(&mut self, ctx: &mut ShardCtx<'_>, conn: ConnId) {
         self.state(ctx, conn);
@@ -269,33 +253,5 @@ impl Handler for Server {
         _reason: &quinn_proto::ConnectionError,
     ) {
         self.conns.remove(&conn);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_get_lines() {
-        assert_eq!(parse_get(b"GET /a.txt\r\n"), Some("a.txt"));
-        assert_eq!(parse_get(b"GET /dir/b"), Some("dir/b"));
-        assert_eq!(parse_get(b"POST /a\r\n"), None);
-        assert_eq!(parse_get(b"GET a\r\n"), None);
-        assert_eq!(parse_get(&[0xff, 0xfe]), None);
-    }
-
-    #[test]
-    fn refuses_paths_outside_root() {
-        let dir = std::env::temp_dir().join(format!("qs-root-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("sub")).unwrap();
-        std::fs::write(dir.join("sub/f"), b"x").unwrap();
-        let root = dir.join("sub").canonicalize().unwrap();
-        std::fs::write(dir.join("secret"), b"s").unwrap();
-        assert!(open_under(&root, "f").is_some());
-        assert!(open_under(&root, "../secret").is_none());
-        assert!(open_under(&root, "missing").is_none());
-        assert!(open_under(&root, "").is_none(), "a directory is not a file");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1,4 +1,5 @@
-//! Moving bytes between quinn-proto streams and response bodies, bounded and without blocking.
+//! Moving bytes between quinn-proto streams and response bodies, bounded and without blocking;
+//! the perf pattern those bodies carry.
 
 use std::fs::File;
 use std::io::Read;
@@ -7,31 +8,38 @@ use bytes::Bytes;
 use quinn_proto::{Connection, ReadError, StreamId, VarInt, WriteError};
 
 /// How much a stream buffers between reading a body and the stream accepting it.
-pub(crate) const CHUNK: usize = 64 * 1024;
+pub const CHUNK: usize = 64 * 1024;
 
 /// What a response stream still has to send.
-pub(crate) enum Body {
+pub enum Body {
     /// A file's remaining bytes.
     File(File),
     /// `n` more pattern bytes (perf downloads).
     Pattern(u64),
-    /// Bytes queued by the protocol itself (echo); `done` once the peer finished.
-    Queue { done: bool },
+    /// Bytes queued by the protocol itself (echo).
+    Queue {
+        /// The peer finished: the body ends with the queue.
+        done: bool,
+    },
 }
 
 /// A response in progress: the body and the bytes read from it but not yet accepted by QUIC.
-pub(crate) struct Outgoing {
-    pub(crate) body: Body,
-    pub(crate) pending: Vec<u8>,
-    pub(crate) pos: usize,
-    pub(crate) sent: u64,
+pub struct Outgoing {
+    /// What is left to read.
+    pub body: Body,
+    /// Bytes read from the body, not yet accepted by QUIC from `pos` on.
+    pub pending: Vec<u8>,
+    /// How much of `pending` QUIC has accepted.
+    pub pos: usize,
+    /// Body bytes QUIC has accepted.
+    pub sent: u64,
     /// FIN was sent: pumping again is a no-op.
     finished: bool,
 }
 
 /// What [`Outgoing::pump`] left behind.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Pumped {
+pub enum Pumped {
     /// Flow control stopped us; wait for writable.
     Blocked,
     /// An echo queue is empty but the request is still open.
@@ -43,17 +51,18 @@ pub(crate) enum Pumped {
 }
 
 /// The byte at `offset` of a perf download: cheap to make, and checkable by the client.
-pub(crate) fn pattern_byte(offset: u64) -> u8 {
+pub fn pattern_byte(offset: u64) -> u8 {
     (offset % 251) as u8
 }
 
 /// Period of the perf pattern (a prime, so it does not line up with any buffer size).
 const PATTERN_PERIOD: usize = 251;
 
-/// The `n <= CHUNK` pattern bytes starting at `offset`, from a table built once. Why: making or
-/// checking the pattern a byte at a time (`% 251` each) cost a third of the server's CPU in
-/// bulk transfers; a slice of the table is a `memcmp`, and (as [`pattern_bytes`]) no copy at all.
-pub(crate) fn pattern(offset: u64, n: usize) -> &'static [u8] {
+/// Up to `max` (at most [`CHUNK`]) pattern bytes starting at `offset`, from a table built once.
+/// Why: making or checking the pattern a byte at a time (`% 251` each) cost a third of the
+/// server's CPU in bulk transfers; a slice of the table is a `memcmp`, and (as `Bytes`) no copy
+/// at all.
+pub fn pattern(offset: u64, max: u64) -> &'static [u8] {
     static TABLE: std::sync::OnceLock<&'static [u8]> = std::sync::OnceLock::new();
     let table = TABLE.get_or_init(|| {
         let t: Vec<u8> = (0..(CHUNK + PATTERN_PERIOD) as u64)
@@ -63,20 +72,20 @@ pub(crate) fn pattern(offset: u64, n: usize) -> &'static [u8] {
         Box::leak(t.into_boxed_slice())
     });
     let start = (offset % PATTERN_PERIOD as u64) as usize;
-    &table[start..start + n.min(CHUNK)]
+    &table[start..start + max.min(CHUNK as u64) as usize]
 }
 
 /// [`pattern`] as `Bytes` pointing into the static table: quinn-proto keeps it without copying.
 fn pattern_bytes(offset: u64, n: usize) -> Bytes {
-    Bytes::from_static(pattern(offset, n))
+    Bytes::from_static(pattern(offset, n as u64))
 }
 
 /// The offset of the first byte of `bytes` (which starts at `offset` of the body) that is not
 /// the pattern's.
-pub(crate) fn pattern_mismatch(offset: u64, bytes: &[u8]) -> Option<u64> {
+pub fn pattern_mismatch(offset: u64, bytes: &[u8]) -> Option<u64> {
     let mut done = 0;
     for piece in bytes.chunks(CHUNK) {
-        let want = pattern(offset + done as u64, piece.len());
+        let want = pattern(offset + done as u64, piece.len() as u64);
         if piece != want {
             let i = piece
                 .iter()
@@ -91,7 +100,8 @@ pub(crate) fn pattern_mismatch(offset: u64, bytes: &[u8]) -> Option<u64> {
 }
 
 impl Outgoing {
-    pub(crate) fn new(body: Body) -> Self {
+    /// A response about to send `body`.
+    pub fn new(body: Body) -> Self {
         Self {
             body,
             pending: Vec::with_capacity(CHUNK),
@@ -102,13 +112,13 @@ impl Outgoing {
     }
 
     /// Room left in the echo queue before the reader must stop (backpressure).
-    pub(crate) fn queue_room(&self) -> usize {
+    pub fn queue_room(&self) -> usize {
         CHUNK.saturating_sub(self.pending.len() - self.pos)
     }
 
     /// Appends to the echo queue, first dropping the part already sent so the buffer stays
     /// within about two chunks.
-    pub(crate) fn enqueue(&mut self, bytes: &[u8]) {
+    pub fn enqueue(&mut self, bytes: &[u8]) {
         if self.pos >= CHUNK {
             self.pending.drain(..self.pos);
             self.pos = 0;
@@ -117,7 +127,7 @@ impl Outgoing {
     }
 
     /// Writes as much as the stream takes, refilling from the body; finishes at the end.
-    pub(crate) fn pump(&mut self, conn: &mut Connection, id: StreamId) -> Pumped {
+    pub fn pump(&mut self, conn: &mut Connection, id: StreamId) -> Pumped {
         if self.finished {
             return Pumped::Finished;
         }
@@ -145,7 +155,7 @@ impl Outgoing {
                     Err(_) => {
                         let _ = conn
                             .send_stream(id)
-                            .reset(VarInt::from_u32(super::BAD_REQUEST));
+                            .reset(VarInt::from_u32(crate::BAD_REQUEST));
                         return Pumped::Gone;
                     }
                 }
@@ -199,13 +209,15 @@ impl Outgoing {
 }
 
 /// What reading a stream produced.
-pub(crate) struct ReadOutcome {
-    pub(crate) fin: bool,
-    pub(crate) reset: Option<VarInt>,
+pub struct ReadOutcome {
+    /// The peer finished the stream.
+    pub fin: bool,
+    /// The peer reset the stream with this code.
+    pub reset: Option<VarInt>,
 }
 
 /// Reads what is available (at most `limit` bytes), handing each chunk to `sink`.
-pub(crate) fn read_stream(
+pub fn read_stream(
     conn: &mut Connection,
     id: StreamId,
     limit: usize,

@@ -56,7 +56,7 @@ use std::time::Duration;
 use crate::cid::CidConfig;
 use crate::secrets::Secrets;
 use crate::shared::forward::{self, Retire};
-use crate::steer::{self, Group, ShardKey};
+use crate::steer::{self, Group};
 use wire::{Msg, State, VERSION};
 
 /// How long after the switch the successor sends datagrams that would start a connection to
@@ -269,8 +269,6 @@ impl Plan {
             n: self.n,
             slot,
             generation,
-            cid_len: cid.cid_len(),
-            key: *cid.shard_key(),
             secrets,
             cid,
             sockets: self.sockets,
@@ -329,8 +327,6 @@ struct Inner {
     n: usize,
     slot: u8,
     generation: u32,
-    cid_len: usize,
-    key: ShardKey,
     secrets: Secrets,
     cid: CidConfig,
     sockets: Vec<UdpSocket>,
@@ -360,7 +356,7 @@ impl Inner {
             active: self.slot,
             by_cid: both,
         };
-        let program = steer::program(self.cid_len, self.n, &self.key, group);
+        let program = steer::program(self.cid.cid_len(), self.n, self.cid.shard_key(), group);
         steer::attach(&self.sockets[0], &program)
     }
 
@@ -384,6 +380,15 @@ impl Inner {
         self.serve_successors_on(&listener);
         // its descriptor closes now: no longer one to shut down
         self.forget(listener.as_raw_fd());
+    }
+
+    /// Waits until the other process's end of `stream` closes. `true` if it exited while this
+    /// engine runs; `false` if this engine is stopping (its own end was shut down).
+    fn peer_exited(&self, stream: &UnixStream) -> bool {
+        let _ = stream.set_read_timeout(None);
+        let _ = wire::recv(stream, &mut Vec::new());
+        self.forget(stream.as_raw_fd());
+        !self.closing.load(Ordering::Acquire)
     }
 
     /// Forgets a descriptor that is about to close (after `close` is done with it, if running).
@@ -421,10 +426,7 @@ impl Inner {
     /// it accepts new connections again, steers all of them to itself, is no longer replaced,
     /// and listens at the path for the next successor.
     fn watch_successor(self: Arc<Self>, stream: UnixStream) {
-        let _ = stream.set_read_timeout(None);
-        let _ = wire::recv(&stream, &mut Vec::new());
-        self.forget(stream.as_raw_fd());
-        if self.closing.load(Ordering::Acquire) {
+        if !self.peer_exited(&stream) {
             return;
         }
         self.retire.cancel();
@@ -527,10 +529,7 @@ fn spawn_predecessor_watch(
     std::thread::Builder::new()
         .name("quicshard-handover".into())
         .spawn(move || {
-            let _ = stream.set_read_timeout(None);
-            let _ = wire::recv(&stream, &mut Vec::new());
-            inner.forget(stream.as_raw_fd());
-            if inner.closing.load(Ordering::Acquire) {
+            if !inner.peer_exited(&stream) {
                 // this engine stops: its end closed the stream, the predecessor takes back
                 return;
             }
